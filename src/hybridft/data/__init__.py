@@ -1,0 +1,1 @@
+"""Data layer: read -> validate -> render (template + loss mask) -> mix -> pack, plus fingerprints."""

@@ -1,0 +1,53 @@
+"""Load and save standard Hugging Face directories (config.json, model.safetensors, tokenizer.json).
+
+The same path a user takes with a real local model: ``from_pretrained`` on a directory, safetensors
+only, never ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hybridft.errors import UserError
+
+
+def _check_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    path = _check_dir(path)
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, dtype: Any = None) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = _check_dir(path)
+    if not any(path.glob("*.safetensors")):
+        raise UserError(f"{path}: no *.safetensors weights (only safetensors are loaded)")
+    return AutoModelForCausalLM.from_pretrained(
+        str(path),
+        trust_remote_code=False,
+        use_safetensors=True,
+        dtype=dtype or torch.float32,
+    )
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Write an HF directory with safetensors weights and the tokenizer beside them."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return out

@@ -1,0 +1,45 @@
+"""Shared fixtures. One way to start Ray in tests: the session-wide `ray_session` fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray instance for the whole test run (2 CPUs, like the machine and CI)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama + locally trained tokenizer saved as a real HF directory."""
+    from hybridft.model.tiny import build_tiny_base
+    from hybridft.specs import TinyModelSpec
+
+    root = tmp_path_factory.mktemp("tiny")
+    corpus = root / "corpus.jsonl"
+    rows = [
+        {"prompt": f"Ticket {i}: my laptop cannot reach the VPN", "completion": "network"}
+        for i in range(50)
+    ] + [{"instruction": "Rewrite politely", "output": "Could you please help me?"}] * 20
+    corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = TinyModelSpec(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab_size=400)
+    return build_tiny_base(cfg, root / "model", [str(corpus)])
