@@ -27,6 +27,7 @@ class Example:
     label: str | None = None  # for labelled task rows: the gold label
     task: str | None = None  # optional task name (instruction suites carry several)
     meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    id: str | None = field(default=None, compare=False)  # the row's own `id`, when it has one
 
     @property
     def prompt_messages(self) -> tuple[Message, ...]:

@@ -1,0 +1,168 @@
+"""The ``hybridft`` command line: one thin command per stage; the logic lives in the library."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from hybridft.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Demo data, validation and statistics.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: sqlite)")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(Path("data/demo"), help="output folder"),
+    seed: int = typer.Option(0, help="generator seed (same seed, same bytes)"),
+) -> None:
+    """Generate the demo data: three enterprise SFT tasks and a broad instruction suite."""
+    from hybridft.data.synth import synthesize
+
+    manifest = synthesize(out, seed=seed)
+    console.print(f"[green]wrote[/] {out} ({manifest.total_rows} rows, seed {seed})")
+
+
+@data_app.command("validate")
+def data_validate(
+    paths: list[str] = typer.Argument(..., help="JSONL / Parquet files or globs"),
+    fmt: str = typer.Option("auto", "--format", help="auto | instruction | chat | task"),
+    on_bad_rows: str = typer.Option("error", help="error | skip"),
+    rejects: str = typer.Option(".hybridft/rejects/validate.jsonl", help="rejects file (skip)"),
+) -> None:
+    """Check every row; report counts (and write rejected rows with reasons under --on-bad-rows skip)."""
+    from hybridft.data.stats import render_validation, validate_paths
+
+    report = validate_paths(paths, fmt=fmt, on_bad_rows=on_bad_rows, rejects_path=rejects)
+    Console().print(render_validation(report))
+
+
+@data_app.command("stats")
+def data_stats(
+    paths: list[str] = typer.Argument(..., help="JSONL / Parquet files or globs"),
+    fmt: str = typer.Option("auto", "--format"),
+    tokenizer: str = typer.Option("", help="HF directory of the tokenizer (default: tiny base)"),
+) -> None:
+    """Rows, tokens, length histogram and label balance."""
+    from hybridft.data.stats import dataset_stats, render_stats
+    from hybridft.model import load_tokenizer, resolve_base
+    from hybridft.specs import ModelSpec
+
+    default = ModelSpec()
+    tok_dir = tokenizer or resolve_base("tiny", default.tiny, default.cache_dir)
+    Console().print(render_stats(dataset_stats(paths, fmt, load_tokenizer(tok_dir))))
+
+
+@app.command()
+def train(
+    spec: Path = typer.Argument(..., help="job spec (jobs/*.yaml)"),
+    run_name: str = typer.Option(None, help="run name (default: unique per start)"),
+    resume: bool = typer.Option(False, "--resume", help="continue RUN_NAME from its checkpoint"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Train a job spec on Ray Train and log the run to MLflow."""
+    from hybridft.pipeline import train_and_log
+
+    record = train_and_log(spec, run_name=run_name, resume=resume, tracking_uri=tracking_uri)
+    console.print(f"[green]run[/] {record.run_name}  mlflow {record.mlflow_run_id}")
+    typer.echo(record.run_dir)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="a run directory written by `hybridft train`"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Score the run's model on the held-out splits named in its spec."""
+    from hybridft.pipeline import evaluate_run
+
+    result = evaluate_run(run_dir, tracking_uri=tracking_uri)
+    from hybridft.pipeline import eval_table
+
+    Console().print(eval_table(result))
+
+
+@app.command()
+def register(
+    run_dir: Path = typer.Argument(..., help="a run directory written by `hybridft train`"),
+    name: str = typer.Option(..., "--name", help="registered model name"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Register the run's model as a new version of NAME, with its lineage."""
+    from hybridft.registry.client import Registry
+    from hybridft.registry.tracking import RunRecord, register_run
+
+    record = RunRecord.load(run_dir)
+    ref = register_run(Registry(tracking_uri or record.tracking_uri), record, name)
+    typer.echo(f"{ref.name}@{ref.version}")
+
+
+@app.command()
+def serve(
+    ref: str = typer.Argument(..., help="NAME@VERSION or NAME@ALIAS (or models:/NAME@ALIAS)"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Serve a registered version behind an OpenAI-compatible API (Ctrl-C to stop)."""
+    from hybridft.pipeline import serve_version
+
+    url = serve_version(ref, host=host, port=port, tracking_uri=tracking_uri)
+    console.print(f"[green]serving[/] {ref} at {url}  (Ctrl-C to stop)")
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def demo(
+    port: int = typer.Option(8000),
+    data_dir: Path = typer.Option(Path("data/demo")),
+) -> None:
+    """data -> train -> eval -> register -> serve -> one request answered, then a summary."""
+    from hybridft.demo import run_demo
+
+    run_demo(port=port, data_dir=data_dir)
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr (``--debug`` or HYBRIDFT_DEBUG=1: traceback)."""
+    debug = "--debug" in sys.argv or os.environ.get("HYBRIDFT_DEBUG") == "1"
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own formatting
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: generation-based scores per task on held-out splits."""

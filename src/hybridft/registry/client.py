@@ -1,0 +1,204 @@
+"""The one MLflow wrapper: explicit run ids through ``MlflowClient``, never the fluent global run.
+
+Default store: sqlite in the project folder (``.hybridft/mlflow.db``) with artifacts beside it; any
+tracking URI works (``--tracking-uri`` or ``MLFLOW_TRACKING_URI``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hybridft.errors import UserError
+
+DEFAULT_HOME = Path(".hybridft")
+EXPERIMENT = "hybridft"
+PACKAGES = ("hybridft", "torch", "transformers", "ray", "peft", "mlflow", "optuna")
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(DEFAULT_HOME / 'mlflow.db').resolve()}"
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        commit = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested spec -> ``{"stages.0.lr": "0.0003", ...}`` for MLflow params."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                out.update(flatten(x, f"{key}.{i}."))
+        else:
+            out[key] = json.dumps(v) if not isinstance(v, str) else v
+    return out
+
+
+@dataclass
+class ModelRef:
+    name: str
+    version: str
+    source: str
+    run_id: str
+    tags: dict[str, str]
+
+
+class Registry:
+    """Runs, artifacts, model versions and aliases in one MLflow store."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    # -- runs -----------------------------------------------------------------------------
+    def experiment_id(self, name: str = EXPERIMENT) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.tracking_uri.startswith("sqlite:///"):
+            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            location = (db.parent / "mlartifacts" / name).resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:  # created concurrently by another process
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> str:
+        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags or {})
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k.replace("@", "_"), float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
+
+    def log_dict(self, run_id: str, obj: Any, name: str) -> None:
+        self.client.log_dict(run_id, obj, name)
+
+    def log_dir(self, run_id: str, path: str | Path, artifact_path: str) -> str:
+        self.client.log_artifacts(run_id, str(path), artifact_path)
+        return f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    # -- models ---------------------------------------------------------------------------
+    def register(
+        self, name: str, run_id: str, source: str, tags: dict[str, str], description: str = ""
+    ) -> ModelRef:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:
+            pass  # already registered
+        mv = self.client.create_model_version(
+            name, source=source, run_id=run_id, tags=tags, description=description
+        )
+        return ModelRef(name, str(mv.version), mv.source, run_id, dict(mv.tags))
+
+    def resolve(self, ref: str) -> ModelRef:
+        """``name@alias``, ``name@3``, ``name/3`` or ``models:/name@alias`` -> a model version."""
+        from mlflow.exceptions import MlflowException
+
+        text = ref.removeprefix("models:/")
+        name, sep, which = text.replace("/", "@", 1).partition("@")
+        if not name or not sep or not which:
+            raise UserError(f"{ref}: expected NAME@VERSION or NAME@ALIAS")
+        try:
+            if which.isdigit():
+                mv = self.client.get_model_version(name, which)
+            else:
+                mv = self.client.get_model_version_by_alias(name, which)
+        except MlflowException:
+            raise UserError(
+                f"{ref}: no such model version or alias in {self.tracking_uri}"
+            ) from None
+        return ModelRef(name, str(mv.version), mv.source, mv.run_id, dict(mv.tags))
+
+    def download(self, ref: ModelRef, dest: str | Path) -> Path:
+        """Fetch a version's model directory (idempotent: reuses an existing download)."""
+        import mlflow.artifacts
+
+        dest = Path(dest)
+        if (dest / "config.json").is_file():
+            return dest
+        dest.mkdir(parents=True, exist_ok=True)
+        got = mlflow.artifacts.download_artifacts(
+            artifact_uri=ref.source, dst_path=str(dest), tracking_uri=self.tracking_uri
+        )
+        path = Path(got)
+        return path if (path / "config.json").is_file() else dest
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+
+def spec_hash(spec_json: str) -> str:
+    return hashlib.sha256(spec_json.encode()).hexdigest()

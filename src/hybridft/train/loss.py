@@ -1,0 +1,70 @@
+"""The one loss module: completion-only causal-LM loss, normalised by loss tokens of the whole batch.
+
+Every strategy (DDP, DeepSpeed, LoRA, full) trains through ``LossModel``; accumulation, per-source
+loss and token counting live here and nowhere else.
+
+Normalisation: each micro-batch contributes ``sum(token losses) / global_loss_tokens * world_size``
+where ``global_loss_tokens`` counts loss tokens over every micro-batch of the optimizer step on every
+worker. DDP averages gradients over workers, so the step's gradient is exactly that of the mean loss
+over all loss tokens of the step: 8 x 1 == 2 x 4 accumulation, and 1 worker == 2 workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class LossModel(nn.Module):
+    """Wraps a causal LM; ``forward`` returns per-token losses of the selected targets only.
+
+    Only positions that carry loss go through the LM head: with completion-only loss most positions
+    are prompt, so this skips most of the vocabulary projection. Wrapping (rather than calling the
+    inner model directly) keeps DDP's forward hooks in the path.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, target_mask: torch.Tensor
+    ) -> torch.Tensor:
+        backbone = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
+        # use_cache=False: with a cache, transformers skips the packed-sequence (block-diagonal) mask
+        hidden = backbone(
+            input_ids=input_ids, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        selected = hidden[:, :-1][target_mask]
+        logits = self.lm.get_output_embeddings()(selected).float()
+        targets = input_ids[:, 1:][target_mask]
+        return nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def micro_batch_loss(
+    token_losses: torch.Tensor, global_loss_tokens: int, world_size: int
+) -> torch.Tensor:
+    """Scaled loss whose gradient, after DDP's mean over workers, is the step's mean token loss."""
+    return token_losses.sum() * (world_size / max(global_loss_tokens, 1))
+
+
+def per_source_sums(
+    token_losses: torch.Tensor, target_sources: torch.Tensor, n_sources: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of loss, number of tokens) per source id, for the realised per-source loss."""
+    idx = target_sources.long().clamp(min=0)
+    sums = torch.zeros(n_sources, dtype=torch.float64).index_add_(
+        0, idx, token_losses.detach().double()
+    )
+    counts = torch.zeros(n_sources, dtype=torch.float64).index_add_(
+        0, idx, torch.ones_like(token_losses, dtype=torch.float64)
+    )
+    return sums, counts
+
+
+def unwrap(model: Any) -> nn.Module:
+    """The causal LM inside DDP / LossModel wrappers."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, "lm", inner)

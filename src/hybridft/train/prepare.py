@@ -1,0 +1,88 @@
+"""Driver-side data preparation: read, validate, render and fingerprint each source once, then plan
+every stage's packed rows. Runs before any worker starts, so bad data fails fast and cheaply."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridft.data.fingerprint import fingerprint_examples
+from hybridft.data.reader import read_examples
+from hybridft.data.render import render_examples
+from hybridft.specs import DataSpec, StageSpec, TrainingSpec
+from hybridft.train.mixture import RenderedSource, StagePlan, plan_stage
+
+
+@dataclass
+class PreparedData:
+    sources: dict[str, RenderedSource]
+    stages: list[StagePlan]
+    read_reports: dict[str, Any]
+
+
+def render_source(name: str, data: DataSpec, tokenizer: Any) -> tuple[RenderedSource, Any]:
+    """Read + validate + render + fingerprint one source (examples are held once, in memory)."""
+    spec = data.sources[name]
+    stream = read_examples(
+        spec.paths,
+        fmt=spec.format,
+        source=name,
+        labels=spec.labels,
+        on_bad_rows=data.on_bad_rows,
+        rejects_path=str(Path(data.rejects_dir) / f"{name}.rejects.jsonl"),
+    )
+    examples = list(stream)
+    ids, masks, truncated = [], [], 0
+    for item in render_examples(examples, tokenizer, loss=data.loss, max_len=data.max_len):
+        ids.append(np.asarray(item.input_ids, dtype=np.int32))
+        masks.append(np.asarray(item.loss_mask, dtype=np.int8))
+        truncated += int(item.truncated)
+    fingerprint = fingerprint_examples(examples, tokenizer, data.loss)
+    return RenderedSource(name, ids, masks, fingerprint, truncated), stream.report
+
+
+def prepare(
+    data: DataSpec,
+    stages: list[StageSpec],
+    training: TrainingSpec,
+    tokenizer: Any,
+    world: int,
+    seed: int,
+) -> PreparedData:
+    """Render every source a stage uses and plan each stage's rows."""
+    used = sorted({m.source for st in stages for m in st.mix})
+    sources: dict[str, RenderedSource] = {}
+    reports: dict[str, Any] = {}
+    for name in used:
+        sources[name], reports[name] = render_source(name, data, tokenizer)
+    plans = []
+    for i, stage in enumerate(stages):
+        plans.append(
+            plan_stage(
+                [sources[m.source] for m in stage.mix],
+                [m.weight for m in stage.mix],
+                stage.mix_by,
+                length=data.max_len,
+                pad_id=tokenizer.pad_token_id,
+                rows_per_step=world * training.batch_size * training.grad_accum,
+                steps=stage.budget.steps,
+                tokens=stage.budget.tokens,
+                seed=seed * 1000 + i,
+                packing=training.packing,
+            )
+        )
+    return PreparedData(sources, plans, reports)
+
+
+def write_mixture_report(prepared: PreparedData, stages: list[StageSpec], out: Path) -> Path:
+    """``mixture.json``: per stage and source, requested vs realised shares and token counts."""
+    report = {
+        stage.name: {"mix_by": stage.mix_by, "steps": plan.steps, "sources": plan.realised}
+        for stage, plan in zip(stages, prepared.stages, strict=True)
+    }
+    out.write_text(json.dumps(report, indent=2))
+    return out

@@ -1,0 +1,200 @@
+"""``train.run(spec) -> TrainResult``: a job spec trained on Ray Train, with no Tune in sight.
+
+Order matters: everything that can fail cheaply (spec, data, resources) fails before a worker starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hybridft.errors import UserError
+from hybridft.specs import JobSpec, ScalingSpec
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    run_dir: Path
+    model_dir: Path
+    base_dir: Path
+    stage_dirs: dict[str, Path]
+    history: list[dict[str, Any]]
+    fingerprints: dict[str, str]
+    mixture: dict[str, Any]
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_metrics(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` / a given cluster, or start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:  # a cluster: token auth stays on, the client side sends the token
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+def check_resources(scaling: ScalingSpec, spec_file: str) -> None:
+    """Fail before fit() when the worker group can never be scheduled (Ray would retry forever)."""
+    import ray
+
+    from hybridft.specfile import line_of
+
+    total = ray.cluster_resources()
+    need = dict(scaling.resources_per_worker)
+    if scaling.use_gpu:
+        need.setdefault("GPU", 1.0)
+    for resource, per_worker in need.items():
+        have = total.get(resource, 0.0)
+        if per_worker * scaling.num_workers > have + 1e-9:
+            line = line_of(spec_file, ("scaling", "num_workers")) if spec_file else None
+            where = f"{spec_file}:{line}: " if spec_file else ""
+            raise UserError(
+                f"{where}scaling.num_workers: expected at most "
+                f"{int(have // per_worker) if per_worker else 'any'} workers with "
+                f"{per_worker:g} {resource} each (the cluster has {have:g} {resource}), "
+                f"got {scaling.num_workers}"
+            )
+
+
+def new_run_name(job: str) -> str:
+    """Unique per start: a new run never resumes an old one by accident."""
+    return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def run(
+    spec: JobSpec,
+    run_name: str | None = None,
+    resume: bool = False,
+    controller_failure_limit: int = -1,
+) -> TrainResult:
+    """Train ``spec`` on Ray Train.
+
+    Args:
+        spec: the loaded job spec.
+        run_name: the name to use; with ``resume`` it names the run to continue.
+        resume: continue ``run_name`` from its last checkpoint (a stage done is not redone).
+        controller_failure_limit: Ray Train controller failures tolerated (-1: Ray's default).
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from hybridft.model import load_tokenizer, resolve_base
+    from hybridft.train.loop import HISTORY_FILE, train_loop
+    from hybridft.train.prepare import prepare, write_mixture_report
+
+    t0 = time.perf_counter()
+    out_root = Path(spec.output_dir).resolve()
+    if resume and not run_name:
+        raise UserError("--resume needs the run name to continue (see `hybridft runs`)")
+    run_name = run_name or new_run_name(spec.name)
+    run_dir = out_root / run_name
+    if resume and not (out_root / "ray" / run_name).exists():
+        raise UserError(f"--resume {run_name}: no such run under {out_root}")
+    if not resume and (out_root / "ray" / run_name).exists():
+        raise UserError(f"run {run_name!r} already exists under {out_root}; pass --resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    ensure_ray()
+    check_resources(spec.scaling, spec.source_file)
+    base_dir = resolve_base(spec.model.base, spec.model.tiny, spec.model.cache_dir, spec.seed)
+    tokenizer = load_tokenizer(base_dir)
+    prepared = prepare(
+        spec.data, spec.stages, spec.training, tokenizer, spec.scaling.num_workers, spec.seed
+    )
+    mixture_path = write_mixture_report(prepared, spec.stages, run_dir / "mixture.json")
+    (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
+
+    stages_cfg = []
+    for stage, plan in zip(spec.stages, prepared.stages, strict=True):
+        stages_cfg.append(
+            {
+                "name": stage.name,
+                "rows": ray.put(plan.rows),
+                "sources": plan.sources,
+                "steps": plan.steps,
+                "lr": stage.lr,
+                "schedule": stage.schedule,
+                "warmup_steps": stage.warmup_steps,
+                "min_lr_ratio": stage.min_lr_ratio,
+            }
+        )
+    config = {
+        "base_dir": str(base_dir),
+        "seed": spec.seed,
+        "stages": stages_cfg,
+        "training": spec.training.model_dump(),
+        "method": spec.method.model_dump(),
+        "threads_per_worker": spec.training.threads_per_worker,
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if spec.scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=spec.scaling.num_workers,
+            use_gpu=spec.scaling.use_gpu,
+            resources_per_worker=spec.scaling.resources_per_worker,
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(out_root / "ray"),
+            failure_config=FailureConfig(
+                max_failures=spec.scaling.max_failures,
+                controller_failure_limit=controller_failure_limit,
+            ),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            worker_runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    # Stage models: the checkpoint reported at each stage's end.
+    stage_dirs: dict[str, Path] = {}
+    for checkpoint, metrics in result.best_checkpoints or []:
+        if metrics.get("stage_end"):
+            dest = run_dir / "stages" / metrics["stage_end"]
+            _copy_model(checkpoint, dest)
+            stage_dirs[metrics["stage_end"]] = dest / "model"
+    final = run_dir / "final"
+    _copy_model(result.checkpoint, final)
+    history = [
+        json.loads(x) for x in (final / HISTORY_FILE).read_text().splitlines() if x.strip()
+    ]
+    return TrainResult(
+        run_name=run_name,
+        run_dir=run_dir,
+        model_dir=final / "model",
+        base_dir=Path(base_dir),
+        stage_dirs=stage_dirs,
+        history=history,
+        fingerprints={n: s.fingerprint for n, s in prepared.sources.items()},
+        mixture=json.loads(mixture_path.read_text()),
+        wall_s=time.perf_counter() - t0,
+        extra={"read_reports": prepared.read_reports},
+    )
+
+
+def _copy_model(checkpoint: Any, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    with checkpoint.as_directory() as src:
+        shutil.copytree(src, dest)
