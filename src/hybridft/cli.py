@@ -28,7 +28,8 @@ def data_synth(
     from hybridft.data.synth import synthesize
 
     manifest = synthesize(out, seed=seed)
-    console.print(f"[green]wrote[/] {out} ({manifest.total_rows} rows, seed {seed})")
+    rows = sum(sum(c.values()) for c in manifest.counts.values())
+    console.print(f"[green]wrote[/] {out} ({rows} rows, seed {seed})")
 
 
 @data_app.command("validate")

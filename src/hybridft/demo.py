@@ -29,7 +29,8 @@ def run_demo(port: int = 8000, data_dir: Path = Path("data/demo")) -> dict[str, 
     t_start = time.perf_counter()
     t = _step(console, 1, "demo data (deterministic, seed 0)")
     manifest = synthesize(data_dir, seed=0)
-    console.print(f"{manifest.total_rows} rows in {data_dir}  ({time.perf_counter() - t:.1f}s)")
+    rows = sum(sum(c.values()) for c in manifest.counts.values())
+    console.print(f"{rows} rows in {data_dir}  ({time.perf_counter() - t:.1f}s)")
 
     t = _step(console, 2, f"train {DEMO_SPEC} on Ray Train (2 workers, DDP over gloo)")
     record = train_and_log(DEMO_SPEC)

@@ -44,6 +44,8 @@ class ModelSpec(Strict):
     tiny: TinyModelSpec = TinyModelSpec()
     # Where the tiny base (weights + locally trained tokenizer) is cached; built once per config.
     cache_dir: str = ".hybridft/base"
+    # Text the tiny base's tokenizer is trained on (globs): the demo corpus by default.
+    tokenizer_corpus: Annotated[list[str], Field(min_length=1)] = ["data/demo/**/train.jsonl"]
 
 
 RecordFormat = Literal["auto", "instruction", "chat", "task"]

@@ -1,8 +1,8 @@
 """Stream Examples out of JSONL and Parquet files, checking every row and losing none.
 
 Files are read one line (JSONL) or one record batch (Parquet) at a time, so a file larger than
-memory works. A bad row is a one-line ``file:line: key: problem`` UserError (``on_bad_rows="error"``)
-or is written, with its raw text and the reason, to a rejects JSONL and counted (``"skip"``).
+memory works. A bad row is a one-line ``file:line: key: problem`` UserError (on_bad_rows "error")
+or is written with its raw text and reason to a rejects JSONL and counted (on_bad_rows "skip").
 """
 
 from __future__ import annotations
@@ -208,7 +208,12 @@ class ExampleStream:
                     raise located(path, number, exc.key, exc.problem) from None
                 counts.rejected += 1
                 reason = f"{exc.key}: {exc.problem}" if exc.key else exc.problem
-                record = {"file": path, "line": number, "reason": reason, "raw": _raw_text(raw, row)}
+                record = {
+                    "file": path,
+                    "line": number,
+                    "reason": reason,
+                    "raw": _raw_text(raw, row),
+                }
                 rejects.write(json.dumps(record, ensure_ascii=False) + "\n")
                 continue
             counts.accepted += 1

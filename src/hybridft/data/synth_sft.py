@@ -121,22 +121,31 @@ def _ticket(rng: random.Random) -> SftDraft:
         "mention": rng.choice(MENTIONS[other]),
         "when": rng.choice(("Monday", "yesterday", "this morning", "the update", "lunch")),
     }
-    issue = _fill(v.zipf_choice(rng, ISSUES[team]), slots)
-    extra = _fill(rng.choice(EXTRAS), slots) if rng.random() < 0.45 else ""
+    issue = v.fill(v.zipf_choice(rng, ISSUES[team]), slots)
+    extra = v.fill(rng.choice(EXTRAS), slots) if rng.random() < 0.45 else ""
     k = rng.randrange(len(TICKET_TEMPLATES))
-    text = _fill(
+    text = v.fill(
         TICKET_TEMPLATES[k],
         {
             **slots,
             "issue": issue,
             "issue_cap": issue[0].upper() + issue[1:],
-            "urgency": v.zipf_choice(rng, v.URGENCY_CUES[urgency]),
+            "urgency": _urgency_text(rng, urgency),
             "extra": extra,
             "first": slots["person"].split()[0],
         },
     )
     text = _noise(rng, text)
     return SftDraft(f"Ticket: {text}\nRoute to team and urgency.", f"{team} {urgency}", k)
+
+
+def _urgency_text(rng: random.Random, urgency: str) -> str:
+    """The urgency cue; sometimes after an earlier, different one (the latest one counts)."""
+    cue = v.zipf_choice(rng, v.URGENCY_CUES[urgency])
+    if rng.random() > 0.15:
+        return cue
+    before = rng.choice(v.URGENCY_CUES[rng.choice([u for u in URGENCIES if u != urgency])])
+    return f"Earlier: {before.lower()} Update: {cue}"
 
 
 def _ticket_mislabel(rng: random.Random, label: str) -> str:
@@ -153,33 +162,41 @@ INTENT_CUES = {
         "I want my money back for order {o}", "please refund order {o}",
         "can I get a refund on order {o}?", "I returned order {o} and still have no refund",
         "requesting reimbursement for order {o}", "I changed my mind about {o}, money back please",
-        "where is the refund for order {o}?",
+        "where is the refund for order {o}?", "please reverse the charge for {o}",
+        "put the money for {o} back on my card", "I sent {o} back, when do I get paid back?",
     ),
     "shipping_status": (
         "where is my order {o}?", "order {o} hasn't arrived yet",
         "tracking for order {o} hasn't updated in days", "when will order {o} be delivered?",
         "has order {o} shipped yet?", "my package {o} is late", "is {o} still in transit?",
+        "no sign of {o} so far", "the courier lost track of {o}", "how long until {o} gets here?",
     ),
     "cancel": (
         "please cancel order {o}", "I don't want order {o} anymore, stop it",
         "cancel {o} before it ships", "I ordered {o} by mistake, please cancel it",
         "call off order {o}", "scrap my order {o}", "I need order {o} cancelled",
+        "withdraw my purchase {o}", "please void order {o}", "don't process {o} after all",
     ),
     "change_address": (
         "I moved, please ship order {o} to {addr}", "update the delivery address for {o} to {addr}",
         "wrong address on order {o}, it should be {addr}", "can you send order {o} to {addr}?",
         "deliver {o} to {addr} instead", "new address for order {o}: {addr}",
+        "{o} must go to {addr} now", "please redirect {o} to {addr}",
     ),
     "damaged_item": (
         "order {o} arrived broken", "the {item} in order {o} is cracked",
         "the box for {o} was crushed and the {item} is damaged", "the {item} from {o} came dented",
         "order {o}: the {item} is shattered", "the {item} in {o} has a big scratch",
-        "half of order {o} was smashed",
+        "half of order {o} was smashed", "the {item} from {o} doesn't work out of the box",
+        "{o} came with a torn {item}",
     ),
     "account_access": (
-        "I can't log into my account, email {email}", "the password reset for {email} never arrives",
-        "my account {email} is locked", "I'm locked out of my account ({email})",
+        "I can't log into my account, email {email}",
+        "the password reset for {email} never arrives", "my account {email} is locked",
+        "I'm locked out of my account ({email})",
         "the two-factor code doesn't work for {email}", "sign-in fails for {email}",
+        "the site says my login {email} does not exist",
+        "I can't get past the login page ({email})",
     ),
 }  # fmt: skip
 REPLIES = {
@@ -190,14 +207,43 @@ REPLIES = {
     "damaged_item": "Sorry that order {o} arrived damaged; a replacement ships today.",
     "account_access": "We've sent a password reset link to {email}.",
 }
-# Confusers that do not change the intent (the rule: damage > cancel > refund).
+# Context that mentions another intent's words without changing the intent; the rule is the
+# request itself (and damage > cancel > refund where a message asks for two things).
 CONFUSERS = {
-    "damaged_item": " A refund or replacement, whatever is faster.",
-    "cancel": " Please refund me if you already charged.",
-    "shipping_status": " If it's lost I may cancel.",
+    "refund": (" The parcel arrived last week.", " I already cancelled the rest.",
+               " Shipping was quick at least."),
+    "shipping_status": (" If it's lost I may cancel.", " It should go to {addr}.",
+                        " I hope it doesn't arrive broken."),
+    "cancel": (" Please refund me if you already charged.", " It hasn't shipped yet, right?",
+               " Don't send it to my old address."),
+    "change_address": (" It hasn't shipped yet, I hope.", " Don't cancel it though.",
+                       " Tracking still shows the old one."),
+    "damaged_item": (" A refund or replacement, whatever is faster.", " Where do I send it back?",
+                     " I may cancel future orders."),
+    "account_access": (" I need to check order {o}.", " I can't see my refund status.",
+                       " My orders page is blank."),
+}  # fmt: skip
+NEGATED = {  # "not this intent": uses the intent's own words, so words alone can mislead
+    "refund": " I don't want a refund.",
+    "shipping_status": " I know it has shipped.",
+    "cancel": " No need to cancel.",
+    "change_address": " The address is right.",
+    "damaged_item": " Nothing arrived damaged.",
+    "account_access": " My login works fine.",
+}
+WANTS = {  # "I want A, not B": the same words either way round, only the order decides
+    "refund": "my money back",
+    "shipping_status": "a status update",
+    "cancel": "the order cancelled",
+    "change_address": "a new delivery address",
+    "damaged_item": "a replacement for the broken item",
+    "account_access": "a login reset",
 }
 OPENERS = ("", "Hi, ", "Hello, ", "Good morning, ", "Hey, ")
-CLOSERS = ("", " Thanks.", " Thank you!", " Regards, {name}.", " Cheers.", " - {name}")
+CLOSERS = (
+    "", " Thanks.", " Thank you!", " Regards, {name}.", " Cheers.", " - {name}",
+    " - {name} ({email})", " Reach me at {email}.",
+)  # fmt: skip
 INTENTS = tuple(INTENT_CUES)
 _SWAPPABLE = ("refund", "shipping_status", "cancel", "damaged_item")  # replies need only {o}
 
@@ -207,18 +253,27 @@ def _support(rng: random.Random) -> SftDraft:
     name = v.person(rng).split()[0]
     slots = {"o": v.order_id(rng), "email": v.email(rng), "addr": v.address(rng)}
     k = v.zipf_index(rng, len(INTENT_CUES[intent]))
-    body = _fill(INTENT_CUES[intent][k], {**slots, "item": rng.choice(v.ITEMS)})
-    if "{o}" in INTENT_CUES[intent][k] and rng.random() < 0.3:
-        body = body.replace(slots["o"], "#" + slots["o"], 1)
-    if intent in CONFUSERS and rng.random() < 0.2:
-        body += CONFUSERS[intent]
-    text = rng.choice(OPENERS) + body + _fill(rng.choice(CLOSERS), {"name": name})
+    cue = INTENT_CUES[intent][k]
+    if rng.random() < 0.15:
+        other = rng.choice([i for i in INTENTS if i not in (intent, "account_access")])
+        what = "my account {email}" if intent == "account_access" else "order {o}"
+        cue, k = f"I want {WANTS[intent]}, not {WANTS[other]}, for {what}", len(INTENT_CUES[intent])
+    if "{o}" in cue and rng.random() < 0.3:
+        cue = cue.replace("{o}", "#{o}", 1)
+    body = cue + ("" if cue[-1] in ".?!)" else ".")
+    if rng.random() < 0.35:
+        body += rng.choice(CONFUSERS[intent])
+    if rng.random() < 0.3:
+        body += NEGATED[rng.choice([i for i in INTENTS if i != intent])]
+    text = rng.choice(OPENERS) + body + rng.choice(CLOSERS)
+    # noise first, fill after: the order id, email and address the reply repeats stay exact
     text = _noise(rng, text[0].upper() + text[1:])
+    text = v.fill(text, {**slots, "item": rng.choice(v.ITEMS), "name": name})
     return SftDraft(
         f"Customer message: {text}\nGive the intent and a reply.",
         intent,
         k,
-        lambda label: _fill(REPLIES[label], slots),
+        lambda label: v.fill(REPLIES[label], slots),
     )
 
 
@@ -249,7 +304,7 @@ POLICY = (
     Clause("3.4", "data retention", 365, (
         "Customer records in {system} are kept for {v} days.",
         "We delete closed-account data after {v} days.",
-        "{system} stores call recordings for {v} days.",
+        "Call recordings in {system} are stored for {v} days.",
         "Old invoices of former clients stay in {system} for {v} days.",
     )),
     Clause("4.2", "password rotation", 90, (
@@ -267,7 +322,7 @@ POLICY = (
     Clause("6.3", "incident reporting", 72, (
         "A phishing incident was reported {v} hours after discovery.",
         "{person} told security about the lost laptop {v} hours later.",
-        "The {system} data leak reached the security team after {v} hours.",
+        "A data leak in {system} reached the security team after {v} hours.",
         "A malware alert on {system} was escalated {v} hours after it fired.",
     )),
     Clause("7.2", "training deadline", 30, (
@@ -282,26 +337,12 @@ QUESTIONS = ("Is this compliant?", "Compliant or not?", "Does this follow the po
 COMPLIANCE_LABELS = ("compliant", "non-compliant")
 
 
-def _value(rng: random.Random, limit: int, within: bool) -> int:
-    """A number on the required side of ``limit``: mostly round numbers, some edge cases."""
-    r = rng.random()
-    if r < 0.08:  # the boundary itself, or just past it
-        return limit if within else limit + rng.randint(1, max(1, limit // 10))
-    lo, hi = (max(1, limit // 5), limit) if within else (limit + 1, limit * 3)
-    x = rng.randint(lo, hi)
-    if r < 0.75:  # round it the way people write numbers, staying on the right side
-        step = 10 ** max(0, len(str(x)) - 2) * rng.choice((1, 5))
-        rounded = (x // step) * step if within else -(-x // step) * step
-        x = rounded if lo <= rounded <= hi else x
-    return x
-
-
 def _compliance(rng: random.Random) -> SftDraft:
     label = rng.choice(COMPLIANCE_LABELS)
     clause = rng.choice(POLICY)
     k = rng.randrange(len(clause.scenarios))
-    value = _value(rng, clause.limit, within=label == "compliant")
-    text = _fill(
+    value = v.number_beside_limit(rng, clause.limit, within=label == "compliant")
+    text = v.fill(
         clause.scenarios[k],
         {"v": str(value), "person": v.person(rng), "system": rng.choice(SYSTEMS)},
     )
@@ -315,13 +356,6 @@ def _compliance_mislabel(rng: random.Random, label: str) -> str:
 
 
 # --- shared helpers ------------------------------------------------------------------------------
-
-
-def _fill(template: str, slots: dict[str, str]) -> str:
-    """Replace ``{name}`` slots; str.format would trip on braces inside filled values."""
-    for key, value in slots.items():
-        template = template.replace("{" + key + "}", value)
-    return template
 
 
 def _noise(rng: random.Random, text: str) -> str:

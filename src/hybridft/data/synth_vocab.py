@@ -99,3 +99,24 @@ def zipf_index(rng: random.Random, n: int) -> int:
 
 def zipf_choice(rng: random.Random, items: tuple[str, ...]) -> str:
     return items[zipf_index(rng, len(items))]
+
+
+def fill(template: str, slots: dict[str, str]) -> str:
+    """Replace ``{name}`` slots; str.format would trip on braces inside filled values."""
+    for key, value in slots.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def number_beside_limit(rng: random.Random, limit: int, within: bool) -> int:
+    """A number on the required side of ``limit``: mostly round numbers, some edge cases."""
+    r = rng.random()
+    if r < 0.08:  # the boundary itself, or just past it
+        return limit if within else limit + rng.randint(1, max(1, limit // 10))
+    lo, hi = (max(1, limit // 5), limit) if within else (limit + 1, limit * 3)
+    x = rng.randint(lo, hi)
+    if r < 0.75:  # round it the way people write numbers, staying on the right side
+        step = 10 ** max(0, len(str(x)) - 2) * rng.choice((1, 5))
+        rounded = (x // step) * step if within else -(-x // step) * step
+        x = rounded if lo <= rounded <= hi else x
+    return x

@@ -34,7 +34,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-DEFAULT_CORPUS = "data/demo/**/*.jsonl"
+DEFAULT_CORPUS = "data/demo/**/train.jsonl"
 
 
 def _corpus_texts(paths: list[str]) -> Iterator[str]:
@@ -110,7 +110,7 @@ def build_tiny_base(
     """Train the tokenizer on ``corpus`` files, initialise the model, save as an HF directory."""
     if not corpus:
         raise UserError(
-            f"tiny base model: no corpus files matched {DEFAULT_CORPUS!r}; "
+            "model.tokenizer_corpus: no files matched (default data/demo/**/train.jsonl); "
             "run `hybridft data synth` first or set model.base to a local HF directory"
         )
     tokenizer = train_tokenizer(_corpus_texts(corpus), cfg.vocab_size)
@@ -118,18 +118,26 @@ def build_tiny_base(
     return save_model(model, tokenizer, out_dir)
 
 
-def resolve_base(base: str, cfg: TinyModelSpec, cache_dir: str, seed: int = 0) -> Path:
+def resolve_base(
+    base: str,
+    cfg: TinyModelSpec,
+    cache_dir: str,
+    seed: int = 0,
+    corpus_globs: list[str] | None = None,
+) -> Path:
     """The HF directory a job starts from: a local directory, or the (cached) tiny default."""
     if base != "tiny":
         path = Path(base)
         if not (path / "config.json").is_file():
             raise UserError(f"model.base: expected 'tiny' or a local HF model directory, got {base!r}")
-        return path
-    corpus = sorted(glob.glob(DEFAULT_CORPUS, recursive=True))
+        return path.resolve()
+    corpus = sorted(
+        {p for g in (corpus_globs or [DEFAULT_CORPUS]) for p in glob.glob(g, recursive=True)}
+    )
     digest = hashlib.sha256(cfg.model_dump_json().encode() + str(seed).encode())
     for path in corpus:  # the cache key covers the corpus content, not only its names
         digest.update(Path(path).read_bytes())
-    out = Path(cache_dir) / f"tiny-{digest.hexdigest()[:12]}"
+    out = (Path(cache_dir) / f"tiny-{digest.hexdigest()[:12]}").resolve()
     if not (out / "model.safetensors").is_file():
         build_tiny_base(cfg, out, corpus, seed)
     return out

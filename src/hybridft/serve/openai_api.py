@@ -7,13 +7,19 @@ official ``openai`` client parses; only the fields we fill are declared.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-FinishReason = Literal["stop", "length"]
+from hybridft.serve.generation import FinishReason, StreamStep
+
+logger = logging.getLogger(__name__)
+
 MAX_STOP_SEQUENCES = 4  # the OpenAI limit
 
 
@@ -37,7 +43,7 @@ class ChatMessage(_Request):
         return "".join(part.text for part in self.content)
 
     def template_dict(self) -> dict[str, str]:
-        # Chat templates know system/user/assistant; OpenAI's newer "developer" role is a system turn.
+        # Chat templates know system/user/assistant; OpenAI's "developer" role is a system turn.
         role = "system" if self.role == "developer" else self.role
         return {"role": role, "content": self.text()}
 
@@ -46,7 +52,8 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-Stop = str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)]
+StopString = Annotated[str, Field(min_length=1)]
+Stop = str | Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
 
 
 class _GenerationRequest(_Request):
@@ -254,3 +261,66 @@ def error_from_validation(errors: list[Any]) -> OpenAIError:
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- streaming --------------------------------------------------------------------------------
+
+
+def chat_chunks(
+    steps: Iterator[StreamStep], ids: dict[str, str], include_usage: bool
+) -> Iterator[ChatCompletionChunk]:
+    """``chat.completion.chunk`` objects for engine steps: role, content deltas, finish, usage.
+
+    Args:
+        steps: The engine's stream; the last step carries the finish reason and token counts.
+        ids: ``model`` and ``system_fingerprint`` for every chunk.
+        include_usage: Append OpenAI's final usage-only chunk (``stream_options``).
+
+    Yields:
+        Chunks in the order the ``openai`` client expects.
+    """
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), **ids}
+
+    def chunk(delta: ChatDelta, finish: FinishReason | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            **head, choices=[ChatChunkChoice(delta=delta, finish_reason=finish)]
+        )
+
+    yield chunk(ChatDelta(role="assistant", content=""))
+    last = StreamStep("")
+    for last in steps:
+        if last.text:
+            yield chunk(ChatDelta(content=last.text))
+    yield chunk(ChatDelta(), last.finish_reason)
+    if include_usage:
+        usage = Usage.of(last.prompt_tokens, last.completion_tokens)
+        yield ChatCompletionChunk(**head, choices=[], usage=usage)
+
+
+def completion_chunks(
+    steps: Iterator[StreamStep], ids: dict[str, str], include_usage: bool
+) -> Iterator[TextCompletion]:
+    """Streamed ``text_completion`` objects for engine steps (see :func:`chat_chunks`)."""
+    head = TextCompletion(**ids, choices=[])
+    for step in steps:
+        if step.text or step.finish_reason:
+            choice = CompletionChoice(text=step.text, finish_reason=step.finish_reason)
+            yield head.model_copy(update={"choices": [choice]})
+        if step.finish_reason and include_usage:
+            usage = Usage.of(step.prompt_tokens, step.completion_tokens)
+            yield head.model_copy(update={"usage": usage})
+
+
+def sse_events(chunks: Iterator[BaseModel]) -> Iterator[str]:
+    """Server-sent events in OpenAI's framing, ending with ``[DONE]``.
+
+    A failure mid-stream becomes an in-band error event: the 200 status is already sent.
+    """
+    try:
+        for chunk in chunks:
+            yield f"data: {chunk.model_dump_json()}\n\n"
+    except Exception as exc:  # keep the replica serving; the client sees the error event
+        logger.exception("streamed generation failed")
+        err = OpenAIError(500, f"generation failed: {exc}", type="server_error")
+        yield f"data: {json.dumps(err.body())}\n\n"
+    yield "data: [DONE]\n\n"

@@ -43,11 +43,13 @@ def ensure_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    # Ray libraries log every report at INFO; users want our progress lines and warnings.
+    quiet = ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
     if address:  # a cluster: token auth stays on, the client side sends the token
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_config=quiet)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(log_to_driver=True, logging_config=quiet)
 
 
 def check_resources(scaling: ScalingSpec, spec_file: str) -> None:
@@ -114,7 +116,13 @@ def run(
 
     ensure_ray()
     check_resources(spec.scaling, spec.source_file)
-    base_dir = resolve_base(spec.model.base, spec.model.tiny, spec.model.cache_dir, spec.seed)
+    base_dir = resolve_base(
+        spec.model.base,
+        spec.model.tiny,
+        spec.model.cache_dir,
+        spec.seed,
+        spec.model.tokenizer_corpus,
+    )
     tokenizer = load_tokenizer(base_dir)
     prepared = prepare(
         spec.data, spec.stages, spec.training, tokenizer, spec.scaling.num_workers, spec.seed

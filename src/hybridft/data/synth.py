@@ -1,0 +1,409 @@
+"""Deterministic demo data: three SFT tasks, an instruction suite, a task graph and a manifest.
+
+``synthesize(out_dir, seed)`` writes, byte for byte the same for the same seed and sizes::
+
+    sft/{it_desk,support,compliance}/{train,validation,test}.jsonl      task format
+    instruction/<task>/{train,validation,test}.jsonl                    instruction or chat format
+    task_graph.yaml                                                     clusters, skills, relations
+    manifest.json                                                       counts, balance, sha256
+
+Each task draws from its own ``random.Random(seed + offset)``, the offset a sha256 of the task name
+(``hash()`` is salted per process). Examples are drawn, de-duplicated on their normalised content,
+then split, so no prompt appears in two splits; ``check_disjoint`` re-checks the written files.
+Label noise touches train rows only, so validation and test measure the clean rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from hybridft.data.synth_instructions import INSTRUCTION_TASKS, InstructionDraft, InstructionTask
+from hybridft.data.synth_sft import SFT_TASKS, SftDraft, SftTask
+from hybridft.data.synth_vocab import fill
+from hybridft.errors import UserError
+
+GENERATOR_VERSION = "synth-1"
+SPLITS = ("train", "validation", "test")
+HELD_OUT_SHARE = (
+    1 / 3
+)  # of an instruction task's test rows, those worded with its held-out phrasing
+_MAX_MISSES = 20_000  # consecutive duplicate draws before a task's content counts as exhausted
+
+Draft = TypeVar("Draft", SftDraft, InstructionDraft)
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SynthManifest:
+    """What ``synthesize`` wrote. Paths are absolute; manifest.json holds them relative."""
+
+    out_dir: Path
+    seed: int
+    version: str
+    kinds: dict[str, str]  # task -> "sft" | "instruction"
+    paths: dict[str, dict[str, Path]]  # task -> split -> file
+    counts: dict[str, dict[str, int]]  # task -> split -> rows
+    label_balance: dict[str, dict[str, float]]  # task -> label -> share of all its rows
+    task_graph: Path
+    manifest: Path
+
+    def tasks(self, kind: str | None = None) -> list[str]:
+        """Task names, all or of one kind ("sft" / "instruction"), in generation order."""
+        return [name for name, k in self.kinds.items() if kind is None or k == kind]
+
+
+def synthesize(
+    out_dir: str | Path,
+    seed: int = 0,
+    n_train: int = 2000,
+    n_validation: int = 200,
+    n_test: int = 200,
+    n_instruction_train: int = 600,
+    n_instruction_validation: int = 60,
+    n_instruction_test: int = 60,
+    label_noise: float = 0.04,
+) -> SynthManifest:
+    """Write the demo data set under ``out_dir`` and return what was written.
+
+    Args:
+        out_dir: folder to write into (created; existing files of the same names are replaced).
+        seed: the only source of randomness; the same seed and sizes give byte-identical files.
+        n_train, n_validation, n_test: rows per split of each SFT task.
+        n_instruction_train, n_instruction_validation, n_instruction_test: rows per split of
+            each instruction task.
+        label_noise: share of SFT train rows given a plausible wrong label (meta label_noise).
+
+    Returns:
+        The manifest: paths, row counts per task and split, label balance, seed, version.
+
+    Raises:
+        UserError: a bad argument, a task whose distinct examples run out before the sizes
+            asked for, or (a generator bug) a prompt found in two splits.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"synth: seed: expected an integer, got {seed!r}")
+    if not 0.0 <= label_noise <= 0.5:
+        raise UserError(f"synth: label_noise: expected a share in [0, 0.5], got {label_noise!r}")
+    sft_sizes = _sizes("n", n_train, n_validation, n_test)
+    instruction_sizes = _sizes(
+        "n_instruction", n_instruction_train, n_instruction_validation, n_instruction_test
+    )
+    root = Path(out_dir)
+    rows: dict[str, dict[str, list[Row]]] = {}
+    kinds: dict[str, str] = {}
+    for task in SFT_TASKS:
+        rng = task_rng(seed, task.name)
+        drafts = _draw_unique(
+            task.name, task.make, _sft_key, rng, sum(sft_sizes), task.labels, lambda d: d.label
+        )
+        rows[task.name] = _sft_rows(task, _split(drafts, sft_sizes), rng, label_noise)
+        kinds[task.name] = "sft"
+    for itask in INSTRUCTION_TASKS:
+        rng = task_rng(seed, itask.name)
+        drafts = _draw_unique(
+            itask.name, itask.make, _content_key, rng, sum(instruction_sizes),
+            itask.labels, lambda d: d.output,
+        )  # fmt: skip
+        rows[itask.name] = _instruction_rows(itask, _split(drafts, instruction_sizes), rng)
+        kinds[itask.name] = "instruction"
+
+    paths = {
+        name: _write_splits(root / kinds[name] / name, by_split) for name, by_split in rows.items()
+    }
+    graph_path = root / "task_graph.yaml"
+    graph_path.write_text(
+        "# Generated by hybridft.data.synth; `related` links instruction tasks to SFT tasks.\n"
+        + yaml.safe_dump(task_graph(), sort_keys=False, width=100),
+        encoding="utf-8",
+    )
+    problems = check_disjoint(root)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"synth: splits overlap: {problems[0]}{more}")
+
+    balance = {name: _label_shares(by_split) for name, by_split in rows.items()}
+    counts = {name: {s: len(r) for s, r in by_split.items()} for name, by_split in rows.items()}
+    doc = {
+        "generator": "hybridft.data.synth",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "sizes": {
+            "sft": dict(zip(SPLITS, sft_sizes, strict=True)),
+            "instruction": dict(zip(SPLITS, instruction_sizes, strict=True)),
+        },  # fmt: skip
+        "label_noise": label_noise,
+        "tasks": {
+            name: _task_entry(name, kinds[name], rows[name], root, paths[name], balance[name])
+            for name in rows
+        },  # fmt: skip
+        "files": _file_digests(
+            root, [p for by_split in paths.values() for p in by_split.values()] + [graph_path]
+        ),  # fmt: skip
+    }
+    manifest_path = root / "manifest.json"
+    manifest_path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    return SynthManifest(
+        root, seed, GENERATOR_VERSION, kinds, paths, counts,
+        {name: b["labels"] for name, b in balance.items() if b}, graph_path, manifest_path,
+    )  # fmt: skip
+
+
+def check_disjoint(out_dir: str | Path) -> list[str]:
+    """Problems with the split files under ``out_dir`` (an empty list means none).
+
+    Reports every row whose normalised prompt text (lower case, whitespace collapsed) also appears
+    in another split of the same task, rows that cannot be read, and missing split files.
+    """
+    root = Path(out_dir)
+    task_dirs = sorted({p.parent for p in root.glob("*/*/train.jsonl")})
+    if not task_dirs:
+        return [f"{root}: no */*/train.jsonl split files found"]
+    problems: list[str] = []
+    for task_dir in task_dirs:
+        first_seen: dict[str, tuple[str, str]] = {}  # prompt key -> (split, file:line)
+        for split in SPLITS:
+            path = task_dir / f"{split}.jsonl"
+            if not path.is_file():
+                problems.append(f"{path}: missing split file")
+                continue
+            with path.open(encoding="utf-8") as fh:
+                for line_no, line in enumerate(fh, 1):
+                    where = f"{path}:{line_no}"
+                    try:
+                        key = normalise(prompt_text(json.loads(line)))
+                    except (ValueError, KeyError, TypeError, IndexError) as exc:
+                        problems.append(f"{where}: unreadable row ({type(exc).__name__}: {exc})")
+                        continue
+                    other_split, other_where = first_seen.setdefault(key, (split, where))
+                    if other_split != split:
+                        problems.append(
+                            f"{where}: prompt also in {other_split} ({other_where}): {key[:60]!r}"
+                        )
+    return problems
+
+
+def prompt_text(row: Row) -> str:
+    """The text a model is conditioned on, for any of the three record formats."""
+    if "prompt" in row:
+        return row["prompt"]
+    if "instruction" in row:
+        return f"{row['instruction']}\n{row.get('input', '')}"
+    return "\n".join(m["content"] for m in row["messages"][:-1])
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def task_graph() -> dict[str, Any]:
+    """Every task with its cluster, domain and skills; ``related`` links SFT <-> instruction."""
+    related: dict[str, list[str]] = {t.name: [] for t in SFT_TASKS}
+    for itask in INSTRUCTION_TASKS:
+        for target in itask.related:
+            related[target].append(itask.name)
+    for itask in INSTRUCTION_TASKS:
+        related[itask.name] = list(itask.related)
+    kinds = [("sft", t) for t in SFT_TASKS] + [("instruction", t) for t in INSTRUCTION_TASKS]
+    return {
+        "tasks": {t.name: {"kind": kind, "cluster": t.cluster, "domain": t.domain,
+                           "skills": list(t.skills), "related": related[t.name]}
+                  for kind, t in kinds}
+    }  # fmt: skip
+
+
+def task_rng(seed: int, task: str) -> random.Random:
+    """The task's own stream: adding a task or changing one task's sizes leaves the others."""
+    offset = int.from_bytes(hashlib.sha256(task.encode()).digest()[:6], "big")
+    return random.Random(seed + offset)
+
+
+# --- generation steps ----------------------------------------------------------------------------
+
+
+def _sizes(prefix: str, train: int, validation: int, test: int) -> tuple[int, int, int]:
+    for split, value, least in (("train", train, 1), ("validation", validation, 0),
+                                ("test", test, 0)):  # fmt: skip
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise UserError(
+                f"synth: {prefix}_{split}: expected an integer >= {least}, got {value!r}"
+            )
+    return train, validation, test
+
+
+def _sft_key(draft: SftDraft) -> str:
+    return normalise(draft.prompt)
+
+
+def _content_key(draft: InstructionDraft) -> str:
+    # the content, before a phrasing is chosen: the same input is never in two splits, reworded
+    return normalise("\x1f".join([draft.input, *(value for _, value in draft.slots)]))
+
+
+def _draw_unique(
+    name: str, make: Callable[[random.Random], Draft], key: Callable[[Draft], str],
+    rng: random.Random, n: int, labels: tuple[str, ...] = (),
+    label_of: Callable[[Draft], str] = lambda d: "",
+) -> list[Draft]:  # fmt: skip
+    """``n`` drafts with distinct keys; with ``labels``, at most ceil(n / len(labels)) per label."""
+    quota = -(-n // len(labels)) if labels else n
+    per_label: Counter[str] = Counter()
+    found: dict[str, Draft] = {}
+    misses = 0
+    while len(found) < n:
+        draft = make(rng)
+        k = key(draft)
+        if k not in found and per_label[label_of(draft)] < quota:
+            found[k], misses = draft, 0
+            per_label[label_of(draft)] += 1
+            continue
+        misses += 1
+        if misses > _MAX_MISSES:
+            raise UserError(
+                f"synth: task {name}: only {len(found)} distinct examples found, {n} asked for; "
+                "lower the split sizes"
+            )
+    return list(found.values())
+
+
+def _split(drafts: list[Draft], sizes: tuple[int, int, int]) -> dict[str, list[Draft]]:
+    a, b = sizes[0], sizes[0] + sizes[1]
+    return dict(zip(SPLITS, (drafts[:a], drafts[a:b], drafts[b:]), strict=True))
+
+
+def _sft_rows(
+    task: SftTask, splits: dict[str, list[SftDraft]], rng: random.Random, label_noise: float
+) -> dict[str, list[Row]]:
+    out: dict[str, list[Row]] = {}
+    for split, drafts in splits.items():
+        rows = []
+        for i, draft in enumerate(drafts):
+            label, meta = draft.label, {"template": str(draft.template)}
+            if split == "train" and label_noise > 0 and rng.random() < label_noise:
+                wrong = task.mislabel(rng, draft.label)
+                if wrong is not None:
+                    label, meta = wrong, {**meta, "label_noise": "true"}
+            rows.append({"prompt": draft.prompt, "completion": draft.completion(label),
+                         "label": label, "id": f"{task.name}-{split}-{i:05d}",
+                         "task": task.name, "meta": meta})  # fmt: skip
+        out[split] = rows
+    return out
+
+
+def _instruction_rows(
+    task: InstructionTask, splits: dict[str, list[InstructionDraft]], rng: random.Random
+) -> dict[str, list[Row]]:
+    held_out = len(task.phrasings) - 1
+    out: dict[str, list[Row]] = {}
+    for split, drafts in splits.items():
+        rows = []
+        for i, draft in enumerate(drafts):
+            use_held_out = split == "test" and rng.random() < HELD_OUT_SHARE
+            k = held_out if use_held_out else rng.randrange(held_out)
+            row = _render_instruction(task, draft, k)
+            meta = {"phrasing": str(k), "phrasing_held_out": "true" if use_held_out else "false"}
+            row.update(id=f"{task.name}-{split}-{i:05d}", task=task.name, meta=meta)
+            rows.append(row)
+        out[split] = rows
+    return out
+
+
+def _render_instruction(task: InstructionTask, draft: InstructionDraft, k: int) -> Row:
+    text = fill(task.phrasings[k], dict(draft.slots))
+    if "{input}" in text:  # the phrasing inlines the input; the input field stays empty
+        instruction, given = text.replace("{input}", draft.input), ""
+    else:
+        instruction, given = text, draft.input
+    if task.system is None:
+        return {"instruction": instruction, "input": given, "output": draft.output}
+    user = f"{instruction}\n\n{given}" if given else instruction
+    return {"messages": [{"role": "system", "content": task.system},
+                         {"role": "user", "content": user},
+                         {"role": "assistant", "content": draft.output}]}  # fmt: skip
+
+
+def _write_splits(task_dir: Path, by_split: dict[str, list[Row]]) -> dict[str, Path]:
+    task_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, rows in by_split.items():
+        path = task_dir / f"{split}.jsonl"
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        path.write_text(text, encoding="utf-8", newline="\n")
+        paths[split] = path
+    return paths
+
+
+# --- manifest ------------------------------------------------------------------------------------
+
+
+def _labels_of(rows: list[Row]) -> list[str]:
+    """Gold labels of task rows, or the outputs of a closed-set instruction task."""
+    if rows and "label" in rows[0]:
+        return [r["label"] for r in rows]
+    task = next((t for t in INSTRUCTION_TASKS if rows and t.name == rows[0]["task"]), None)
+    if task is None or not task.labels:
+        return []
+    return [r["output"] if "output" in r else r["messages"][-1]["content"] for r in rows]
+
+
+def _shares(values: list[str]) -> dict[str, float]:
+    counts = Counter(values)
+    return {k: round(counts[k] / len(values), 4) for k in sorted(counts)}
+
+
+def _label_shares(by_split: dict[str, list[Row]]) -> dict[str, Any]:
+    """Label shares over all splits; for "team urgency"-style labels, each part's shares too."""
+    labels = _labels_of([r for rows in by_split.values() for r in rows])
+    if not labels:
+        return {}
+    out: dict[str, Any] = {"labels": _shares(labels)}
+    parts = {len(label.split()) for label in labels}
+    if parts != {1} and len(parts) == 1:
+        out["label_parts"] = [
+            _shares([lab.split()[i] for lab in labels]) for i in range(max(parts))
+        ]
+    return out
+
+
+def _task_entry(
+    name: str, kind: str, by_split: dict[str, list[Row]], root: Path,
+    paths: dict[str, Path], balance: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    first = by_split["train"][0]
+    entry: dict[str, Any] = {
+        "kind": kind,
+        "format": "task"
+        if "prompt" in first
+        else "instruction"
+        if "instruction" in first
+        else "chat",
+        "rows": {split: len(rows) for split, rows in by_split.items()},
+        "files": {split: p.relative_to(root).as_posix() for split, p in paths.items()},
+        **balance,
+    }
+    if kind == "sft":
+        entry["label_noise_rows"] = sum("label_noise" in r["meta"] for r in by_split["train"])
+    else:
+        task = next(t for t in INSTRUCTION_TASKS if t.name == name)
+        entry["phrasings"] = len(task.phrasings)
+        entry["held_out_phrasing"] = len(task.phrasings) - 1
+    return entry
+
+
+def _file_digests(root: Path, files: list[Path]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in files:
+        data = path.read_bytes()
+        out[path.relative_to(root).as_posix()] = {
+            "rows": data.count(b"\n") if path.suffix == ".jsonl" else None,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    return out

@@ -1,0 +1,19 @@
+"""Serving: OpenAI-compatible Ray Serve deployments of registered model versions.
+
+``deploy`` / ``build_app`` live in :mod:`hybridft.serve.deployment`; they are imported lazily so
+that importing a light submodule (schemas, engine) does not start importing Ray Serve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ServeModelArgs", "build_app", "deploy"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from hybridft.serve import deployment
+
+        return getattr(deployment, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
