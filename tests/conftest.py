@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 import os
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -43,3 +46,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = TinyModelSpec(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab_size=400)
     return build_tiny_base(cfg, root / "model", [str(corpus)])
+
+
+@pytest.fixture(scope="session")
+def small_demo_data(tmp_path_factory) -> Path:
+    """The synthetic demo data at a small size (same generator, same tasks)."""
+    from hybridft.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("demo-small") / "data"
+    synthesize(out, seed=0, n_train=300, n_validation=40, n_test=40,
+               n_instruction_train=120, n_instruction_validation=20, n_instruction_test=20)
+    return out

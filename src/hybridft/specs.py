@@ -93,6 +93,9 @@ class StageSpec(Strict):
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_steps: Annotated[int, Field(ge=0)] = 0
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    # What the stage trains: every weight, the same LoRA adapter, or a fresh adapter after merging
+    # the previous one. Default: "full" for method full, "continue" for method lora.
+    adapter: Literal["full", "continue", "merge_and_new"] | None = None
 
 
 class LoraSpec(Strict):
@@ -128,13 +131,18 @@ class ScalingSpec(Strict):
     num_workers: PosInt = 2
     use_gpu: bool = False
     resources_per_worker: dict[str, NonNegFloat] = {"CPU": 1.0}
-    strategy: Literal["ddp"] = "ddp"
+    strategy: Literal["ddp", "zero2", "zero3"] = "ddp"
     max_failures: Annotated[int, Field(ge=0)] = 0
 
 
 class EvalSpec(Strict):
     max_examples: PosInt = 200
     max_new_tokens: PosInt = 24
+
+
+def stage_adapter(stage: StageSpec, method: MethodSpec) -> str:
+    """The stage's effective adapter policy."""
+    return stage.adapter or ("continue" if method.type == "lora" else "full")
 
 
 class JobSpec(Strict):
@@ -178,6 +186,15 @@ def _job_problems(spec: JobSpec) -> list[tuple[tuple[Any, ...], str]]:
         if name not in names:
             problems.append(
                 (("data", "eval", name), f"expected the name of a data source, got \"{name}\"")
+            )
+    for i, stage in enumerate(spec.stages):
+        if spec.method.type == "full" and stage.adapter in ("continue", "merge_and_new"):
+            problems.append(
+                (
+                    ("stages", i, "adapter"),
+                    f'expected "full" (method.type is full; use method.type: lora for '
+                    f'adapters), got "{stage.adapter}"',
+                )
             )
     if len({s.name for s in spec.stages}) != len(spec.stages):
         problems.append((("stages",), "expected unique stage names"))

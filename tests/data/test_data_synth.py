@@ -119,7 +119,7 @@ def test_synthesize_refuses_to_write_overlapping_splits(tmp_path, monkeypatch):
         return {split: drafts[: sizes[0]] for split in SPLITS}
 
     monkeypatch.setattr(synth, "_split", every_split_the_same)
-    with pytest.raises(UserError, match="splits overlap"):
+    with pytest.raises(UserError, match="split check failed: .* prompt also in"):
         synthesize(tmp_path / "bad", n_train=20, n_instruction_train=10)
 
 
@@ -278,9 +278,15 @@ def test_manifest_records_seed_counts_and_hashes(demo):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"n_train": 0}, {"n_test": -1}, {"n_instruction_train": 2.5}, {"label_noise": 0.9},
-     {"seed": "zero"}],
-)  # fmt: skip
+    [
+        {"n_train": 0},
+        {"n_test": -1},
+        {"n_instruction_train": 2.5},
+        {"label_noise": 0.9},
+        {"label_noise": "high"},
+        {"seed": "zero"},
+    ],
+)
 def test_bad_arguments_are_user_errors(tmp_path, kwargs):
     with pytest.raises(UserError, match="synth: "):
         synthesize(tmp_path / "x", **kwargs)

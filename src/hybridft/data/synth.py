@@ -91,7 +91,7 @@ def synthesize(
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"synth: seed: expected an integer, got {seed!r}")
-    if not 0.0 <= label_noise <= 0.5:
+    if not isinstance(label_noise, int | float) or not 0.0 <= label_noise <= 0.5:
         raise UserError(f"synth: label_noise: expected a share in [0, 0.5], got {label_noise!r}")
     sft_sizes = _sizes("n", n_train, n_validation, n_test)
     instruction_sizes = _sizes(
@@ -128,7 +128,7 @@ def synthesize(
     problems = check_disjoint(root)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError(f"synth: splits overlap: {problems[0]}{more}")
+        raise UserError(f"synth: split check failed: {problems[0]}{more}")
 
     balance = {name: _label_shares(by_split) for name, by_split in rows.items()}
     counts = {name: {s: len(r) for s, r in by_split.items()} for name, by_split in rows.items()}
@@ -139,22 +139,22 @@ def synthesize(
         "sizes": {
             "sft": dict(zip(SPLITS, sft_sizes, strict=True)),
             "instruction": dict(zip(SPLITS, instruction_sizes, strict=True)),
-        },  # fmt: skip
+        },
         "label_noise": label_noise,
         "tasks": {
             name: _task_entry(name, kinds[name], rows[name], root, paths[name], balance[name])
             for name in rows
-        },  # fmt: skip
+        },
         "files": _file_digests(
             root, [p for by_split in paths.values() for p in by_split.values()] + [graph_path]
-        ),  # fmt: skip
+        ),
     }
     manifest_path = root / "manifest.json"
     manifest_path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    labels = {name: b["labels"] for name, b in balance.items() if b}
     return SynthManifest(
-        root, seed, GENERATOR_VERSION, kinds, paths, counts,
-        {name: b["labels"] for name, b in balance.items() if b}, graph_path, manifest_path,
-    )  # fmt: skip
+        root, seed, GENERATOR_VERSION, kinds, paths, counts, labels, graph_path, manifest_path
+    )
 
 
 def check_disjoint(out_dir: str | Path) -> list[str]:

@@ -392,8 +392,8 @@ INSTRUCTION_TASKS = (
         "Reverse the word order: {input}", "Put these words backwards, last word first.",
         "Flip the sequence of words so the last comes first.",
     ), _reverse),
-    InstructionTask("polite_rewrite", "rewriting", "support", ("rewriting", "politeness", "templated_reply"),
-                    ("support",), (
+    InstructionTask("polite_rewrite", "rewriting", "support",
+                    ("rewriting", "politeness", "templated_reply"), ("support",), (
         "Rewrite this message politely.", "Make this request polite.",
         "Turn this into a courteous request.", "Rephrase the message so it sounds polite.",
         "Soften this demand into a polite question.",

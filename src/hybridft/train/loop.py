@@ -1,16 +1,15 @@
-"""The worker loop: one loop for every stage, method and strategy.
+"""The worker loop: one loop for every stage, method (LoRA / full) and strategy (DDP / ZeRO).
 
-Runs inside Ray Train workers (``TorchTrainer``). It knows nothing of Tune or MLflow: it reads its
-config, trains the planned rows stage by stage, reports metrics through ``ray.train.report`` and
-attaches a checkpoint (HF weights + optimizer, scheduler, RNG and data position) every N steps and
-at every stage end. A restarted worker group resumes from the last checkpoint at the exact row.
+Runs inside Ray Train workers (``TorchTrainer``). It knows nothing of Tune or MLflow: it trains the
+planned rows stage by stage, reports metrics through ``ray.train.report`` and attaches a checkpoint
+(HF weights, the exact training state, optimizer, scheduler, RNG and the data position) every N
+steps and at every stage end. A restarted worker group resumes at the exact row of the mixture.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
-import math
 import random
 import tempfile
 import time
@@ -20,27 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from hybridft.train.loss import LossModel, micro_batch_loss, per_source_sums, unwrap
+from hybridft.train.adapters import apply_policy, is_peft, merged, rebuild, recipe_of
+from hybridft.train.loss import micro_batch_loss, per_source_sums
 from hybridft.train.packing import PackedRows, shift_loss_mask
+from hybridft.train.strategy import Engine, make_engine
+from hybridft.train.throughput import measure_matmul_peak, mfu, non_embedding_params
 
 STATE_FILE = "train_state.pt"
+MODEL_STATE_FILE = "train_model.pt"
 HISTORY_FILE = "metrics.jsonl"
-
-
-def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
-    """Multiplier of the peak LR at a step: linear warmup, then constant / linear / cosine decay."""
-
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup  # 1) linear warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))  # 2) decay to min_ratio
-        if schedule == "linear":
-            return 1.0 - (1.0 - min_ratio) * progress
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return f
 
 
 def _seed_all(seed: int) -> None:
@@ -49,212 +36,247 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def worker_rows(rows: PackedRows, step: int, rank: int, world: int, per_worker: int) -> np.ndarray:
+def step_rows(step: int, rank: int, world: int, per_worker: int) -> np.ndarray:
     """Row indices this worker trains at ``step``: an interleaved share of the step's rows."""
-    base = step * per_worker * world
-    return base + rank + world * np.arange(per_worker)
+    return step * per_worker * world + rank + world * np.arange(per_worker)
 
 
-def _micro_batches(rows: PackedRows, idx: np.ndarray, batch: int) -> list[dict[str, torch.Tensor]]:
+def micro_batches(
+    rows: PackedRows, idx: np.ndarray, batch: int, device: torch.device
+) -> list[dict[str, Any]]:
     out = []
     for k in range(0, len(idx), batch):
         sel = idx[k : k + batch]
         pos = rows.position_ids[sel]
+        target = shift_loss_mask(rows.loss_mask[sel], pos)
         out.append(
             {
-                "input_ids": torch.from_numpy(rows.input_ids[sel].astype(np.int64)),
-                "position_ids": torch.from_numpy(pos.astype(np.int64)),
-                "target_mask": torch.from_numpy(shift_loss_mask(rows.loss_mask[sel], pos)),
-                "target_sources": torch.from_numpy(rows.source_ids[sel][:, 1:].astype(np.int64)),
+                "input_ids": torch.from_numpy(rows.input_ids[sel].astype(np.int64)).to(device),
+                "position_ids": torch.from_numpy(pos.astype(np.int64)).to(device),
+                "target_mask": torch.from_numpy(target).to(device),
+                "target_sources": torch.from_numpy(rows.source_ids[sel][:, 1:][target]),
                 "real_tokens": int((rows.source_ids[sel] >= 0).sum()),
             }
         )
     return out
 
 
-def _loss_tokens(rows: PackedRows, idx: np.ndarray) -> int:
-    return int(shift_loss_mask(rows.loss_mask[idx], rows.position_ids[idx]).sum())
-
-
-def _build_model(config: dict[str, Any], model_dir: str) -> torch.nn.Module:
-    from hybridft.model.hf import load_model
-
-    model = load_model(model_dir)
-    method = config["method"]
-    if method["type"] == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = method["lora"]
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora["r"],
-                lora_alpha=lora["alpha"],
-                lora_dropout=lora["dropout"],
-                target_modules=lora["target_modules"],
-                task_type="CAUSAL_LM",
-            ),
-        )
-    return model
-
-
-def save_hf(model: torch.nn.Module, tokenizer_dir: str, out: Path) -> None:
-    """Write the model as a plain HF directory (LoRA merged into a copy), plus the tokenizer."""
+def save_hf(lm: torch.nn.Module, tokenizer_dir: str, out: Path) -> None:
+    """Write the model as a plain HF directory (LoRA merged into a copy, adapter beside it)."""
     from hybridft.model.hf import load_tokenizer, save_model
 
-    lm = unwrap(model)
-    if hasattr(lm, "merge_and_unload"):  # peft: serve a merged copy; keep the adapter beside it
+    if is_peft(lm):
         lm.save_pretrained(str(out / "adapter"))
-        import copy
-
-        lm = copy.deepcopy(lm).merge_and_unload()
+        lm = merged(copy.deepcopy(lm))
     save_model(lm, load_tokenizer(tokenizer_dir), out / "model")
+
+
+def _all_reduce(values: list[float]) -> list[float]:
+    """Sum over workers (a no-op on one worker)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class Window:
+    """Sums over the steps since the last log line."""
+
+    def __init__(self, n_sources: int) -> None:
+        self.loss = 0.0
+        self.loss_tokens = 0
+        self.tokens = 0
+        self.src = torch.zeros(2, n_sources, dtype=torch.float64)
+        self.t0 = time.perf_counter()
+
+    def add(self, token_losses: torch.Tensor, mb: dict[str, Any]) -> None:
+        self.loss += float(token_losses.detach().sum())
+        self.loss_tokens += token_losses.numel()
+        self.tokens += mb["real_tokens"]
+        s, c = per_source_sums(token_losses.cpu(), mb["target_sources"], self.src.shape[1])
+        self.src[0] += s
+        self.src[1] += c
 
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point (runs on every worker)."""
     import ray.train
-    from ray.train import Checkpoint
+    import ray.train.torch
 
     torch.set_num_threads(config["threads_per_worker"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    training = config["training"]
-    batch, accum = training["batch_size"], training["grad_accum"]
-    per_worker = batch * accum
+    device = ray.train.torch.get_device()
+    training, lora, strategy = config["training"], config["lora"], config["strategy"]
+    per_worker = training["batch_size"] * training["grad_accum"]
     use_bf16 = training["precision"] == "bf16"
-
-    # 1) where to start: a fresh run, or the last checkpoint of this run
-    state: dict[str, Any] = {"stage": 0, "step": 0, "tokens": 0, "elapsed": 0.0}
-    model_dir = config["base_dir"]
-    history: list[dict[str, Any]] = []
-    ckpt = ray.train.get_checkpoint()
-    ckpt_dir = None
-    if ckpt is not None:
-        ckpt_dir = ckpt.to_directory()
-        state = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=False)
-        model_dir = str(Path(ckpt_dir) / "model")
-        history = [json.loads(x) for x in (Path(ckpt_dir) / HISTORY_FILE).read_text().splitlines()]
-    _seed_all(config["seed"])
-    model = _build_model(config, config["base_dir"] if ckpt_dir is None else model_dir)
-
     stages = config["stages"]
+
+    # 1) where to start: a fresh run, or this run's last checkpoint
+    state: dict[str, Any] = {"stage": 0, "step": 0, "tokens": 0}
+    history: list[dict[str, Any]] = []
+    recipe, weights, ckpt_dir = None, None, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        ckpt_dir = Path(checkpoint.to_directory())
+        state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
+        blob = torch.load(ckpt_dir / MODEL_STATE_FILE, weights_only=False)
+        recipe, weights = blob["recipe"], blob["state"]
+        history = [json.loads(x) for x in (ckpt_dir / HISTORY_FILE).read_text().splitlines()]
+        if rank == 0:
+            print(f"resuming at stage {state['stage']} step {state['step']}", flush=True)
+    _seed_all(config["seed"])
+    lm = rebuild(config["base_dir"], recipe, weights)
+    peak = measure_matmul_peak(torch.bfloat16 if use_bf16 else torch.float32)
+    n_params = non_embedding_params(merged(copy.deepcopy(lm)) if is_peft(lm) else lm)
+
     for s_idx in range(state["stage"], len(stages)):
         stage = stages[s_idx]
-        rows: PackedRows = stage["rows"]
-        if not isinstance(rows, PackedRows):
-            rows = ray.get(rows)
-        n_sources = len(stage["sources"])
-        wrapped = ray.train.torch.prepare_model(LossModel(model), parallel_strategy="ddp")
-        params = [p for p in wrapped.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, lr=stage["lr"], weight_decay=training["weight_decay"], betas=(0.9, 0.95)
+        rows: PackedRows = (
+            stage["rows"] if isinstance(stage["rows"], PackedRows) else ray.get(stage["rows"])
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lr_lambda(
-                stage["schedule"], stage["warmup_steps"], stage["steps"], stage["min_lr_ratio"]
-            ),
-        )
+        mid_stage = ckpt_dir is not None and state["stage"] == s_idx and state["step"] > 0
+        if not mid_stage:
+            torch.manual_seed(config["seed"] * 1009 + s_idx)  # a new adapter's init, per stage
+            lm = apply_policy(lm, stage["adapter"], lora)
+        engine = make_engine(strategy, lm, stage, training, world)
         start = 0
-        if ckpt_dir is not None and state["stage"] == s_idx and state["step"] > 0:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+        if mid_stage:
+            engine.load(ckpt_dir, state)
             torch.set_rng_state(state["rng_torch"])
             start = state["step"]
-        window = {"loss": 0.0, "tokens": 0, "loss_tokens": 0, "t0": time.perf_counter()}
-        src_sum = torch.zeros(n_sources, dtype=torch.float64)
-        src_cnt = torch.zeros(n_sources, dtype=torch.float64)
+        window = Window(len(stage["sources"]))
         for step in range(start, stage["steps"]):
-            # 2) the step's rows on every worker: normaliser over the global batch, no all_reduce
+            # 2) the step's rows: the loss normaliser counts every worker's rows, no all_reduce
             all_idx = step * per_worker * world + np.arange(per_worker * world)
-            global_loss_tokens = _loss_tokens(rows, all_idx)
-            mine = worker_rows(rows, step, rank, world, per_worker)
-            micro = _micro_batches(rows, mine, batch)
+            global_loss_tokens = int(
+                shift_loss_mask(rows.loss_mask[all_idx], rows.position_ids[all_idx]).sum()
+            )
+            micro = micro_batches(
+                rows, step_rows(step, rank, world, per_worker), training["batch_size"], device
+            )
             for m_idx, mb in enumerate(micro):
-                sync = m_idx == len(micro) - 1
-                no_sync = (
-                    wrapped.no_sync()
-                    if (not sync and hasattr(wrapped, "no_sync"))
-                    else contextlib.nullcontext()
-                )
-                with no_sync, torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    token_losses = wrapped(mb["input_ids"], mb["position_ids"], mb["target_mask"])
-                    loss = micro_batch_loss(token_losses, global_loss_tokens, world)
-                loss.backward()
-                s, c = per_source_sums(
-                    token_losses, mb["target_sources"][mb["target_mask"]], n_sources
-                )
-                src_sum += s
-                src_cnt += c
-                window["loss"] += float(token_losses.detach().sum())
-                window["loss_tokens"] += int(mb["target_mask"].sum())
-                window["tokens"] += int(mb["real_tokens"])
-            if training["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(params, training["grad_clip"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    token_losses = engine.module(
+                        mb["input_ids"], mb["position_ids"], mb["target_mask"]
+                    )
+                loss = micro_batch_loss(token_losses, global_loss_tokens, world)
+                engine.backward(loss, m_idx == len(micro) - 1)
+                window.add(token_losses, mb)
+            engine.step()
             state["tokens"] += int((rows.source_ids[all_idx] >= 0).sum())
             done = step + 1
             last = done == stage["steps"]
-            if done % training["log_every"] == 0 or last:
-                elapsed = time.perf_counter() - window["t0"]
-                state["elapsed"] += elapsed
-                record = {
-                    "stage": stage["name"],
-                    "stage_index": s_idx,
-                    "step": done,
-                    "global_step": sum(x["steps"] for x in stages[:s_idx]) + done,
-                    "loss": window["loss"] / max(window["loss_tokens"], 1),
-                    "lr": scheduler.get_last_lr()[0],
-                    "tokens_per_s_worker": window["tokens"] / max(elapsed, 1e-9),
-                    "trained_tokens": state["tokens"],
-                }
-                for i, name in enumerate(stage["sources"]):
-                    if src_cnt[i] > 0:
-                        record[f"loss/{name}"] = float(src_sum[i] / src_cnt[i])
-                history.append(record)
+            logged = done % training["log_every"] == 0 or last
+            if logged:
+                history.append(
+                    _record(
+                        window, stage, s_idx, stages, done, engine, state, world, n_params, peak
+                    )
+                )
                 if rank == 0:
+                    r = history[-1]
                     print(
-                        f"[{stage['name']}] step {done}/{stage['steps']} loss {record['loss']:.4f} "
-                        f"lr {record['lr']:.2e} tok/s/worker {record['tokens_per_s_worker']:.0f}",
+                        f"[{stage['name']}] step {done}/{stage['steps']} loss {r['loss']:.4f} "
+                        f"lr {r['lr']:.2e} tok/s {r['tokens_per_s']:.0f} MFU {r['mfu']:.1%}",
                         flush=True,
                     )
-                window = {"loss": 0.0, "tokens": 0, "loss_tokens": 0, "t0": time.perf_counter()}
-                src_sum.zero_()
-                src_cnt.zero_()
-            save = last or done % training["checkpoint_every"] == 0
-            if save:
-                # 3) checkpoint: rank 0 writes, every rank reports (report is a barrier)
-                next_state = {
-                    "stage": s_idx + 1 if last else s_idx,
-                    "step": 0 if last else done,
-                    "tokens": state["tokens"],
-                    "elapsed": state["elapsed"],
-                    "optimizer": None if last else optimizer.state_dict(),
-                    "scheduler": None if last else scheduler.state_dict(),
-                    "rng_torch": torch.get_rng_state(),
-                }
-                metrics = dict(history[-1]) if history else {}
-                metrics.update(
-                    {
-                        "stage_end": stage["name"] if last else "",
-                        "done": last and s_idx == len(stages) - 1,
-                    }
-                )
-                with tempfile.TemporaryDirectory() as tmp:
-                    checkpoint = None
-                    if rank == 0:
-                        save_hf(wrapped, config["base_dir"], Path(tmp))
-                        torch.save(next_state, Path(tmp) / STATE_FILE)
-                        (Path(tmp) / HISTORY_FILE).write_text(
-                            "".join(json.dumps(h) + "\n" for h in history)
-                        )
-                        checkpoint = Checkpoint.from_directory(tmp)
-                    ray.train.report(metrics, checkpoint=checkpoint)
-            elif done % training["log_every"] == 0:
+            if last or done % training["checkpoint_every"] == 0:
+                _checkpoint(config, engine, state, history, s_idx, done, last, rank)
+            elif logged:
                 ray.train.report(dict(history[-1]))
-        model = unwrap(wrapped)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()  # the next stage starts from the merged weights
+            if logged:
+                window = Window(len(stage["sources"]))  # after the checkpoint: timing excludes it
+        lm = (
+            engine.lm
+            if strategy == "ddp"
+            else rebuild(config["base_dir"], recipe_of(engine.lm, lora), engine.full_state())
+        )
+
+
+def _record(
+    window: Window,
+    stage: dict[str, Any],
+    s_idx: int,
+    stages: list[dict[str, Any]],
+    done: int,
+    engine: Engine,
+    state: dict[str, Any],
+    world: int,
+    n_params: int,
+    peak: float,
+) -> dict[str, Any]:
+    """One log line's metrics, summed over workers: loss, per-source loss, tokens/s, MFU."""
+    elapsed = time.perf_counter() - window.t0
+    n = len(stage["sources"])
+    totals = _all_reduce(
+        [window.loss, window.loss_tokens, window.tokens, *window.src.flatten().tolist()]
+    )
+    loss, loss_tokens, tokens = totals[0], totals[1], totals[2]
+    src = np.array(totals[3:]).reshape(2, n)
+    per_worker_tps = tokens / world / max(elapsed, 1e-9)
+    record = {
+        "stage": stage["name"],
+        "stage_index": s_idx,
+        "step": done,
+        "global_step": sum(x["steps"] for x in stages[:s_idx]) + done,
+        "loss": loss / max(loss_tokens, 1),
+        "lr": engine.lr(),
+        "tokens_per_s": tokens / max(elapsed, 1e-9),
+        "tokens_per_s_worker": per_worker_tps,
+        "mfu": mfu(per_worker_tps, n_params, peak),
+        "peak_flops_worker": peak,
+        "trained_tokens": state["tokens"],
+    }
+    for i, name in enumerate(stage["sources"]):
+        if src[1, i] > 0:
+            record[f"loss/{name}"] = float(src[0, i] / src[1, i])
+    return record
+
+
+def _checkpoint(
+    config: dict[str, Any],
+    engine: Engine,
+    state: dict[str, Any],
+    history: list[dict[str, Any]],
+    s_idx: int,
+    done: int,
+    last: bool,
+    rank: int,
+) -> None:
+    """Every rank calls this (it gathers state and reports); rank 0 writes the model files."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    weights = engine.full_state()  # collective under ZeRO-3
+    stages = config["stages"]
+    next_state = {
+        "stage": s_idx + 1 if last else s_idx,
+        "step": 0 if last else done,
+        "tokens": state["tokens"],
+        "rng_torch": torch.get_rng_state(),
+    }
+    metrics = dict(history[-1]) if history else {}
+    metrics["stage_end"] = stages[s_idx]["name"] if last else ""
+    metrics["done"] = bool(last and s_idx == len(stages) - 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        if not last:
+            next_state.update(engine.save(out, rank))  # DeepSpeed: every rank writes its shard
+        attach = config["strategy"] != "ddp" and not last
+        if rank == 0:
+            lm = engine.lm
+            if config["strategy"] != "ddp":
+                lm = rebuild(config["base_dir"], recipe_of(engine.lm, config["lora"]), weights)
+            save_hf(lm, config["base_dir"], out)
+            torch.save(
+                {"recipe": recipe_of(engine.lm, config["lora"]), "state": weights},
+                out / MODEL_STATE_FILE,
+            )
+            torch.save(next_state, out / STATE_FILE)
+            (out / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
+            attach = True
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if attach else None)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridft.errors import UserError
-from hybridft.specs import JobSpec, ScalingSpec
+from hybridft.specs import JobSpec, ScalingSpec, stage_adapter
 
 
 @dataclass
@@ -142,6 +142,7 @@ def run(
                 "schedule": stage.schedule,
                 "warmup_steps": stage.warmup_steps,
                 "min_lr_ratio": stage.min_lr_ratio,
+                "adapter": stage_adapter(stage, spec.method),
             }
         )
     config = {
@@ -149,7 +150,8 @@ def run(
         "seed": spec.seed,
         "stages": stages_cfg,
         "training": spec.training.model_dump(),
-        "method": spec.method.model_dump(),
+        "lora": spec.method.lora.model_dump(),
+        "strategy": spec.scaling.strategy,
         "threads_per_worker": spec.training.threads_per_worker,
     }
     trainer = TorchTrainer(
@@ -169,7 +171,7 @@ def run(
                 controller_failure_limit=controller_failure_limit,
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
-            worker_runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+            worker_runtime_env={"env_vars": _worker_env(spec.scaling)},
         ),
     )
     result = trainer.fit()
@@ -184,9 +186,7 @@ def run(
             stage_dirs[metrics["stage_end"]] = dest / "model"
     final = run_dir / "final"
     _copy_model(result.checkpoint, final)
-    history = [
-        json.loads(x) for x in (final / HISTORY_FILE).read_text().splitlines() if x.strip()
-    ]
+    history = [json.loads(x) for x in (final / HISTORY_FILE).read_text().splitlines() if x.strip()]
     return TrainResult(
         run_name=run_name,
         run_dir=run_dir,
@@ -199,6 +199,13 @@ def run(
         wall_s=time.perf_counter() - t0,
         extra={"read_reports": prepared.read_reports},
     )
+
+
+def _worker_env(scaling: ScalingSpec) -> dict[str, str]:
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if scaling.strategy != "ddp" and not scaling.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator (gloo process group)
+    return env
 
 
 def _copy_model(checkpoint: Any, dest: Path) -> None:

@@ -1,0 +1,167 @@
+"""Distributed strategies behind one small interface, chosen by a factory (no class tree).
+
+``ddp``: torch DistributedDataParallel through Ray Train's ``prepare_model`` (gloo on CPU, NCCL on
+GPU). ``zero2`` / ``zero3``: DeepSpeed ZeRO, initialised inside the Ray Train worker on the process
+group Ray set up. Parameters stay fp32 in every strategy; bf16 is autocast around the forward, so
+the master weights, the gathered state and the checkpoints are exact.
+
+Loss scaling: the loop hands every strategy a micro-batch loss already normalised over the whole
+optimizer step (see ``loss.py``). DeepSpeed divides by its accumulation steps in ``backward``, so
+its engine multiplies that factor back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hybridft.train.schedule import lr_lambda
+from hybridft.train.loss import LossModel
+
+DS_TAG = "ds"
+
+
+@dataclass
+class Engine:
+    """What the loop needs from a strategy; every field is a plain function."""
+
+    module: torch.nn.Module  # forward(input_ids, position_ids, target_mask) -> token losses
+    lm: torch.nn.Module  # the (possibly peft) causal LM being trained
+    backward: Callable[[torch.Tensor, bool], None]  # (micro-batch loss, last micro-batch?)
+    step: Callable[[], None]  # clip, optimizer + scheduler step, zero grads
+    lr: Callable[[], float]
+    full_state: Callable[[], dict[str, torch.Tensor]]  # collective: every rank calls it
+    save: Callable[[Path, int], dict[str, Any]]  # collective; returns loop-state entries
+    load: Callable[[Path, dict[str, Any]], None]
+
+
+def _optimizer(params: list[torch.nn.Parameter], stage: dict[str, Any], training: dict[str, Any]):
+    return torch.optim.AdamW(
+        params, lr=stage["lr"], weight_decay=training["weight_decay"], betas=(0.9, 0.95)
+    )
+
+
+def _schedule(optimizer: Any, stage: dict[str, Any]) -> Any:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lr_lambda(stage["schedule"], stage["warmup_steps"], stage["steps"], stage["min_lr_ratio"]),
+    )
+
+
+def ddp_engine(
+    lm: torch.nn.Module, stage: dict[str, Any], training: dict[str, Any], world: int
+) -> Engine:
+    import ray.train.torch
+
+    wrapped = (
+        ray.train.torch.prepare_model(LossModel(lm), parallel_strategy="ddp")
+        if world > 1
+        else LossModel(lm).to(ray.train.torch.get_device())
+    )
+    params = [p for p in wrapped.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, stage, training)
+    scheduler = _schedule(optimizer, stage)
+
+    def backward(loss: torch.Tensor, last: bool) -> None:
+        # gradients are all-reduced once per optimizer step, on its last micro-batch
+        ctx = (
+            wrapped.no_sync()
+            if (not last and hasattr(wrapped, "no_sync"))
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            loss.backward()
+
+    def step() -> None:
+        if training["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(params, training["grad_clip"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def save(_: Path, __: int) -> dict[str, Any]:
+        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+
+    def load(_: Path, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+
+    return Engine(
+        module=wrapped,
+        lm=lm,
+        backward=backward,
+        step=step,
+        lr=lambda: scheduler.get_last_lr()[0],
+        full_state=lambda: {k: v.detach().cpu() for k, v in lm.state_dict().items()},
+        save=save,
+        load=load,
+    )
+
+
+def deepspeed_engine(
+    lm: torch.nn.Module, stage: dict[str, Any], training: dict[str, Any], zero: int
+) -> Engine:
+    import deepspeed
+
+    accum = training["grad_accum"]
+    config = {
+        "train_micro_batch_size_per_gpu": training["batch_size"],
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": training["grad_clip"],
+        "zero_optimization": {"stage": zero},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    params = [p for p in lm.parameters() if p.requires_grad]
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=LossModel(lm),
+        optimizer=_optimizer(params, stage, training),
+        lr_scheduler=lambda opt: _schedule(opt, stage),
+        config=config,
+        dist_init_required=False,
+    )
+
+    def backward(loss: torch.Tensor, last: bool) -> None:
+        engine.backward(loss * accum)  # DeepSpeed divides by accumulation steps itself
+        engine.step()  # steps the optimizer only at the accumulation boundary
+
+    def full_state() -> dict[str, torch.Tensor]:
+        inner = engine.module.lm
+        if zero == 3:
+            with deepspeed.zero.GatheredParameters(list(inner.parameters()), modifier_rank=None):
+                return {k: v.detach().clone().cpu() for k, v in inner.state_dict().items()}
+        return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+
+    def save(path: Path, _: int) -> dict[str, Any]:
+        engine.save_checkpoint(str(path), tag=DS_TAG)
+        return {}
+
+    def load(path: Path, _: dict[str, Any]) -> None:
+        engine.load_checkpoint(str(path), tag=DS_TAG, load_module_strict=False)
+
+    return Engine(
+        module=engine,
+        lm=lm,
+        backward=backward,
+        step=lambda: None,  # engine.step() in backward handles the boundary
+        lr=lambda: scheduler.get_last_lr()[0],
+        full_state=full_state,
+        save=save,
+        load=load,
+    )
+
+
+def make_engine(
+    strategy: str, lm: torch.nn.Module, stage: dict[str, Any], training: dict[str, Any], world: int
+) -> Engine:
+    """The factory: ``ddp`` | ``zero2`` | ``zero3``."""
+    if strategy == "ddp":
+        return ddp_engine(lm, stage, training, world)
+    if strategy in ("zero2", "zero3"):
+        return deepspeed_engine(lm, stage, training, int(strategy[-1]))
+    raise ValueError(f"unknown strategy {strategy!r}")

@@ -1,0 +1,54 @@
+"""Small builders shared by tests (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 4, "intermediate": 128, "vocab_size": 1024}
+
+
+def job_dict(tmp: Path, data: Path, **overrides: Any) -> dict[str, Any]:
+    """A tiny two-source job on the synthetic demo data; ``overrides`` replace top-level keys."""
+    spec: dict[str, Any] = {
+        "name": "t",
+        "seed": 0,
+        "output_dir": str(tmp / "runs"),
+        "model": {
+            "base": "tiny",
+            "cache_dir": str(tmp.parent / "base-cache"),
+            "tokenizer_corpus": [str(data / "**" / "train.jsonl")],
+            "tiny": dict(TINY),
+        },
+        "data": {
+            "sources": {
+                "it_desk": {"paths": [str(data / "sft/it_desk/train.jsonl")], "format": "task"},
+                "instr": {
+                    "paths": [str(data / "instruction/urgency_detect/train.jsonl"),
+                              str(data / "instruction/sentiment/train.jsonl")],
+                    "kind": "instruction",
+                },
+            },
+            "eval": {"it_desk": [str(data / "sft/it_desk/test.jsonl")]},
+            "max_len": 128,
+        },
+        "stages": [
+            {"name": "sft", "mix": [{"source": "it_desk", "weight": 1}],
+             "budget": {"steps": 6}, "lr": 2e-3, "warmup_steps": 1}
+        ],
+        "training": {"batch_size": 2, "log_every": 2, "checkpoint_every": 3},
+        "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}},
+        "eval": {"max_examples": 16, "max_new_tokens": 8},
+    }
+    for key, value in overrides.items():
+        spec[key] = copy.deepcopy(value)
+    return spec
+
+
+def write_job(tmp: Path, spec: dict[str, Any], name: str = "job.yaml") -> Path:
+    path = tmp / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
