@@ -146,6 +146,11 @@ def test_missing_output_on_line_9_names_the_key(write_jsonl):
             "'prompt' (task), got 'question', 'answer'",
         ),
         (
+            {"instrution": "a", "output": "b"},
+            "expected a record with a key 'instruction' (instruction), 'messages' (chat) or "
+            "'prompt' (task), got 'instrution', 'output' (did you mean 'instruction'?)",
+        ),
+        (
             {"instruction": "a", "prompt": "b"},
             "ambiguous record: it has both 'instruction' and 'prompt' keys",
         ),
@@ -212,6 +217,13 @@ def test_invalid_utf8_is_a_row_error(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_bytes(json.dumps(GOOD).encode() + b'\n{"instruction": "\xff"}\n')
     assert first_error(str(path)) == f"{path}:2: invalid UTF-8 at byte 18"
+
+
+def test_a_json_array_file_is_refused_by_name(tmp_path):
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps([GOOD]))
+    with pytest.raises(UserError, match=r"alpaca\.json: expected a file ending in \.jsonl, "):
+        read_examples([str(path)])
 
 
 def test_missing_file_and_empty_glob_are_user_errors(tmp_path):

@@ -157,6 +157,8 @@ def test_a_template_rejecting_a_conversation_is_a_located_error(tokenizer):
         "a.jsonl:2: messages: the chat template rejected this conversation: "
         "system messages are not supported"
     )
+    with pytest.raises(UserError, match=r"^<example>: messages: the chat template rejected"):
+        list(render_examples([Example(EXAMPLES[1].messages)], tok))
 
 
 def test_unknown_loss_mode_is_a_user_error(tokenizer):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hybridft.data.records import ROLES, Example, Message
@@ -56,7 +56,7 @@ def describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _quoted(keys: Collection[str]) -> str:
+def _quoted(keys: Iterable[str]) -> str:
     return ", ".join(f"'{k}'" for k in keys)
 
 

@@ -21,7 +21,8 @@ from hybridft.data.records import Example
 from hybridft.errors import UserError, located
 
 OnBadRows = Literal["error", "skip"]
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson")
+# Not ".json": that is usually one JSON array, which cannot be streamed row by row.
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 PARQUET_BATCH_ROWS = 1024
 
@@ -63,7 +64,7 @@ def expand_paths(patterns: list[str]) -> list[str]:
         UserError: ``<pattern>: no such file`` for a pattern that matches nothing, or a directory
             or unsupported suffix.
     """
-    out: list[str] = []
+    out: dict[str, None] = {}  # ordered and de-duplicated: a file named twice is read once
     for pattern in patterns:
         if glob.has_magic(pattern):
             matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
@@ -77,9 +78,8 @@ def expand_paths(patterns: list[str]) -> list[str]:
             if not path.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
                 expected = ", ".join(JSONL_SUFFIXES + PARQUET_SUFFIXES)
                 raise UserError(f"{path}: expected a file ending in {expected}")
-            if path not in out:
-                out.append(path)
-    return out
+            out[path] = None
+    return list(out)
 
 
 def _jsonl_rows(path: str) -> Iterator[tuple[int, Any, str | bytes]]:
@@ -242,7 +242,7 @@ def read_examples(
     stream is iterated.
 
     Args:
-        paths: Files or globs (``.jsonl``, ``.jsonl.gz``, ``.json`` lines, ``.parquet``).
+        paths: Files or globs (``.jsonl``, ``.jsonl.gz``, ``.ndjson``, ``.parquet``).
         fmt: Record format: ``auto`` (per row, from its keys), ``instruction``, ``chat``, ``task``.
         source: Source name put on each Example (default: the file's stem).
         labels: The source's label set; task rows must carry a label in it.

@@ -151,6 +151,11 @@ def render_examples(
     return RenderStream(generate(), report)
 
 
+def _where(ex: Example) -> tuple[str, int | None]:
+    """file and line for an error about an Example (ones built in code have neither)."""
+    return ex.file or f"<{ex.source or 'example'}>", ex.line or None
+
+
 def _as_dicts(example: Example, stop: int | None = None) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in example.messages[:stop]]
 
@@ -182,7 +187,7 @@ def _apply(
             except Exception as exc:
                 ex = batch[owners[j] if owners is not None else j]
                 problem = f"the chat template rejected this conversation: {exc}"
-                raise located(ex.file, ex.line, "messages", problem) from exc
+                raise located(*_where(ex), "messages", problem) from exc
         raise
 
 
@@ -213,8 +218,7 @@ def _assistant_spans(
         if not (full.startswith(start_text) and full.startswith(end_text)):
             ex = batch[k]
             raise located(
-                ex.file,
-                ex.line,
+                *_where(ex),
                 f"messages[{i}]",
                 "the chat template renders earlier turns differently once later ones follow, "
                 "so the answer's tokens cannot be located (completion_only needs a template "

@@ -64,7 +64,7 @@ class DataStats:
     truncated: int = 0  # rows longer than max_len
     lengths: Counter[int] = field(default_factory=Counter)  # tokens per row -> rows
     labels: Counter[str] = field(default_factory=Counter)
-    tasks: Counter[str] = field(default_factory=Counter)
+    tasks: Counter[str] = field(default_factory=Counter)  # a row with no task counts as its source
 
     def percentile(self, q: float) -> int:
         """The length (tokens) at quantile ``q`` in [0, 1] (0 when there are no rows)."""

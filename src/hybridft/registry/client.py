@@ -24,7 +24,10 @@ PACKAGES = ("hybridft", "torch", "transformers", "ray", "peft", "mlflow", "optun
 
 
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(DEFAULT_HOME / 'mlflow.db').resolve()}"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{(DEFAULT_HOME / 'mlflow.db').resolve()}"
+    )
 
 
 def git_commit(cwd: str | Path = ".") -> str:

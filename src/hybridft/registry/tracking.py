@@ -6,6 +6,7 @@ stage reads that artifact, never the previous stage's Python objects.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,12 @@ def log_train_run(registry: Registry, spec: Any, result: Any) -> RunRecord:
     registry.set_tags(
         run_id, {f"hybridft.fingerprint.{k}": v for k, v in result.fingerprints.items()}
     )
+    chain = stage_chain(result, spec)
+    registry.log_dict(run_id, chain, "lineage.json")
+    registry.set_tags(run_id, {"hybridft.stage_chain": " -> ".join(c["name"] for c in chain)})
     for stage, path in result.stage_dirs.items():
-        registry.set_tags(run_id, {f"hybridft.stage.{stage}": str(path)})
+        if stage != chain[-1]["name"]:  # the last stage's model is logged as "model" below
+            registry.log_dir(run_id, path, f"stages/{stage}/model")
     registry.log_dir(run_id, result.model_dir, "model")
     record = RunRecord(
         run_name=result.run_name,
@@ -103,6 +108,41 @@ def log_train_run(registry: Registry, spec: Any, result: Any) -> RunRecord:
     record.save()
     registry.end_run(run_id)
     return record
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """sha256 of a model directory's weight files: the identity of a set of weights."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def stage_chain(result: Any, spec: Any) -> list[dict[str, Any]]:
+    """base -> stage 1 -> stage 2 ...: each model with its parent, weights digest and data."""
+    chain: list[dict[str, Any]] = [
+        {
+            "name": "base",
+            "parent": None,
+            "path": str(result.base_dir),
+            "weights_sha256": model_digest(result.base_dir),
+        }
+    ]
+    for stage in spec.stages:
+        path = result.stage_dirs.get(stage.name)
+        chain.append(
+            {
+                "name": stage.name,
+                "parent": chain[-1]["name"],
+                "path": str(path) if path else None,
+                "weights_sha256": model_digest(path) if path else None,
+                "sources": {m.source: result.fingerprints.get(m.source) for m in stage.mix},
+                "realised_mixture": result.mixture.get(stage.name, {}),
+            }
+        )
+    return chain
 
 
 def log_eval(registry: Registry, record: RunRecord, result: Any, eval_path: Path) -> None:

@@ -41,6 +41,24 @@ def step_rows(step: int, rank: int, world: int, per_worker: int) -> np.ndarray:
     return step * per_worker * world + rank + world * np.arange(per_worker)
 
 
+def maybe_inject_fault(fault: dict[str, Any] | None, rank: int, stage: int, step: int) -> None:
+    """Fault drills (``HYBRIDFT_FAULT=rank:stage:step:marker``): SIGKILL this worker once.
+
+    A real process death, not a simulated exception: Ray Train must notice the dead worker,
+    restart the group and resume from the last checkpoint. The marker file makes it fire once.
+    """
+    if not fault or (fault["rank"], fault["stage"], fault["step"]) != (rank, stage, step):
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"killed rank {rank} at stage {stage} step {step}\n")
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def micro_batches(
     rows: PackedRows, idx: np.ndarray, batch: int, device: torch.device
 ) -> list[dict[str, Any]]:
@@ -169,6 +187,7 @@ def train_loop(config: dict[str, Any]) -> None:
             engine.step()
             state["tokens"] += int((rows.source_ids[all_idx] >= 0).sum())
             done = step + 1
+            maybe_inject_fault(config.get("fault"), rank, s_idx, done)
             last = done == stage["steps"]
             logged = done % training["log_every"] == 0 or last
             if logged:

@@ -49,7 +49,7 @@ def ensure_ray(address: str | None = None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, log_to_driver=True, logging_config=quiet)
     else:
-        ray.init(log_to_driver=True, logging_config=quiet)
+        ray.init(address="local", log_to_driver=True, logging_config=quiet)
 
 
 def check_resources(scaling: ScalingSpec, spec_file: str) -> None:
@@ -73,6 +73,19 @@ def check_resources(scaling: ScalingSpec, spec_file: str) -> None:
                 f"{per_worker:g} {resource} each (the cluster has {have:g} {resource}), "
                 f"got {scaling.num_workers}"
             )
+
+
+def parse_fault(text: str) -> dict[str, Any] | None:
+    """``rank:stage:step:marker`` -> the fault drill the workers run (see loop.maybe_inject_fault)."""
+    if not text:
+        return None
+    try:
+        rank, stage, step, marker = text.split(":", 3)
+        return {"rank": int(rank), "stage": int(stage), "step": int(step), "marker": marker}
+    except ValueError:
+        raise UserError(
+            f"HYBRIDFT_FAULT: expected rank:stage:step:marker-file, got {text!r}"
+        ) from None
 
 
 def new_run_name(job: str) -> str:
@@ -153,6 +166,7 @@ def run(
         "lora": spec.method.lora.model_dump(),
         "strategy": spec.scaling.strategy,
         "threads_per_worker": spec.training.threads_per_worker,
+        "fault": parse_fault(os.environ.get("HYBRIDFT_FAULT", "")),
     }
     trainer = TorchTrainer(
         train_loop,

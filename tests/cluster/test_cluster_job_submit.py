@@ -1,0 +1,307 @@
+"""A real two-node Ray cluster on this machine and a real `ray job submit`, token auth on.
+
+Head and worker are two `ray start --block` processes, each in its own session with its own
+--temp-dir and ports, so the in-process Ray of the `ray_session` fixture is never touched (and is
+never found by it: `ray.init()` looks for `ray_current_cluster` in the default temp dir only).
+`ray stop` would kill every Ray on the machine, so teardown stops exactly the processes started
+here. The cluster uses its own token file (RAY_AUTH_TOKEN_PATH), never ~/.ray/auth_token.
+
+The job is the README's command: the repo as working_dir, data synthesised by the entrypoint,
+`hybridft train` of jobs/cluster_smoke.yaml with its shared paths moved into a temp dir (one
+machine, so a plain directory is "shared storage").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the project's venv: `ray`, `hybridft` and `python` resolve here
+# What the working_dir upload leaves out (Ray 2.60 also honours .gitignore and skips .git/.venv).
+EXCLUDES = [".git", ".venv", ".hybridft", "mlruns", "data", ".pytest_cache", ".ruff_cache"]
+
+
+@dataclass
+class LocalCluster:
+    gcs_address: str
+    dashboard_url: str
+    env: dict[str, str]  # a client environment with token auth
+    token_file: Path
+    root: Path
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def base_env() -> dict[str, str]:
+    """This environment minus any Ray address or auth setting, with the venv first on PATH."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RAY_AUTH") and k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+    }
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def ray_cli(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "ray"), *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("w") as out:  # the child keeps its own handle
+        return subprocess.Popen(
+            [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session: teardown finds its processes by sid
+        )
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    """Stop one `ray start --block` and everything it started, and nothing else."""
+    family: list[psutil.Process] = []
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        pass
+    for p in psutil.process_iter():  # Ray workers re-parented away from the tree keep the sid
+        try:
+            if os.getsid(p.pid) == proc.pid and p.pid != proc.pid:
+                family.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    # SIGTERM to the leader alone lets it shut its node down in order; a group-wide SIGTERM
+    # races that shutdown and leaves `ray start` hanging.
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+    alive = [p for p in {p.pid: p for p in family}.values() if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+def wait_until(
+    ready: Callable[[], bool], procs: list[subprocess.Popen], what: str, timeout: float = 180
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what}: `ray start` exited with {proc.returncode}")
+        if ready():
+            return
+        time.sleep(2)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
+
+
+def alive_nodes(gcs_address: str, env: dict[str, str]) -> int:
+    out = ray_cli(["list", "nodes", "--address", gcs_address, "--format", "json"], env)
+    try:  # before the first node registers it prints "No resource in the cluster"
+        return sum(node["state"] == "ALIVE" for node in json.loads(out.stdout))
+    except ValueError:
+        return 0
+
+
+def agent_ports(ports: list[int]) -> list[str]:
+    """Every per-node port fixed: two nodes on one machine must not both take the defaults."""
+    flags = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port")
+    flags += ("runtime-env-agent-port", "metrics-export-port")
+    return [f"--{flag}={port}" for flag, port in zip(flags, ports, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
+    if not (BIN / "ray").is_file() or not (BIN / "hybridft").is_file():
+        pytest.skip(f"needs the project's venv ({BIN}/ray and {BIN}/hybridft)")
+    root = tmp_path_factory.mktemp("cluster")
+    # Short: Ray's unix sockets live under --temp-dir and their paths are limited to 107 bytes.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hft-ray-", dir="/tmp"))
+    token_file = root / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    token_file.chmod(0o600)
+    env = base_env() | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+    gcs, dashboard, client, *ports = free_ports(11)
+    gcs_address, dashboard_url = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
+    procs: list[subprocess.Popen] = []
+    try:
+        head = [
+            "--head",
+            f"--port={gcs}",
+            "--num-cpus=1",
+            "--include-dashboard=true",  # the job server is part of the dashboard
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}",
+            f"--temp-dir={ray_tmp / 'head'}",
+            *agent_ports(ports[:4]),
+        ]
+        procs.append(start_node(head, env, root / "head.log"))
+        wait_until(lambda: alive_nodes(gcs_address, env) == 1, procs, "head node")
+        # A worker with its own --temp-dir: sharing the head's would share its runtime_resources,
+        # and the worker's agent would delete and re-extract the job's working_dir under the
+        # running driver (files the entrypoint wrote there vanish).
+        worker = [
+            f"--address={gcs_address}",
+            "--num-cpus=1",
+            f"--temp-dir={ray_tmp / 'worker'}",
+            *agent_ports(ports[4:8]),
+        ]
+        procs.append(start_node(worker, env, root / "worker.log"))
+        wait_until(lambda: alive_nodes(gcs_address, env) == 2, procs, "worker node")
+        job_server = ["job", "list", "--address", dashboard_url]
+        wait_until(lambda: ray_cli(job_server, env).returncode == 0, procs, "job server")
+        yield LocalCluster(gcs_address, dashboard_url, env, token_file, root)
+    finally:
+        for proc in reversed(procs):
+            stop_node(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def refused_env(cluster: LocalCluster, case: str) -> dict[str, str]:
+    env = base_env() | {"HOME": str(cluster.root / "empty-home")}  # no ~/.ray/auth_token either
+    if case == "wrong token":
+        env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    elif case == "token without RAY_AUTH_MODE":
+        env |= {"RAY_AUTH_TOKEN_PATH": str(cluster.token_file)}
+    return env
+
+
+@pytest.mark.parametrize(
+    ("case", "refusal"),
+    [
+        ("no token", "Unauthorized"),  # 401
+        ("wrong token", "Invalid authentication token"),  # 403
+        # Ray 2.60's client sends a token only under RAY_AUTH_MODE=token: the token alone is 401.
+        ("token without RAY_AUTH_MODE", "Unauthorized"),
+    ],
+)
+def test_submit_without_the_token_is_refused(two_node_cluster, case, refusal) -> None:
+    cluster = two_node_cluster
+    marker = f"refused-{secrets.token_hex(4)}"
+    submit = [
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard_url,
+        "--no-wait",
+        "--",
+        "echo",
+        marker,
+    ]
+    out = ray_cli(submit, refused_env(cluster, case))
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert refusal in out.stdout + out.stderr
+    jobs = ray_cli(["job", "list", "--address", cluster.dashboard_url], cluster.env)
+    assert jobs.returncode == 0, jobs.stderr
+    assert marker not in jobs.stdout  # nothing was created
+
+
+def test_job_trains_across_two_nodes(two_node_cluster) -> None:
+    cluster = two_node_cluster
+    shared = cluster.root / "shared"
+    spec = yaml.safe_load((REPO / "jobs" / "cluster_smoke.yaml").read_text())
+    spec["output_dir"] = str(shared / "runs")
+    spec["model"]["cache_dir"] = str(shared / "base")
+    spec_file = shared / "cluster_smoke.yaml"
+    shared.mkdir()
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    script = (
+        "hybridft data synth --out data/cluster_smoke && "
+        f"hybridft train {shlex.quote(str(spec_file))} "
+        f"--tracking-uri sqlite:///{shared / 'mlflow.db'}"
+    )
+    submission_id = f"hft-cluster-smoke-{secrets.token_hex(3)}"
+    submit = [
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard_url,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps({"excludes": EXCLUDES}),
+        "--",
+        # `ray job submit` shlex-joins its arguments: a chain must be one `sh -c` argument.
+        "sh",
+        "-c",
+        script,
+    ]
+    out = ray_cli(submit, cluster.env, timeout=420)  # waits for the job, streaming its logs
+    logs = out.stdout + out.stderr
+    assert out.returncode == 0, logs[-6000:]
+    status = ray_cli(
+        ["job", "status", "--address", cluster.dashboard_url, submission_id], cluster.env
+    )
+    assert "SUCCEEDED" in status.stdout + status.stderr
+
+    run_files = list((shared / "runs").glob("*/run.json"))
+    assert len(run_files) == 1, run_files
+    run_dir = run_files[0].parent
+    assert str(run_dir) in logs  # `hybridft train` prints its run dir
+    for artifact in ("final/model/config.json", "final/model/model.safetensors", "mixture.json"):
+        assert (run_dir / artifact).is_file(), artifact
+    # Ray Train's checkpoints went to storage_path = <output_dir>/ray on the shared storage.
+    assert list((shared / "runs" / "ray" / run_dir.name).glob("checkpoint_*"))
+
+    # The two training workers ran on the two nodes.
+    actors = ray_cli(
+        ["list", "actors", "--address", cluster.gcs_address, "--detail", "--format", "json"]
+        + ["--filter", "class_name=RayTrainWorker"],
+        cluster.env,
+    )
+    assert actors.returncode == 0, actors.stderr
+    nodes = {a["node_id"] for a in json.loads(actors.stdout)}
+    assert len(nodes) == 2, nodes
