@@ -102,7 +102,7 @@ def build_base(rows: list[dict[str, str]], out: Path, vocab: int, seed: int) -> 
 
 
 def length_summary(rows: list[dict[str, str]], tokenizer: Any, max_len: int) -> dict[str, Any]:
-    """Token lengths as hybridft renders them (the same ids TRL's chat template gives)."""
+    """Token lengths of the rendered rows (hybridft and TRL apply the same chat template)."""
     texts = [
         tokenizer.apply_chat_template(
             [
@@ -113,7 +113,8 @@ def length_summary(rows: list[dict[str, str]], tokenizer: Any, max_len: int) -> 
         )
         for r in rows
     ]
-    lengths = sorted(min(max_len, len(x)) for x in tokenizer(texts)["input_ids"])
+    full = [len(x) for x in tokenizer(texts)["input_ids"]]
+    lengths = sorted(min(max_len, n) for n in full)
     q = statistics.quantiles(lengths, n=20)
     return {
         "rows": len(lengths),
@@ -122,7 +123,7 @@ def length_summary(rows: list[dict[str, str]], tokenizer: Any, max_len: int) -> 
         "mean": round(statistics.fmean(lengths), 1),
         "p95": int(q[-1]),
         "max": lengths[-1],
-        "truncated": sum(1 for x in lengths if x >= max_len),
+        "truncated": sum(1 for n in full if n > max_len),
     }
 
 
@@ -494,7 +495,6 @@ def main() -> None:
                 f"packing=bfd, padding_free, {micro} row(s) x {args.batch // micro} accum"
             )
 
-        start_ray()  # outside every timed window
         hybridft_runs = [("hybridft", 1, 1, "ddp")]
         if not args.skip_scaling:
             hybridft_runs += [
@@ -524,20 +524,6 @@ def main() -> None:
     print_table(results, meter.peak)
     summary = summarise(results, meter.peak, n_params, lengths, args)
     print(json.dumps(_rounded(summary)))
-
-
-def start_ray() -> None:
-    """Start (or join) Ray once, and pin its address for Ray's own helpers.
-
-    Ray Train's placement-group cleaner looks the cluster up by address; on a machine where other
-    Ray instances run, it cannot tell which is ours and prints a ConnectionError traceback.
-    """
-    import ray
-
-    from hybridft.train.run import ensure_ray
-
-    ensure_ray()
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def summarise(

@@ -22,7 +22,15 @@ def ray_session():
 
     if not ray.is_initialized():
         # address="local": a fresh instance, never a cluster some `ray start` left behind
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from hybridft.train.run import LOCAL_RUNTIME_ENV
+
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env=LOCAL_RUNTIME_ENV,
+        )
     yield ray
     try:
         from ray import serve
@@ -55,6 +63,14 @@ def small_demo_data(tmp_path_factory) -> Path:
     from hybridft.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("demo-small") / "data"
-    synthesize(out, seed=0, n_train=300, n_validation=40, n_test=40,
-               n_instruction_train=120, n_instruction_validation=20, n_instruction_test=20)
+    synthesize(
+        out,
+        seed=0,
+        n_train=300,
+        n_validation=40,
+        n_test=40,
+        n_instruction_train=120,
+        n_instruction_validation=20,
+        n_instruction_test=20,
+    )
     return out

@@ -8,7 +8,14 @@ from typing import Any
 
 import yaml
 
-TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 4, "intermediate": 128, "vocab_size": 1024}
+TINY = {
+    "layers": 2,
+    "hidden": 64,
+    "heads": 4,
+    "kv_heads": 4,
+    "intermediate": 128,
+    "vocab_size": 1024,
+}
 
 
 def job_dict(tmp: Path, data: Path, **overrides: Any) -> dict[str, Any]:
@@ -27,8 +34,10 @@ def job_dict(tmp: Path, data: Path, **overrides: Any) -> dict[str, Any]:
             "sources": {
                 "it_desk": {"paths": [str(data / "sft/it_desk/train.jsonl")], "format": "task"},
                 "instr": {
-                    "paths": [str(data / "instruction/urgency_detect/train.jsonl"),
-                              str(data / "instruction/sentiment/train.jsonl")],
+                    "paths": [
+                        str(data / "instruction/urgency_detect/train.jsonl"),
+                        str(data / "instruction/sentiment/train.jsonl"),
+                    ],
                     "kind": "instruction",
                 },
             },
@@ -36,8 +45,13 @@ def job_dict(tmp: Path, data: Path, **overrides: Any) -> dict[str, Any]:
             "max_len": 128,
         },
         "stages": [
-            {"name": "sft", "mix": [{"source": "it_desk", "weight": 1}],
-             "budget": {"steps": 6}, "lr": 2e-3, "warmup_steps": 1}
+            {
+                "name": "sft",
+                "mix": [{"source": "it_desk", "weight": 1}],
+                "budget": {"steps": 6},
+                "lr": 2e-3,
+                "warmup_steps": 1,
+            }
         ],
         "training": {"batch_size": 2, "log_every": 2, "checkpoint_every": 3},
         "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}},

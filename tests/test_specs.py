@@ -64,7 +64,9 @@ def test_good_spec_loads(tmp_path: Path) -> None:
 
 def test_wrong_type_names_file_line_key(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("weight: 0.8", 'weight: "lots"'))
-    assert error_of(path) == f'{path}:14: stages[1].mix[0].weight: expected a number >= 0, got "lots"'
+    assert (
+        error_of(path) == f'{path}:14: stages[1].mix[0].weight: expected a number >= 0, got "lots"'
+    )
 
 
 def test_negative_weight(tmp_path: Path) -> None:
@@ -102,7 +104,9 @@ def test_weights_summing_to_zero(tmp_path: Path) -> None:
 
 def test_literal_choice(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD + "data_loss: x\n".replace("data_loss: x", "method: {type: qlora}"))
-    assert error_of(path) == f"{path}:18: method.type: expected one of 'full' or 'lora', got \"qlora\""
+    assert (
+        error_of(path) == f"{path}:18: method.type: expected one of 'full' or 'lora', got \"qlora\""
+    )
 
 
 def test_budget_needs_exactly_one(tmp_path: Path) -> None:
@@ -131,4 +135,6 @@ def test_cli_prints_one_line_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
-    assert lines == [f'error: {path}:14: stages[1].mix[0].weight: expected a number >= 0, got "lots"']
+    assert lines == [
+        f'error: {path}:14: stages[1].mix[0].weight: expected a number >= 0, got "lots"'
+    ]

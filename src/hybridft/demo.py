@@ -60,7 +60,9 @@ def run_demo(port: int = 8000, data_dir: Path = Path("data/demo")) -> dict[str, 
         temperature=0,
     )
     answer = reply.choices[0].message.content
-    console.print(f"[b]Q:[/] {sample['prompt']}\n[b]A:[/] {answer}   (gold: {sample['completion']})")
+    console.print(
+        f"[b]Q:[/] {sample['prompt']}\n[b]A:[/] {answer}   (gold: {sample['completion']})"
+    )
 
     summary = {
         "run id": record.mlflow_run_id,

@@ -74,9 +74,7 @@ def _field_info(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
             args = [a for t in _unwrap(current) for a in typing.get_args(t)]
             current = args[-1] if args else None
             continue
-        models = [
-            t for t in _unwrap(current) if isinstance(t, type) and issubclass(t, BaseModel)
-        ]
+        models = [t for t in _unwrap(current) if isinstance(t, type) and issubclass(t, BaseModel)]
         dict_args = [typing.get_args(t) for t in _unwrap(current) if typing.get_origin(t) is dict]
         if models and part in models[0].model_fields:
             info = models[0].model_fields[part]

@@ -179,13 +179,11 @@ def _job_problems(spec: JobSpec) -> list[tuple[tuple[Any, ...], str]]:
         if sum(item.weight for item in stage.mix) <= 0:
             problems.append((("stages", i, "mix"), "expected weights summing to > 0, got 0"))
         if (stage.budget.steps is None) == (stage.budget.tokens is None):
-            problems.append(
-                (("stages", i, "budget"), "expected exactly one of steps or tokens")
-            )
+            problems.append((("stages", i, "budget"), "expected exactly one of steps or tokens"))
     for name in spec.data.eval:
         if name not in names:
             problems.append(
-                (("data", "eval", name), f"expected the name of a data source, got \"{name}\"")
+                (("data", "eval", name), f'expected the name of a data source, got "{name}"')
             )
     for i, stage in enumerate(spec.stages):
         if spec.method.type == "full" and stage.adapter in ("continue", "merge_and_new"):
@@ -201,7 +199,10 @@ def _job_problems(spec: JobSpec) -> list[tuple[tuple[Any, ...], str]]:
     model = spec.model.tiny
     if model.hidden % model.heads or model.heads % model.kv_heads:
         problems.append(
-            (("model", "tiny", "heads"), "expected heads dividing hidden and kv_heads dividing heads")
+            (
+                ("model", "tiny", "heads"),
+                "expected heads dividing hidden and kv_heads dividing heads",
+            )
         )
     return problems
 

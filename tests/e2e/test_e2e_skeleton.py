@@ -37,8 +37,14 @@ def write_spec(tmp: Path, data: Path, steps: int = 12) -> Path:
             "base": "tiny",
             "cache_dir": str(tmp / "base"),
             "tokenizer_corpus": [str(data / "**" / "train.jsonl")],
-            "tiny": {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 4, "intermediate": 128,
-                     "vocab_size": 1024},
+            "tiny": {
+                "layers": 2,
+                "hidden": 64,
+                "heads": 4,
+                "kv_heads": 4,
+                "intermediate": 128,
+                "vocab_size": 1024,
+            },
         },
         "data": {
             "sources": {
@@ -48,8 +54,13 @@ def write_spec(tmp: Path, data: Path, steps: int = 12) -> Path:
             "max_len": 128,
         },
         "stages": [
-            {"name": "sft", "mix": [{"source": "it_desk", "weight": 1}],
-             "budget": {"steps": steps}, "lr": 2e-3, "warmup_steps": 2}
+            {
+                "name": "sft",
+                "mix": [{"source": "it_desk", "weight": 1}],
+                "budget": {"steps": steps},
+                "lr": 2e-3,
+                "warmup_steps": 2,
+            }
         ],
         "training": {"batch_size": 4, "log_every": 4, "checkpoint_every": 6},
         # fractional CPUs: other tests' Serve replicas may hold part of the 2 CPUs
@@ -74,7 +85,9 @@ def test_skeleton_train_eval_register_serve_answer(ray_session, demo_data, tmp_p
 
     # the trained model is a standard HF directory
     model_dir = Path(record.model_dir)
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in model_dir.iterdir()
+    }
     mixture = json.loads((Path(record.run_dir) / "mixture.json").read_text())
     assert mixture["sft"]["sources"]["it_desk"]["realised_share"] == pytest.approx(1.0)
     assert RunRecord.load(record.run_dir).mlflow_run_id == record.mlflow_run_id

@@ -18,8 +18,15 @@ def _source(name: str, n: int, length: int, seed: int) -> RenderedSource:
 def _plan(mix_by: str, steps: int | None = 40, tokens: int | None = None, seed: int = 0):
     sources = [_source("short", 300, 10, 1), _source("long", 300, 40, 2)]
     return plan_stage(
-        sources, [3.0, 1.0], mix_by, length=64, pad_id=0, rows_per_step=8,
-        steps=steps, tokens=tokens, seed=seed,
+        sources,
+        [3.0, 1.0],
+        mix_by,
+        length=64,
+        pad_id=0,
+        rows_per_step=8,
+        steps=steps,
+        tokens=tokens,
+        seed=seed,
     )
 
 

@@ -85,10 +85,16 @@ def test_cross_sample_attention_would_change_the_loss(tiny_model_dir) -> None:
     target = torch.from_numpy(shift_loss_mask(packed.loss_mask, packed.position_ids))
     with torch.no_grad():
         lm = LossModel(model)
-        good = lm(torch.from_numpy(packed.input_ids.astype(np.int64)),
-                  torch.from_numpy(packed.position_ids.astype(np.int64)), target)
-        bad = lm(torch.from_numpy(packed.input_ids.astype(np.int64)),
-                 torch.from_numpy(leaky.astype(np.int64)), target)
+        good = lm(
+            torch.from_numpy(packed.input_ids.astype(np.int64)),
+            torch.from_numpy(packed.position_ids.astype(np.int64)),
+            target,
+        )
+        bad = lm(
+            torch.from_numpy(packed.input_ids.astype(np.int64)),
+            torch.from_numpy(leaky.astype(np.int64)),
+            target,
+        )
     assert not torch.allclose(good, bad, atol=1e-3)
 
 

@@ -27,11 +27,18 @@ def _spec(tmp: Path, data: Path, **scaling) -> dict:
         data,
         name="resume",
         stages=[
-            {"name": "instruction", "mix": [{"source": "instr", "weight": 1}],
-             "budget": {"steps": 4}, "lr": 3e-3},
-            {"name": "sft", "mix": [{"source": "it_desk", "weight": 0.8},
-                                    {"source": "instr", "weight": 0.2}],
-             "budget": {"steps": 6}, "lr": 3e-3},
+            {
+                "name": "instruction",
+                "mix": [{"source": "instr", "weight": 1}],
+                "budget": {"steps": 4},
+                "lr": 3e-3,
+            },
+            {
+                "name": "sft",
+                "mix": [{"source": "it_desk", "weight": 0.8}, {"source": "instr", "weight": 0.2}],
+                "budget": {"steps": 6},
+                "lr": 3e-3,
+            },
         ],
         scaling={"num_workers": 2, "resources_per_worker": {"CPU": 0.5}, **scaling},
     )
@@ -69,12 +76,22 @@ def test_killed_driver_resumes_with_the_same_run_name(
 ) -> None:
     spec_path = write_job(tmp_path, _spec(tmp_path, small_demo_data))
     ray_dir = tmp_path / "runs" / "ray" / "drv"
-    cmd = [sys.executable, "-m", "hybridft.cli", "train", str(spec_path), "--run-name", "drv",
-           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hybridft.cli",
+        "train",
+        str(spec_path),
+        "--run-name",
+        "drv",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         # kill the driver (and the Ray it started) once stage 2 has a checkpoint
         deadline = time.time() + 240
@@ -90,15 +107,18 @@ def test_killed_driver_resumes_with_the_same_run_name(
     # a new start with the same name is refused without --resume: no accidental resume
     with pytest.raises(UserError, match="already exists"):
         run(load_job(spec_path), run_name="drv")
-    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True,
-                             timeout=400)
+    resumed = subprocess.run(
+        cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=400
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     out = resumed.stdout + resumed.stderr
     assert "resuming at stage 1" in out  # stage 1 (instruction) is not redone
     run_dir = Path(resumed.stdout.strip().splitlines()[-1])
     final = run_dir / "final" / "model"
     assert _max_diff(final, uninterrupted.model_dir) <= 1e-5
-    history = [json.loads(x) for x in (run_dir / "final" / "metrics.jsonl").read_text().splitlines()]
+    history = [
+        json.loads(x) for x in (run_dir / "final" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [(h["stage"], h["step"]) for h in history] == [
         (h["stage"], h["step"]) for h in uninterrupted.history
     ]
@@ -119,8 +139,11 @@ def test_new_runs_get_new_names(uninterrupted, small_demo_data, tmp_path) -> Non
     assert new_run_name("x") != new_run_name("x")
     assert uninterrupted.run_name.startswith("resume-")
     with pytest.raises(UserError, match="no such run"):
-        run(load_job(write_job(tmp_path, _spec(tmp_path, small_demo_data))),
-            run_name="never-ran", resume=True)
+        run(
+            load_job(write_job(tmp_path, _spec(tmp_path, small_demo_data))),
+            run_name="never-ran",
+            resume=True,
+        )
 
 
 def test_more_workers_than_the_cluster_fails_before_any_worker(
@@ -137,3 +160,53 @@ def test_more_workers_than_the_cluster_fails_before_any_worker(
     assert message.startswith(f"{path}:")
     assert "scaling.num_workers: expected at most 2 workers with 1 CPU each" in message
     assert message.endswith("got 5")
+
+
+def test_tracking_logs_spec_metrics_mixture_and_the_stage_chain(uninterrupted, tmp_path) -> None:
+    """MLflow gets the flattened spec, per-step metrics, the realised mixture, fingerprints, the
+    commit, package versions, and base -> instruction -> sft with each model's weights digest."""
+    from hybridft.registry.client import Registry
+    from hybridft.registry.tracking import log_train_run, model_digest
+
+    spec = load_job(Path(uninterrupted.run_dir).parent.parent / "job.yaml")
+    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    record = log_train_run(registry, spec, uninterrupted)
+    client = registry.client
+    run = client.get_run(record.mlflow_run_id)
+    assert run.data.params["stages.1.mix.0.source"] == "it_desk"
+    assert run.data.params["training.precision"] == "fp32"
+    assert run.data.tags["hybridft.git_commit"]
+    assert run.data.tags["hybridft.stage_chain"] == "base -> instruction -> sft"
+    steps = [m.step for m in client.get_metric_history(record.mlflow_run_id, "loss")]
+    assert steps == list(range(1, 11))  # log_every 1, 4 + 6 steps, global step numbering
+    assert client.get_metric_history(record.mlflow_run_id, "loss/instr")
+    assert all(m.value > 0 for m in client.get_metric_history(record.mlflow_run_id, "mfu"))
+    arts = {a.path for a in client.list_artifacts(record.mlflow_run_id)}
+    assert {
+        "mixture.json",
+        "fingerprints.json",
+        "packages.json",
+        "lineage.json",
+        "spec.json",
+        "model",
+        "stages",
+    } <= arts
+    chain = json.loads(
+        Path(
+            client.download_artifacts(record.mlflow_run_id, "lineage.json", str(tmp_path))
+        ).read_text()
+    )
+    assert [(c["name"], c["parent"]) for c in chain] == [
+        ("base", None),
+        ("instruction", "base"),
+        ("sft", "instruction"),
+    ]
+    assert chain[2]["weights_sha256"] == model_digest(uninterrupted.model_dir)
+    assert chain[1]["weights_sha256"] not in (
+        chain[0]["weights_sha256"],
+        chain[2]["weights_sha256"],
+    )
+    assert chain[2]["sources"]["it_desk"] == uninterrupted.fingerprints["it_desk"]
+    sft_mix = chain[2]["realised_mixture"]["sources"]
+    assert sft_mix["it_desk"]["requested_share"] == pytest.approx(0.8)
+    assert sft_mix["it_desk"]["example_share"] == pytest.approx(0.8, abs=0.1)

@@ -27,12 +27,20 @@ def _hybrid(tmp, data, strategy: str, method: str) -> dict:
         data,
         name=f"{strategy}-{method}",
         stages=[
-            {"name": "instruction", "mix": [{"source": "instr", "weight": 1}],
-             "budget": {"steps": 3}, "lr": 3e-3, "adapter": "full"},
-            {"name": "sft", "mix": [{"source": "it_desk", "weight": 0.75},
-                                    {"source": "instr", "weight": 0.25}],
-             "budget": {"steps": 3}, "lr": 3e-3,
-             "adapter": "merge_and_new" if method == "lora" else "full"},
+            {
+                "name": "instruction",
+                "mix": [{"source": "instr", "weight": 1}],
+                "budget": {"steps": 3},
+                "lr": 3e-3,
+                "adapter": "full",
+            },
+            {
+                "name": "sft",
+                "mix": [{"source": "it_desk", "weight": 0.75}, {"source": "instr", "weight": 0.25}],
+                "budget": {"steps": 3},
+                "lr": 3e-3,
+                "adapter": "merge_and_new" if method == "lora" else "full",
+            },
         ],
         method={"type": method, "lora": {"r": 4, "alpha": 8}},
         scaling={"num_workers": 2, "resources_per_worker": {"CPU": 0.5}, "strategy": strategy},
@@ -68,10 +76,19 @@ def test_training_changed_the_weights(ray_session, small_demo_data, tmp_path_fac
     from hybridft.model.tiny import resolve_base
 
     trained = _weights(tmp_path_factory, small_demo_data, "ddp", "full")
-    spec = load_job(write_job(tmp_path_factory.mktemp("b"), _hybrid(
-        tmp_path_factory.mktemp("b2"), small_demo_data, "ddp", "full")))
-    base_dir = resolve_base(spec.model.base, spec.model.tiny, spec.model.cache_dir, spec.seed,
-                            spec.model.tokenizer_corpus)
+    spec = load_job(
+        write_job(
+            tmp_path_factory.mktemp("b"),
+            _hybrid(tmp_path_factory.mktemp("b2"), small_demo_data, "ddp", "full"),
+        )
+    )
+    base_dir = resolve_base(
+        spec.model.base,
+        spec.model.tiny,
+        spec.model.cache_dir,
+        spec.seed,
+        spec.model.tokenizer_corpus,
+    )
     base = load_file(str(base_dir / "model.safetensors"))
     moved = max(float((base[k] - trained[k]).abs().max()) for k in base)
     assert moved > 1e-3

@@ -31,7 +31,9 @@ class EvalResult:
     @property
     def headline(self) -> float:
         """Mean over tasks of label accuracy (or exact match where a task has no labels)."""
-        vals = [t.accuracy if t.accuracy is not None else t.exact_match for t in self.tasks.values()]
+        vals = [
+            t.accuracy if t.accuracy is not None else t.exact_match for t in self.tasks.values()
+        ]
         return sum(vals) / len(vals) if vals else 0.0
 
     def flat_metrics(self, prefix: str = "eval") -> dict[str, float]:

@@ -129,7 +129,9 @@ def resolve_base(
     if base != "tiny":
         path = Path(base)
         if not (path / "config.json").is_file():
-            raise UserError(f"model.base: expected 'tiny' or a local HF model directory, got {base!r}")
+            raise UserError(
+                f"model.base: expected 'tiny' or a local HF model directory, got {base!r}"
+            )
         return path.resolve()
     corpus = sorted(
         {p for g in (corpus_globs or [DEFAULT_CORPUS]) for p in glob.glob(g, recursive=True)}

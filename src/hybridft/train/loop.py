@@ -9,6 +9,7 @@ steps and at every stage end. A restarted worker group resumes at the exact row 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import tempfile
@@ -79,14 +80,21 @@ def micro_batches(
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str) -> Any:
+    from hybridft.model.hf import load_tokenizer
+
+    return load_tokenizer(path)
+
+
 def save_hf(lm: torch.nn.Module, tokenizer_dir: str, out: Path) -> None:
     """Write the model as a plain HF directory (LoRA merged into a copy, adapter beside it)."""
-    from hybridft.model.hf import load_tokenizer, save_model
+    from hybridft.model.hf import save_model
 
     if is_peft(lm):
         lm.save_pretrained(str(out / "adapter"))
         lm = merged(copy.deepcopy(lm))
-    save_model(lm, load_tokenizer(tokenizer_dir), out / "model")
+    save_model(lm, _tokenizer(tokenizer_dir), out / "model")
 
 
 def _all_reduce(values: list[float]) -> list[float]:
@@ -143,6 +151,10 @@ def train_loop(config: dict[str, Any]) -> None:
         state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
         blob = torch.load(ckpt_dir / MODEL_STATE_FILE, weights_only=False)
         recipe, weights = blob["recipe"], blob["state"]
+        if weights is None:  # full fine-tuning: the fp32 HF weights are the exact state
+            from safetensors.torch import load_file
+
+            weights = load_file(str(ckpt_dir / "model" / "model.safetensors"))
         history = [json.loads(x) for x in (ckpt_dir / HISTORY_FILE).read_text().splitlines()]
         if rank == 0:
             print(f"resuming at stage {state['stage']} step {state['step']}", flush=True)

@@ -18,6 +18,11 @@ from hybridft.errors import UserError
 from hybridft.specs import JobSpec, ScalingSpec, stage_adapter
 
 
+# Ray Train's controller consumes one report per health-check poll (2 s by default): on a local
+# instance with short steps every report would wait for it. A quicker poll is cheap locally.
+LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}}
+
+
 @dataclass
 class TrainResult:
     run_name: str
@@ -49,7 +54,9 @@ def ensure_ray(address: str | None = None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, log_to_driver=True, logging_config=quiet)
     else:
-        ray.init(address="local", log_to_driver=True, logging_config=quiet)
+        ray.init(
+            address="local", log_to_driver=True, logging_config=quiet, runtime_env=LOCAL_RUNTIME_ENV
+        )
 
 
 def check_resources(scaling: ScalingSpec, spec_file: str) -> None:
