@@ -141,6 +141,8 @@ def demo(
 def main() -> None:
     """Entry point: user errors are one line on stderr (``--debug`` or HYBRIDFT_DEBUG=1: traceback)."""
     debug = "--debug" in sys.argv or os.environ.get("HYBRIDFT_DEBUG") == "1"
+    # MLflow's INFO lines (database migrations) are not for users; warnings still show
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     try:
