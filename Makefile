@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel (a bare `torch` would pull a CUDA build)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	# DeepSpeed (ZeRO-2/3): built against the installed torch, no CUDA ops on CPU
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation "deepspeed>=0.16"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -13,7 +13,10 @@ import pytest
 def hybridft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "hybridft.cli", *args],
-        capture_output=True, text=True, timeout=300, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
     )
 
 
@@ -51,8 +54,9 @@ def test_missing_output_line_9_is_one_error_line(bad_jsonl: Path, tmp_path: Path
 
 def test_skip_policy_counts_and_writes_rejects(bad_jsonl: Path, tmp_path: Path) -> None:
     rejects = tmp_path / "rejects.jsonl"
-    proc = hybridft("data", "validate", str(bad_jsonl), "--on-bad-rows", "skip",
-                    "--rejects", str(rejects))
+    proc = hybridft(
+        "data", "validate", str(bad_jsonl), "--on-bad-rows", "skip", "--rejects", str(rejects)
+    )
     assert proc.returncode == 0, proc.stderr
     rejected = [json.loads(x) for x in rejects.read_text().splitlines()]
     assert [r["line"] for r in rejected] == [7, 9]
@@ -77,8 +81,13 @@ def test_bad_model_reference_is_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_data_stats_on_demo_rows(small_demo_data: Path, tiny_model_dir: Path) -> None:
-    proc = hybridft("data", "stats", str(small_demo_data / "sft/support/train.jsonl"),
-                    "--tokenizer", str(tiny_model_dir))
+    proc = hybridft(
+        "data",
+        "stats",
+        str(small_demo_data / "sft/support/train.jsonl"),
+        "--tokenizer",
+        str(tiny_model_dir),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "300" in proc.stdout  # rows
     assert "refund" in proc.stdout  # label balance

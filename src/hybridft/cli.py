@@ -67,12 +67,15 @@ def train(
     spec: Path = typer.Argument(..., help="job spec (jobs/*.yaml)"),
     run_name: str = typer.Option(None, help="run name (default: unique per start)"),
     resume: bool = typer.Option(False, "--resume", help="continue RUN_NAME from its checkpoint"),
+    output_dir: str = typer.Option(None, help="override the spec's output_dir (shared storage)"),
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Train a job spec on Ray Train and log the run to MLflow."""
     from hybridft.pipeline import train_and_log
 
-    record = train_and_log(spec, run_name=run_name, resume=resume, tracking_uri=tracking_uri)
+    record = train_and_log(
+        spec, run_name=run_name, resume=resume, tracking_uri=tracking_uri, output_dir=output_dir
+    )
     console.print(f"[green]run[/] {record.run_name}  mlflow {record.mlflow_run_id}")
     typer.echo(record.run_dir)
 

@@ -17,6 +17,7 @@ def train_and_log(
     run_name: str | None = None,
     resume: bool = False,
     tracking_uri: str | None = None,
+    output_dir: str | None = None,
 ) -> RunRecord:
     """Load the spec, train on Ray Train, log the run (and model) to MLflow."""
     from hybridft.registry.client import Registry
@@ -25,7 +26,7 @@ def train_and_log(
 
     spec = load_job(spec_path)
     registry = Registry(tracking_uri)  # opened first: a bad URI fails before training
-    result = run(spec, run_name=run_name, resume=resume)
+    result = run(spec, run_name=run_name, resume=resume, output_dir=output_dir)
     return log_train_run(registry, spec, result)
 
 

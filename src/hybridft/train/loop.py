@@ -97,6 +97,27 @@ def save_hf(lm: torch.nn.Module, tokenizer_dir: str, out: Path) -> None:
     save_model(lm, _tokenizer(tokenizer_dir), out / "model")
 
 
+def local_base_dir(config: dict[str, Any]) -> str:
+    """The base model on this node: the driver's path, or a copy from the object store.
+
+    On a multi-node cluster without shared storage the driver's directory does not exist on a
+    worker's node; small bases travel through the object store (``base_files``) instead.
+    """
+    import ray
+
+    path = Path(config["base_dir"])
+    if (path / "config.json").is_file() or config.get("base_files") is None:
+        return str(path)
+    files: dict[str, bytes] = ray.get(config["base_files"])
+    local = Path(tempfile.gettempdir()) / "hybridft-base" / path.name
+    for name, blob in files.items():
+        target = local / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_file() or target.stat().st_size != len(blob):
+            target.write_bytes(blob)
+    return str(local)
+
+
 def _all_reduce(values: list[float]) -> list[float]:
     """Sum over workers (a no-op on one worker)."""
     import torch.distributed as dist
@@ -140,6 +161,7 @@ def train_loop(config: dict[str, Any]) -> None:
     per_worker = training["batch_size"] * training["grad_accum"]
     use_bf16 = training["precision"] == "bf16"
     stages = config["stages"]
+    config["base_dir"] = local_base_dir(config)
 
     # 1) where to start: a fresh run, or this run's last checkpoint
     state: dict[str, Any] = {"stage": 0, "step": 0, "tokens": 0}

@@ -17,7 +17,6 @@ from typing import Any
 from hybridft.errors import UserError
 from hybridft.specs import JobSpec, ScalingSpec, stage_adapter
 
-
 # Ray Train's controller consumes one report per health-check poll (2 s by default): on a local
 # instance with short steps every report would wait for it. A quicker poll is cheap locally.
 LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}}
@@ -105,6 +104,7 @@ def run(
     run_name: str | None = None,
     resume: bool = False,
     controller_failure_limit: int = -1,
+    output_dir: str | None = None,
 ) -> TrainResult:
     """Train ``spec`` on Ray Train.
 
@@ -113,6 +113,7 @@ def run(
         run_name: the name to use; with ``resume`` it names the run to continue.
         resume: continue ``run_name`` from its last checkpoint (a stage done is not redone).
         controller_failure_limit: Ray Train controller failures tolerated (-1: Ray's default).
+        output_dir: overrides ``spec.output_dir`` (e.g. a shared mount on a cluster).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -123,7 +124,7 @@ def run(
     from hybridft.train.prepare import prepare, write_mixture_report
 
     t0 = time.perf_counter()
-    out_root = Path(spec.output_dir).resolve()
+    out_root = Path(output_dir or spec.output_dir).resolve()
     if resume and not run_name:
         raise UserError("--resume needs the run name to continue (see `hybridft runs`)")
     run_name = run_name or new_run_name(spec.name)
@@ -167,6 +168,7 @@ def run(
         )
     config = {
         "base_dir": str(base_dir),
+        "base_files": _base_files(Path(base_dir)),
         "seed": spec.seed,
         "stages": stages_cfg,
         "training": spec.training.model_dump(),
@@ -220,6 +222,19 @@ def run(
         wall_s=time.perf_counter() - t0,
         extra={"read_reports": prepared.read_reports},
     )
+
+
+BASE_SHIP_LIMIT = 512 * 1024 * 1024  # bases under this travel to nodes through the object store
+
+
+def _base_files(base_dir: Path) -> Any:
+    """The base model's files in the object store, for nodes that cannot see ``base_dir``."""
+    import ray
+
+    files = [p for p in base_dir.rglob("*") if p.is_file()]
+    if sum(p.stat().st_size for p in files) > BASE_SHIP_LIMIT:
+        return None  # large bases: put model.base on shared storage (cluster/README.md)
+    return ray.put({str(p.relative_to(base_dir)): p.read_bytes() for p in files})
 
 
 def _worker_env(scaling: ScalingSpec) -> dict[str, str]:

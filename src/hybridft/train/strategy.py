@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from hybridft.train.schedule import lr_lambda
 from hybridft.train.loss import LossModel
+from hybridft.train.schedule import lr_lambda
 
 DS_TAG = "ds"
 
