@@ -138,3 +138,25 @@ def test_cli_prints_one_line_without_traceback(tmp_path: Path) -> None:
     assert lines == [
         f'error: {path}:14: stages[1].mix[0].weight: expected a number >= 0, got "lots"'
     ]
+
+
+def test_lora_rank_must_be_positive(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "method:\n  type: lora\n  lora: {r: 0}\n")
+    assert error_of(path) == f"{path}:20: method.lora.r: expected an integer > 0, got 0"
+
+
+def test_zero_stage_4_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "scaling: {strategy: zero4}\n")
+    assert error_of(path) == (
+        f"{path}:18: scaling.strategy: expected one of 'ddp', 'zero2' or 'zero3', got \"zero4\""
+    )
+
+
+def test_adapter_policy_needs_lora(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, GOOD.replace("budget: {steps: 10}", "budget: {steps: 10}\n    adapter: continue")
+    )
+    assert error_of(path) == (
+        f'{path}:11: stages[0].adapter: expected "full" (method.type is full; use method.type: '
+        f'lora for adapters), got "continue"'
+    )

@@ -149,7 +149,8 @@ def describe_error(model: type[BaseModel], err: dict[str, Any]) -> tuple[str, st
     if expected in ("a number", "an integer"):
         expected += _bounds(info)
     elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        expected = "a number" + (_bounds(info) or f" ({err['msg']})")
+        whole = info is not None and int in _unwrap(info.annotation)
+        expected = ("an integer" if whole else "a number") + (_bounds(info) or f" ({err['msg']})")
     elif kind == "literal_error":
         expected = f"one of {ctx.get('expected', '')}"
     elif kind == "enum":
