@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--repeats", type=int, default=1, help="alternate ours / hf this many times, keep the best"
+        "--repeats", type=int, default=2, help="alternate ours / hf this many times, keep the best"
     )
     parser.add_argument("--measure", choices=["ours", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)

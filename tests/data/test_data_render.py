@@ -86,6 +86,19 @@ def test_template_without_generation_markers_masks_the_same_way(tokenizer):
         assert assistant_text(tok, item.input_ids, item.loss_mask) == answers
 
 
+def test_prefix_spans_equal_the_templates_own_generation_markers(tokenizer):
+    # The same template without its {% generation %} markers takes the prefix-render path.
+    plain = tokenizer.chat_template.replace("{% generation %}", "").replace(
+        "{% endgeneration %}", ""
+    )
+    assert plain != tokenizer.chat_template
+    marked = list(render_examples(EXAMPLES, tokenizer, max_len=None))
+    derived = list(render_examples(EXAMPLES, with_template(tokenizer, plain), max_len=None))
+    for a, b in zip(marked, derived, strict=True):
+        assert a.input_ids.tolist() == b.input_ids.tolist()
+        assert a.loss_mask.tolist() == b.loss_mask.tolist()
+
+
 def test_answer_ending_in_a_split_multibyte_character_keeps_all_its_tokens(tokenizer):
     # No end token after the answer: its last character (split into byte tokens) ends the span.
     tok = with_template(tokenizer, "{% for m in messages %}{{ m['content'] + '\n' }}{% endfor %}")

@@ -2,14 +2,16 @@
 
 How the completion-only mask is found, for any tokenizer with a chat template:
 
-1. Render the whole conversation to text with ``tokenizer.apply_chat_template(tokenize=False)``.
-2. For each assistant turn i, its character span starts where ``messages[:i]`` rendered with
-   ``add_generation_prompt=True`` ends, and ends where ``messages[:i+1]`` ends (less the trailing
-   whitespace a template writes between turns). Both renders must be prefixes of the full text.
+1. Render each conversation to text, as ``tokenizer.apply_chat_template(tokenize=False)`` does.
+2. Find the character span of each assistant turn. A template with ``{% generation %}`` markers
+   says where its answers are: the spans it reports while rendering (the same render) are used,
+   exactly as HF's ``return_assistant_tokens_mask``. Any other template: turn i starts where
+   ``messages[:i]`` rendered with ``add_generation_prompt=True`` ends, and ends where
+   ``messages[:i+1]`` ends, less the whitespace a template writes between turns; both renders
+   must be prefixes of the full text.
 3. Tokenize the full text once (offsets on); a token carries loss when its characters overlap an
-   assistant span, the rule HF's ``return_assistant_tokens_mask`` uses. So the end-of-turn token
-   the template writes after the answer (``<|end|>``, ``<|im_end|>``, ...) carries loss too: the
-   model must learn to stop.
+   assistant span, HF's rule. So the end-of-turn token the template writes after the answer
+   (``<|end|>``, ``<|im_end|>``, ...) carries loss too: the model must learn to stop.
 
 The ids are exactly ``apply_chat_template(messages, tokenize=True)``'s. A tokenizer with no chat
 template gets ``DEFAULT_CHAT_TEMPLATE`` (role tag line, content, the tokenizer's eos token).
@@ -17,6 +19,7 @@ template gets ``DEFAULT_CHAT_TEMPLATE`` (role tag line, content, the tokenizer's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,12 +27,14 @@ from itertools import islice
 from typing import Any, Literal
 
 import numpy as np
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from hybridft.data.records import Example
 from hybridft.errors import UserError, located
 
 LossMode = Literal["completion_only", "all"]
 LOSS_MODES = ("completion_only", "all")
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")  # the test HF itself applies
 
 # Used only when a tokenizer has no chat template of its own. Same shape as the tiny model's.
 DEFAULT_CHAT_TEMPLATE = (
@@ -129,6 +134,7 @@ def render_examples(
     report = RenderReport()
     template = chat_template_of(tokenizer)
     masked = loss == "completion_only"
+    use_markers = masked and bool(GENERATION_TAG.search(template))
 
     def generate() -> Iterator[Rendered]:
         it = iter(examples)
@@ -137,11 +143,16 @@ def render_examples(
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = None
             while batch := list(islice(it, batch_size)):
-                texts = _apply(tokenizer, template, [_as_dicts(ex) for ex in batch], batch, False)
+                marked = _marked_spans(batch, tokenizer, template) if use_markers else None
+                if marked is not None:
+                    texts, spans = marked
+                else:
+                    convs = [_as_dicts(ex) for ex in batch]
+                    texts = _apply(tokenizer, template, convs, batch, False)
+                    spans = _assistant_spans(batch, tokenizer, template, texts) if masked else None
                 # Same call apply_chat_template(tokenize=True) makes: the template wrote the
                 # special tokens, so the tokenizer adds none.
                 encoded = pool.submit(backend.encode_batch, texts, add_special_tokens=False)
-                spans = _assistant_spans(batch, tokenizer, template, texts) if masked else None
                 if pending is not None:
                     yield from _finish_batch(*pending, max_len, report)
                 pending = (batch, spans, encoded)
@@ -189,6 +200,26 @@ def _apply(
                 problem = f"the chat template rejected this conversation: {exc}"
                 raise located(*_where(ex), "messages", problem) from exc
         raise
+
+
+def _marked_spans(
+    batch: list[Example], tokenizer: Any, template: str
+) -> tuple[list[str], list[list[tuple[int, int]]]] | None:
+    """Texts and answer spans from the template's own ``{% generation %}`` blocks, one render.
+
+    The same renderer and variables ``apply_chat_template`` uses, so the text is identical.
+    None when rendering fails: the plain path renders again and names the row at fault.
+    """
+    try:
+        texts, indices = render_jinja_template(
+            conversations=[_as_dicts(ex) for ex in batch],
+            chat_template=template,
+            return_assistant_tokens_mask=True,
+            **tokenizer.special_tokens_map,
+        )
+    except Exception:
+        return None
+    return texts, [[(start, end) for start, end in spans] for spans in indices]
 
 
 def _assistant_spans(
