@@ -286,6 +286,7 @@ def job_spec(
             log_every=args.log_every,
             checkpoint_every=10**9,  # only the final checkpoint, after the last timed window
             threads_per_worker=threads,
+            compile=args.compile,
         ),
         scaling=ScalingSpec(
             num_workers=workers,
@@ -449,6 +450,9 @@ def main() -> None:
         "--hf-steps", type=int, default=8, help="hybridft steps (the first log window: warm-up)"
     )
     parser.add_argument("--log-every", type=int, default=2)
+    parser.add_argument(
+        "--compile", action="store_true", help="hybridft with training.compile (TRL stays eager)"
+    )
     parser.add_argument("--skip-scaling", action="store_true", help="only the 1-worker contenders")
     parser.add_argument("--workdir", help="keep data, model and runs here (default: a temp dir)")
     args = parser.parse_args()

@@ -125,6 +125,8 @@ class TrainingSpec(Strict):
     log_every: PosInt = 10
     checkpoint_every: PosInt = 100
     threads_per_worker: PosInt = 1
+    # torch.compile each decoder layer (fixed packed shapes compile once; ~10-30 s per worker)
+    compile: bool = False
 
 
 class ScalingSpec(Strict):

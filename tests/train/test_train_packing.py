@@ -114,3 +114,18 @@ def test_gradient_accumulation_equivalence(tiny_model_dir) -> None:
 
     for g1, g4 in zip(grads(1), grads(4), strict=True):
         assert torch.allclose(g1, g4, atol=1e-6, rtol=1e-4)
+
+
+def test_compiled_layers_give_the_same_loss(tiny_model_dir) -> None:
+    """training.compile is a speed switch only: the loss it computes is the eager one."""
+    from hybridft.train.strategy import compile_layers
+
+    ids, masks = _samples(16, seed=7)
+    rows = pack_rows(ids, masks, [0] * 16, length=128, pad_id=0)
+    idx = np.arange(len(rows))
+    model = load_model(tiny_model_dir).eval()
+    with torch.no_grad():
+        eager = _token_losses(model, rows, idx)
+        compile_layers(model)
+        compiled = _token_losses(model, rows, idx)
+    assert torch.allclose(eager, compiled, atol=1e-4, rtol=1e-4)

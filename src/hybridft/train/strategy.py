@@ -53,6 +53,13 @@ def _schedule(optimizer: Any, stage: dict[str, Any]) -> Any:
     )
 
 
+def compile_layers(lm: torch.nn.Module) -> None:
+    """Compile every decoder layer in place (the loss head and embeddings stay eager)."""
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
+    for layer in decoder.layers:
+        layer.compile(dynamic=False)
+
+
 def ddp_engine(
     lm: torch.nn.Module, stage: dict[str, Any], training: dict[str, Any], world: int
 ) -> Engine:
@@ -160,6 +167,8 @@ def make_engine(
     strategy: str, lm: torch.nn.Module, stage: dict[str, Any], training: dict[str, Any], world: int
 ) -> Engine:
     """The factory: ``ddp`` | ``zero2`` | ``zero3``."""
+    if training.get("compile"):
+        compile_layers(lm)
     if strategy == "ddp":
         return ddp_engine(lm, stage, training, world)
     if strategy in ("zero2", "zero3"):
