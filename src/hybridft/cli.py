@@ -131,6 +131,80 @@ def serve(
 
 
 @app.command()
+def lineage(
+    ref: str = typer.Argument(..., help="NAME@VERSION or NAME@ALIAS"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Print a version's lineage: aliases -> version -> run -> stages -> dataset fingerprints."""
+    from hybridft.registry.client import Registry
+    from hybridft.registry.lineage import describe_lineage, lineage_tree
+
+    # wide: fingerprints and digests are never wrapped mid-string
+    Console(width=200).print(lineage_tree(describe_lineage(Registry(tracking_uri), ref)))
+
+
+@app.command()
+def gate(
+    ref: str = typer.Argument(..., help="NAME@VERSION"),
+    policy: Path = typer.Option(Path("policies/default.yaml"), help="governance policy"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Run a policy's gate on a version and print every check (exit 1 when it fails)."""
+    from hybridft.registry.client import Registry
+    from hybridft.registry.gates import evaluate_gate
+    from hybridft.registry.policy import load_policy
+
+    registry = Registry(tracking_uri)
+    version = registry.resolve(ref)
+    verdict = evaluate_gate(registry, load_policy(policy), version.name, version.version)
+    for check in verdict.checks:
+        mark = "[green]pass[/]" if check.passed else "[red]FAIL[/]"
+        Console().print(f"{mark}  {check.check}: {check.detail}")
+    raise typer.Exit(0 if verdict.passed else 1)
+
+
+@app.command()
+def approve(
+    ref: str = typer.Argument(..., help="NAME@VERSION"),
+    comment: str = typer.Option("", help="why"),
+    role: str = typer.Option("approver", help="the role the approval is given in"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Approve a version as the current user (HYBRIDFT_USER; needs the approver role)."""
+    from hybridft.registry.client import Registry
+    from hybridft.registry.gates import approve as approve_version
+
+    registry = Registry(tracking_uri)
+    version = registry.resolve(ref)
+    approve_version(registry, version.name, version.version, role=role, comment=comment)
+    console.print(f"[green]approved[/] {version.name}@{version.version}")
+
+
+@app.command()
+def promote(
+    ref: str = typer.Argument(..., help="NAME@VERSION"),
+    alias: str = typer.Option("candidate", help="candidate | champion"),
+    policy: Path = typer.Option(Path("policies/default.yaml"), help="governance policy"),
+    reason: str = typer.Option("", help="why (goes into the audit log)"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Move @ALIAS to a version, only through a passing gate (audited either way)."""
+    from hybridft.registry.client import Registry
+    from hybridft.registry.gates import promote as promote_version
+    from hybridft.registry.policy import load_policy
+
+    registry = Registry(tracking_uri)
+    version = registry.resolve(ref)
+    result = promote_version(
+        registry, load_policy(policy), version.name, version.version, alias, reason=reason
+    )
+    if not result.moved:
+        console.print(f"[red]refused:[/] {result.reason}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"[green]{version.name}@{alias}[/] {result.from_version} -> {result.to_version}")
+
+
+@app.command()
 def demo(
     port: int = typer.Option(8000),
     data_dir: Path = typer.Option(Path("data/demo")),
@@ -149,7 +223,8 @@ def main() -> None:
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False returns a command's typer.Exit code instead of exiting
+        code = app(standalone_mode=False)
     except UserError as exc:
         if debug:
             raise
@@ -168,6 +243,7 @@ def main() -> None:
             raise
         console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

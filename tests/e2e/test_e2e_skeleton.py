@@ -108,6 +108,35 @@ def test_skeleton_train_eval_register_serve_answer(ray_session, demo_data, tmp_p
     assert version.tags["hybridft.fingerprint.it_desk"] == record.fingerprints["it_desk"]
     assert registry.resolve(f"e2e-model@{version.version}").run_id == record.mlflow_run_id
 
+    # lineage: alias -> version -> run -> stages -> dataset fingerprints, via the real CLI
+    import subprocess
+    import sys
+
+    from hybridft.registry.lineage import describe_lineage
+
+    registry.set_alias("e2e-model", "candidate", version.version)
+    info = describe_lineage(registry, "e2e-model@candidate")
+    assert info["version"] == version.version and info["aliases"] == ["candidate"]
+    assert [c["name"] for c in info["chain"]] == ["base", "sft"]
+    assert info["chain"][1]["sources"]["it_desk"] == record.fingerprints["it_desk"]
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybridft.cli",
+            "lineage",
+            "e2e-model@candidate",
+            "--tracking-uri",
+            uri,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert record.fingerprints["it_desk"] in shown.stdout
+    assert record.run_name in shown.stdout and "@candidate" in shown.stdout
+
     port = free_port()
     url = serve_version(
         f"e2e-model@{version.version}", port=port, tracking_uri=uri, cache=tmp_path / "served"
