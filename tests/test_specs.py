@@ -160,3 +160,13 @@ def test_adapter_policy_needs_lora(tmp_path: Path) -> None:
         f'{path}:11: stages[0].adapter: expected "full" (method.type is full; use method.type: '
         f'lora for adapters), got "continue"'
     )
+
+
+def test_typod_key_inside_a_named_source(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, GOOD.replace("it: {paths: [a.jsonl], format: task}", "it: {pathz: [a.jsonl]}")
+    )
+    assert error_of(path).startswith(
+        f"{path}:4: data.sources.it.pathz: unknown key (did you mean 'paths'?); expected one of "
+        "format, kind, labels, paths"
+    )

@@ -65,8 +65,8 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _field_info(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
-    """FieldInfo of the field at ``loc`` (best effort; None when the path leaves models)."""
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, Any]:
+    """(FieldInfo of the last model field on ``loc``, the type at the end of ``loc``)."""
     current: Any = model
     info = None
     for part in loc:
@@ -80,10 +80,15 @@ def _field_info(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
             info = models[0].model_fields[part]
             current = info.annotation
         elif dict_args:
-            current = dict_args[0][1]
+            current = dict_args[0][1]  # a user-named key of a mapping: its value type
         else:
-            return None
-    return info
+            return None, None
+    return info, current
+
+
+def _field_info(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """FieldInfo of the field at ``loc`` (best effort; None when the path leaves models)."""
+    return _walk(model, loc)[0]
 
 
 def _bounds(info: Any) -> str:
@@ -98,13 +103,7 @@ def _bounds(info: Any) -> str:
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    info = _field_info(model, loc[:-1]) if len(loc) > 1 else None
-    target: Any = info.annotation if info is not None else model
-    if len(loc) > 1 and info is None:
-        return []
-    if len(loc) > 1 and isinstance(loc[-2], int):
-        target = [a for t in _unwrap(target) for a in typing.get_args(t)][-1:] or [target]
-        target = target[0]
+    _, target = _walk(model, loc[:-1])
     for t in _unwrap(target):
         if isinstance(t, type) and issubclass(t, BaseModel):
             return sorted(t.model_fields)
