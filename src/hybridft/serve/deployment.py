@@ -357,7 +357,8 @@ def deploy(
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UserError(f"serve: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    serve.start(http_options={"host": host, "port": port})
+    # Serve's per-request INFO access lines drown a terminal; warnings and errors still show
+    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
     serve.run(build_app(args), name=app_name, route_prefix=route_prefix)
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     root = f"http://{probe_host}:{port}{route_prefix.rstrip('/')}"
