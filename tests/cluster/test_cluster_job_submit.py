@@ -172,7 +172,7 @@ def agent_ports(ports: list[int]) -> list[str]:
 @pytest.fixture(scope="module")
 def two_node_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
     if not (BIN / "ray").is_file() or not (BIN / "hybridft").is_file():
-        pytest.skip(f"needs the project's venv ({BIN}/ray and {BIN}/hybridft)")
+        pytest.fail(f"needs the project's venv ({BIN}/ray and {BIN}/hybridft): run `make test`")
     root = tmp_path_factory.mktemp("cluster")
     # Short: Ray's unix sockets live under --temp-dir and their paths are limited to 107 bytes.
     ray_tmp = Path(tempfile.mkdtemp(prefix="hft-ray-", dir="/tmp"))

@@ -73,7 +73,7 @@ def test_strategy_matches_ddp(ray_session, small_demo_data, tmp_path_factory, st
 
 def test_training_changed_the_weights(ray_session, small_demo_data, tmp_path_factory):
     """The contract above is not vacuous: the runs moved far from where they started."""
-    from hybridft.model.tiny import resolve_base
+    from hybridft.model.tiny import base_of
 
     trained = _weights(tmp_path_factory, small_demo_data, "ddp", "full")
     spec = load_job(
@@ -82,13 +82,7 @@ def test_training_changed_the_weights(ray_session, small_demo_data, tmp_path_fac
             _hybrid(tmp_path_factory.mktemp("b2"), small_demo_data, "ddp", "full"),
         )
     )
-    base_dir = resolve_base(
-        spec.model.base,
-        spec.model.tiny,
-        spec.model.cache_dir,
-        spec.seed,
-        spec.model.tokenizer_corpus,
-    )
+    base_dir = base_of(spec.model, spec.seed)
     base = load_file(str(base_dir / "model.safetensors"))
     moved = max(float((base[k] - trained[k]).abs().max()) for k in base)
     assert moved > 1e-3

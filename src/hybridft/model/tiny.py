@@ -16,7 +16,7 @@ from typing import Any
 
 from hybridft.errors import UserError
 from hybridft.model.hf import save_model
-from hybridft.specs import TinyModelSpec
+from hybridft.specs import ModelSpec, TinyModelSpec
 
 SPECIAL_TOKENS = ["<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 EOS = "<|end|>"
@@ -143,3 +143,8 @@ def resolve_base(
     if not (out / "model.safetensors").is_file():
         build_tiny_base(cfg, out, corpus, seed)
     return out
+
+
+def base_of(model: ModelSpec, seed: int = 0) -> Path:
+    """The HF directory a job's ``model`` section starts from (see ``resolve_base``)."""
+    return resolve_base(model.base, model.tiny, model.cache_dir, seed, model.tokenizer_corpus)

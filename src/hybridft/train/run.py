@@ -119,7 +119,8 @@ def run(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from hybridft.model import load_tokenizer, resolve_base
+    from hybridft.model import load_tokenizer
+    from hybridft.model.tiny import base_of
     from hybridft.train.loop import HISTORY_FILE, train_loop
     from hybridft.train.prepare import prepare, write_mixture_report
 
@@ -137,13 +138,7 @@ def run(
 
     ensure_ray()
     check_resources(spec.scaling, spec.source_file)
-    base_dir = resolve_base(
-        spec.model.base,
-        spec.model.tiny,
-        spec.model.cache_dir,
-        spec.seed,
-        spec.model.tokenizer_corpus,
-    )
+    base_dir = base_of(spec.model, spec.seed)
     tokenizer = load_tokenizer(base_dir)
     prepared = prepare(
         spec.data, spec.stages, spec.training, tokenizer, spec.scaling.num_workers, spec.seed
