@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the project's venv: `ray`, `hybridft` and `python` resolve here
 # What the working_dir upload leaves out (Ray 2.60 also honours .gitignore and skips .git/.venv).
-EXCLUDES = [".git", ".venv", ".hybridft", "mlruns", "data", ".pytest_cache", ".ruff_cache"]
+EXCLUDES = [".git", ".venv", ".hybridft", "mlruns", "/data", ".pytest_cache", ".ruff_cache"]
 
 
 @dataclass
