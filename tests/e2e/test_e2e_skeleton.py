@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import job_dict, write_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -29,31 +29,12 @@ def demo_data(tmp_path_factory) -> Path:
 
 
 def write_spec(tmp: Path, data: Path, steps: int = 12) -> Path:
-    spec = {
-        "name": "e2e",
-        "seed": 0,
-        "output_dir": str(tmp / "runs"),
-        "model": {
-            "base": "tiny",
-            "cache_dir": str(tmp / "base"),
-            "tokenizer_corpus": [str(data / "**" / "train.jsonl")],
-            "tiny": {
-                "layers": 2,
-                "hidden": 64,
-                "heads": 4,
-                "kv_heads": 4,
-                "intermediate": 128,
-                "vocab_size": 1024,
-            },
-        },
-        "data": {
-            "sources": {
-                "it_desk": {"paths": [str(data / "sft/it_desk/train.jsonl")], "format": "task"}
-            },
-            "eval": {"it_desk": [str(data / "sft/it_desk/test.jsonl")]},
-            "max_len": 128,
-        },
-        "stages": [
+    """The shared tiny job (tests/helpers.py), narrowed to the one SFT task of the skeleton."""
+    spec = job_dict(
+        tmp,
+        data,
+        name="e2e",
+        stages=[
             {
                 "name": "sft",
                 "mix": [{"source": "it_desk", "weight": 1}],
@@ -62,14 +43,10 @@ def write_spec(tmp: Path, data: Path, steps: int = 12) -> Path:
                 "warmup_steps": 2,
             }
         ],
-        "training": {"batch_size": 4, "log_every": 4, "checkpoint_every": 6},
-        # fractional CPUs: other tests' Serve replicas may hold part of the 2 CPUs
-        "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}},
-        "eval": {"max_examples": 16, "max_new_tokens": 8},
-    }
-    path = tmp / "job.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+        training={"batch_size": 4, "log_every": 4, "checkpoint_every": 6},
+    )
+    del spec["data"]["sources"]["instr"]
+    return write_job(tmp, spec)
 
 
 def test_skeleton_train_eval_register_serve_answer(ray_session, demo_data, tmp_path) -> None:
