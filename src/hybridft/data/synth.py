@@ -11,6 +11,12 @@ Each task draws from its own ``random.Random(seed + offset)``, the offset a sha2
 (``hash()`` is salted per process). Examples are drawn, de-duplicated on their normalised content,
 then split, so no prompt appears in two splits; ``check_disjoint`` re-checks the written files.
 Label noise touches train rows only, so validation and test measure the clean rule.
+
+SFT validation and test rows are *decontaminated*: templated text makes near-duplicates common
+(about half of a naive test split overlaps train under the GPT-3 / PaLM / MinHash rules), so each
+SFT task draws extra held-out candidates and keeps, in draw order, only those the leakage shield
+(``hybridft.evaluate.leakage``, the same rules the eval gate applies) finds clean against every
+train row of every task. A held-out score then measures generalisation, not recall.
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ from hybridft.data.synth_sft import SFT_TASKS, SftDraft, SftTask
 from hybridft.data.synth_vocab import fill
 from hybridft.errors import UserError
 
-GENERATOR_VERSION = "synth-1"
+GENERATOR_VERSION = "synth-2"
 SPLITS = ("train", "validation", "test")
 HELD_OUT_SHARE = (
     1 / 3
 )  # of an instruction task's test rows, those worded with its held-out phrasing
+HELD_OUT_CANDIDATES = 5  # SFT held-out candidates drawn per held-out row, before decontamination
 _MAX_MISSES = 20_000  # consecutive duplicate draws before a task's content counts as exhausted
 
 Draft = TypeVar("Draft", SftDraft, InstructionDraft)
@@ -100,13 +107,16 @@ def synthesize(
     root = Path(out_dir)
     rows: dict[str, dict[str, list[Row]]] = {}
     kinds: dict[str, str] = {}
+    sft_draws: dict[str, tuple[list[SftDraft], random.Random]] = {}
     for task in SFT_TASKS:
         rng = task_rng(seed, task.name)
+        held = sft_sizes[1] + sft_sizes[2]
         drafts = _draw_unique(
-            task.name, task.make, _sft_key, rng, sum(sft_sizes), task.labels, lambda d: d.label
-        )
-        rows[task.name] = _sft_rows(task, _split(drafts, sft_sizes), rng, label_noise)
-        kinds[task.name] = "sft"
+            task.name, task.make, _sft_key, rng, sft_sizes[0] + held, task.labels,
+            lambda d: d.label, extra=held * (HELD_OUT_CANDIDATES - 1),
+        )  # fmt: skip
+        sft_draws[task.name] = (drafts, rng)
+        rows[task.name] = _sft_rows(task, {"train": drafts[: sft_sizes[0]]}, rng, label_noise)
     for itask in INSTRUCTION_TASKS:
         rng = task_rng(seed, itask.name)
         drafts = _draw_unique(
@@ -115,6 +125,15 @@ def synthesize(
         )  # fmt: skip
         rows[itask.name] = _instruction_rows(itask, _split(drafts, instruction_sizes), rng)
         kinds[itask.name] = "instruction"
+    instruction_train = [
+        r for name, by_split in rows.items() if name not in sft_draws for r in by_split["train"]
+    ]
+    train_rows = instruction_train + [r for t in SFT_TASKS for r in rows[t.name]["train"]]
+    clean = _decontaminated(sft_draws, sft_sizes, train_rows)
+    for task in SFT_TASKS:
+        rows[task.name].update(_sft_rows(task, clean[task.name], sft_draws[task.name][1], 0.0))
+        kinds[task.name] = "sft"
+    rows = {name: rows[name] for name in [t.name for t in SFT_TASKS] + list(rows)}
 
     paths = {
         name: _write_splits(root / kinds[name] / name, by_split) for name, by_split in rows.items()
@@ -251,14 +270,17 @@ def _content_key(draft: InstructionDraft) -> str:
 def _draw_unique(
     name: str, make: Callable[[random.Random], Draft], key: Callable[[Draft], str],
     rng: random.Random, n: int, labels: tuple[str, ...] = (),
-    label_of: Callable[[Draft], str] = lambda d: "",
+    label_of: Callable[[Draft], str] = lambda d: "", extra: int = 0,
 ) -> list[Draft]:  # fmt: skip
-    """``n`` drafts with distinct keys; with ``labels``, at most ceil(n / len(labels)) per label."""
-    quota = -(-n // len(labels)) if labels else n
+    """``n`` drafts with distinct keys, then up to ``extra`` more while the content lasts.
+
+    With ``labels``, at most ceil((n + extra) / len(labels)) per label.
+    """
+    quota = -(-(n + extra) // len(labels)) if labels else n + extra
     per_label: Counter[str] = Counter()
     found: dict[str, Draft] = {}
     misses = 0
-    while len(found) < n:
+    while len(found) < n + extra:
         draft = make(rng)
         k = key(draft)
         if k not in found and per_label[label_of(draft)] < quota:
@@ -266,12 +288,62 @@ def _draw_unique(
             per_label[label_of(draft)] += 1
             continue
         misses += 1
+        if misses > _MAX_MISSES and len(found) >= n:
+            break  # the optional extra draws stop where the content runs out
         if misses > _MAX_MISSES:
             raise UserError(
                 f"synth: task {name}: only {len(found)} distinct examples found, {n} asked for; "
                 "lower the split sizes"
             )
     return list(found.values())
+
+
+def _decontaminated(
+    draws: dict[str, tuple[list[SftDraft], random.Random]],
+    sizes: tuple[int, int, int],
+    train_rows: list[Row],
+) -> dict[str, dict[str, list[SftDraft]]]:
+    """Each SFT task's validation and test drafts, taken from its clean held-out candidates.
+
+    One leakage-shield pass compares every task's held-out candidates with all train rows as
+    written (SFT with label noise, and instruction); candidates keep their draw order, so the
+    result depends only on the seed.
+    """
+    from hybridft.evaluate.leakage import check_leakage
+
+    n_train, n_val, n_test = sizes
+    train_texts = [_row_text(r) for r in train_rows]
+    candidates: list[tuple[str, SftDraft]] = []
+    for name, (drafts, _) in draws.items():
+        candidates += [(name, d) for d in drafts[n_train:]]
+    report = check_leakage(train_texts, [_draft_text(d) for _, d in candidates])
+    dirty = set(report.dirty)
+    out: dict[str, dict[str, list[SftDraft]]] = {}
+    for name in draws:
+        kept = [d for i, (task, d) in enumerate(candidates) if task == name and i not in dirty]
+        if len(kept) < n_val + n_test:
+            raise UserError(
+                f"synth: task {name}: only {len(kept)} held-out examples are clean of train "
+                f"overlap (leakage shield), {n_val + n_test} asked for; lower n_validation / n_test"
+            )
+        out[name] = {
+            "validation": kept[:n_val],
+            "test": kept[n_val : n_val + n_test],
+        }
+    return out
+
+
+def _draft_text(draft: SftDraft) -> str:
+    """The text the leakage shield compares (prompt and gold completion, one a line)."""
+    return f"{draft.prompt}\n{draft.completion(draft.label)}"
+
+
+def _row_text(row: Row) -> str:
+    if "prompt" in row:
+        return f"{row['prompt']}\n{row['completion']}"
+    if "messages" in row:
+        return "\n".join(m["content"] for m in row["messages"] if m["role"] != "system")
+    return "\n".join(x for x in (row["instruction"], row["input"], row["output"]) if x)
 
 
 def _split(drafts: list[Draft], sizes: tuple[int, int, int]) -> dict[str, list[Draft]]:
