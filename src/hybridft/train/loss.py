@@ -16,6 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from hybridft.train.attention import (
+    SEGMENTS_KWARG,
+    segments_from_positions,
+    varlen_attention,
+    varlen_supported,
+)
+
 
 class LossModel(nn.Module):
     """Wraps a causal LM; ``forward`` returns per-token losses of the selected targets only.
@@ -23,20 +30,36 @@ class LossModel(nn.Module):
     Only positions that carry loss go through the LM head: with completion-only loss most positions
     are prompt, so this skips most of the vocabulary projection. Wrapping (rather than calling the
     inner model directly) keeps DDP's forward hooks in the path.
+
+    Attention: packed rows (position ids restarting at each sample) run on the varlen attention of
+    ``attention.py`` (causal attention per sample, no dense block-diagonal mask) whenever the
+    model allows it (``varlen_supported``: e.g. a Llama on the default ``sdpa`` implementation);
+    ``varlen=False`` keeps transformers' masked path.
     """
 
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: nn.Module, varlen: bool = True) -> None:
         super().__init__()
         self.lm = lm
+        self.varlen = varlen
 
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, target_mask: torch.Tensor
     ) -> torch.Tensor:
         backbone = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
         # use_cache=False: with a cache, transformers skips the packed-sequence (block-diagonal) mask
-        hidden = backbone(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        if self.varlen and varlen_supported(backbone):
+            segments = segments_from_positions(position_ids)
+            with varlen_attention(backbone):
+                hidden = backbone(
+                    input_ids=input_ids,
+                    position_ids=position_ids,
+                    use_cache=False,
+                    **{SEGMENTS_KWARG: segments},
+                ).last_hidden_state
+        else:
+            hidden = backbone(
+                input_ids=input_ids, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
         selected = hidden[:, :-1][target_mask]
         logits = self.lm.get_output_embeddings()(selected).float()
         targets = input_ids[:, 1:][target_mask]
