@@ -170,3 +170,21 @@ def test_typod_key_inside_a_named_source(tmp_path: Path) -> None:
         f"{path}:4: data.sources.it.pathz: unknown key (did you mean 'paths'?); expected one of "
         "format, kind, labels, paths"
     )
+
+
+def test_eval_calibration_must_name_an_eval_source(tmp_path: Path) -> None:
+    text = GOOD.replace("stages:\n", "  eval: {it: [t.jsonl]}\nstages:\n", 1)
+    text += "eval:\n  calibration:\n    ins: [v.jsonl]\n"
+    path = write(tmp_path, text)
+    assert error_of(path) == (
+        f'{path}:21: eval.calibration.ins: expected a source named under data.eval (it), got "ins"'
+    )
+
+
+def test_eval_phrasings_need_the_prompt_placeholder_and_three_entries(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "eval:\n  phrasings: ['{prompt}', 'Q: {prompt}', 'no slot']\n")
+    assert error_of(path) == (
+        f"{path}:19: eval.phrasings[2]: expected a text containing \"{{prompt}}\", got 'no slot'"
+    )
+    path = write(tmp_path, GOOD + "eval:\n  phrasings: ['{prompt}']\n")
+    assert f"{path}:19: eval.phrasings:" in error_of(path)

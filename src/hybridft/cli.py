@@ -14,6 +14,8 @@ from hybridft.errors import UserError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Demo data, validation and statistics.")
 app.add_typer(data_app, name="data")
+catalog_app = typer.Typer(no_args_is_help=True, help="The data catalog: provenance and reviews.")
+app.add_typer(catalog_app, name="catalog")
 console = Console(stderr=True)
 
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: sqlite)")
@@ -92,21 +94,62 @@ def eval_(
     from hybridft.pipeline import eval_table
 
     Console().print(eval_table(result))
+    for name, path in result.artifacts.items():
+        Console().print(f"{name}: {path}", highlight=False)
 
 
 @app.command()
 def register(
     run_dir: Path = typer.Argument(..., help="a run directory written by `hybridft train`"),
     name: str = typer.Option(..., "--name", help="registered model name"),
+    policy: Path = typer.Option(
+        Path("policies/default.yaml"), help="its max_contamination blocks registration"
+    ),
     tracking_uri: str = TrackingOpt,
 ) -> None:
-    """Register the run's model as a new version of NAME, with its lineage."""
-    from hybridft.registry.client import Registry
-    from hybridft.registry.tracking import RunRecord, register_run
+    """Register the run's model as a new version of NAME, with its lineage and model card."""
+    from hybridft.pipeline import register_version
 
-    record = RunRecord.load(run_dir)
-    ref = register_run(Registry(tracking_uri or record.tracking_uri), record, name)
+    ref = register_version(run_dir, name, policy if policy.exists() else None, tracking_uri)
     typer.echo(f"{ref.name}@{ref.version}")
+
+
+@catalog_app.command("list")
+def catalog_list(
+    status: str = typer.Option(None, help="draft | approved | rejected"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Dataset and prompt-set versions in the catalog, with provenance and review status."""
+    from rich.table import Table
+
+    from hybridft.registry.catalog import STATUSES, list_datasets
+    from hybridft.registry.client import Registry
+
+    if status is not None and status not in STATUSES:
+        raise UserError(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
+    table = Table(title="data catalog")
+    for col in ("fingerprint", "name", "kind", "rows", "generator", "status", "reviewer"):
+        table.add_column(col, overflow="fold")
+    for e in list_datasets(Registry(tracking_uri), status=status):
+        table.add_row(
+            e.fingerprint, e.name, e.kind, str(e.rows or ""), e.generator, e.status, e.reviewer
+        )
+    Console(width=200).print(table)
+
+
+@catalog_app.command("review")
+def catalog_review(
+    fingerprint: str = typer.Argument(..., help="sha256:... (see `hybridft catalog list`)"),
+    status: str = typer.Option(..., help="approved | rejected | draft"),
+    comment: str = typer.Option("", help="why"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Approve or reject a dataset version (needs the approver role; audited)."""
+    from hybridft.registry.catalog import review_dataset
+    from hybridft.registry.client import Registry
+
+    entry = review_dataset(Registry(tracking_uri), fingerprint, status, comment=comment)
+    console.print(f"{entry.name} {entry.fingerprint}: [b]{entry.status}[/] by {entry.reviewer}")
 
 
 @app.command()
@@ -220,6 +263,7 @@ def main() -> None:
     debug = "--debug" in sys.argv or os.environ.get("HYBRIDFT_DEBUG") == "1"
     # MLflow's INFO lines (database migrations) are not for users; warnings still show
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     try:

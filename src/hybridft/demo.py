@@ -1,9 +1,16 @@
-"""``make demo``: data -> train -> eval -> register -> serve -> one answered request -> summary."""
+"""``make demo``: data -> train -> eval -> register -> govern -> serve -> one answer -> summary.
+
+The governance step acts as the users of ``policies/users.yaml``: carol (approver) reviews the
+training data and approves the version, dave (releaser) promotes it through the gate.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -11,21 +18,48 @@ from rich.table import Table
 
 DEMO_SPEC = Path("jobs/demo.yaml")
 MODEL_NAME = "hybridft-demo"
+POLICY = Path("policies/default.yaml")
+STEPS = 8
 
 
 def _step(console: Console, n: int, text: str) -> float:
-    console.rule(f"[bold]{n}/6 {text}")
+    console.rule(f"[bold]{n}/{STEPS} {text}")
     return time.perf_counter()
+
+
+@contextmanager
+def acting_as(user: str) -> Iterator[None]:
+    """Run governance actions as ``user`` (roles from policies/users.yaml)."""
+    saved = {k: os.environ.get(k) for k in ("HYBRIDFT_USER", "HYBRIDFT_ROLES")}
+    os.environ["HYBRIDFT_USER"] = user
+    os.environ.pop("HYBRIDFT_ROLES", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_demo(port: int = 8000, data_dir: Path = Path("data/demo")) -> dict[str, str]:
     """Run the whole skeleton on the demo data and print a summary table."""
     from hybridft.data.synth import synthesize
-    from hybridft.pipeline import eval_table, evaluate_run, serve_version, train_and_log
+    from hybridft.pipeline import (
+        eval_table,
+        evaluate_run,
+        register_version,
+        serve_version,
+        train_and_log,
+    )
+    from hybridft.registry.catalog import review_dataset
     from hybridft.registry.client import Registry
-    from hybridft.registry.tracking import register_run
+    from hybridft.registry.gates import approve, evaluate_gate, promote
+    from hybridft.registry.lineage import describe_lineage, lineage_tree
+    from hybridft.registry.policy import load_policy
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     t_start = time.perf_counter()
     t = _step(console, 1, "demo data (deterministic, seed 0)")
     manifest = synthesize(data_dir, seed=0)
@@ -36,19 +70,43 @@ def run_demo(port: int = 8000, data_dir: Path = Path("data/demo")) -> dict[str, 
     record = train_and_log(DEMO_SPEC)
     console.print(f"run {record.run_name} ({time.perf_counter() - t:.0f}s)")
 
-    t = _step(console, 3, "evaluate on the held-out test split")
+    t = _step(console, 3, "evaluate: leakage shield, scores, calibration, robustness")
     result = evaluate_run(record.run_dir)
     console.print(eval_table(result))
 
-    _step(console, 4, "register in MLflow")
+    _step(console, 4, "register in MLflow (lineage, eval, model card)")
     registry = Registry(record.tracking_uri)
-    version = register_run(registry, record, MODEL_NAME)
+    version = register_version(record.run_dir, MODEL_NAME, POLICY)
     console.print(f"registered {version.name} version {version.version}")
 
-    _step(console, 5, "serve on Ray Serve (OpenAI-compatible)")
-    url = serve_version(f"{version.name}@{version.version}", port=port)
+    _step(console, 5, f"governance: gate ({POLICY}), reviews, approval, promotion")
+    policy = load_policy(POLICY)
+    before = evaluate_gate(registry, policy, version.name, version.version)
+    console.print(f"gate before review: {'pass' if before.passed else 'FAIL'}")
+    for check in before.checks:
+        if not check.passed:
+            console.print(f"  [red]FAIL[/] {check.check}: {check.detail}", highlight=False)
+    with acting_as("carol"):  # approver
+        for fp in record.fingerprints.values():
+            review_dataset(registry, fp, "approved", comment="demo data reviewed")
+        approve(registry, version.name, version.version, comment="eval and card reviewed")
+    with acting_as("dave"):  # releaser
+        moves = [
+            promote(registry, policy, version.name, version.version, alias, reason="demo")
+            for alias in ("candidate", "champion")
+        ]
+    for alias, move in zip(("candidate", "champion"), moves, strict=True):
+        state = "[green]moved[/]" if move.moved else f"[red]refused[/] {move.reason}"
+        console.print(f"@{alias}: {state}", highlight=False)
+    champion = moves[-1].moved
+    ref = f"{version.name}@{'champion' if moves[-1].moved else version.version}"
+    _step(console, 6, f"lineage of {ref}: source files -> run -> version -> alias")
+    console.print(lineage_tree(describe_lineage(registry, ref)), width=200)
 
-    _step(console, 6, "one request with the openai client")
+    _step(console, 7, f"serve {ref} on Ray Serve (OpenAI-compatible)")
+    url = serve_version(ref, port=port)
+
+    _step(console, 8, "one request with the openai client")
     import openai
 
     client = openai.OpenAI(base_url=url, api_key="demo")
@@ -67,8 +125,14 @@ def run_demo(port: int = 8000, data_dir: Path = Path("data/demo")) -> dict[str, 
     summary = {
         "run id": record.mlflow_run_id,
         "run dir": record.run_dir,
-        "model version": f"{version.name}@{version.version}",
+        "model version": f"{version.name}@{version.version}"
+        + (" (@champion)" if champion else " (gate refused)"),
         "accuracy (it_desk test)": f"{result.headline:.3f}",
+        "ECE (calibrated)": f"{result.flat_metrics().get('eval/ece', float('nan')):.3f}",
+        "contamination": f"{(result.leakage or {}).get('contamination', float('nan')):.3f}",
+        "model card": registry.client.get_model_version(version.name, version.version).tags.get(
+            "hybridft.model_card", ""
+        ),
         "endpoint": url,
         "answered by": reply.model + " / " + (reply.system_fingerprint or ""),
         "MLflow store": record.tracking_uri,

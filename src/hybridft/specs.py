@@ -64,6 +64,9 @@ class DataSpec(Strict):
     sources: Annotated[dict[str, SourceSpec], Field(min_length=1)]
     # Held-out splits for evaluation, per source name (paths or globs).
     eval: dict[str, list[str]] = {}
+    # Validation splits, per source name: a validation loss during training (what a sweep's early
+    # stopping compares); never the eval split, so choosing on it does not peek at the test set.
+    validation: dict[str, list[str]] = {}
     on_bad_rows: Literal["error", "skip"] = "error"
     rejects_dir: str = ".hybridft/rejects"
     # Which tokens carry loss: only the assistant's answer (default) or every token.
@@ -124,6 +127,8 @@ class TrainingSpec(Strict):
     grad_clip: NonNegFloat = 1.0
     log_every: PosInt = 10
     checkpoint_every: PosInt = 100
+    # Steps between validation losses (with data.validation); default: at every checkpoint.
+    validate_every: PosInt | None = None
     threads_per_worker: PosInt = 1
     # torch.compile each decoder layer (fixed packed shapes compile once; ~10-30 s per worker)
     compile: bool = False
@@ -137,9 +142,28 @@ class ScalingSpec(Strict):
     max_failures: Annotated[int, Field(ge=0)] = 0
 
 
+DEFAULT_PHRASINGS = (
+    "{prompt}",
+    "Please handle the following request.\n\n{prompt}",
+    "{prompt}\n\nKeep the answer short.",
+)
+
+
 class EvalSpec(Strict):
-    max_examples: PosInt = 200
+    """How ``hybridft eval`` scores a run: per task, on ``data.eval``'s held-out files."""
+
+    max_examples: PosInt = 200  # per task
     max_new_tokens: PosInt = 24
+    # Validation files per eval source: temperature scaling of label probabilities is fitted here.
+    calibration: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
+    # Rewordings of the last user message ({prompt} is the original); robustness is the spread of
+    # label accuracy across them. At least 3, the first usually "{prompt}" itself.
+    phrasings: Annotated[list[str], Field(min_length=3)] = list(DEFAULT_PHRASINGS)
+    # Task graph (clusters, relations) for held-out-cluster scores and forgetting.
+    task_graph: str | None = None
+    # Run the leakage shield (train vs eval overlap) before scores are reported.
+    leakage: bool = True
+    calibration_bins: PosInt = 15
 
 
 def stage_adapter(stage: StageSpec, method: MethodSpec) -> str:
@@ -182,10 +206,25 @@ def _job_problems(spec: JobSpec) -> list[tuple[tuple[Any, ...], str]]:
             problems.append((("stages", i, "mix"), "expected weights summing to > 0, got 0"))
         if (stage.budget.steps is None) == (stage.budget.tokens is None):
             problems.append((("stages", i, "budget"), "expected exactly one of steps or tokens"))
-    for name in spec.data.eval:
-        if name not in names:
+    for section in ("eval", "validation"):
+        for name in getattr(spec.data, section):
+            if name not in names:
+                problems.append(
+                    (("data", section, name), f'expected the name of a data source, got "{name}"')
+                )
+    for name in spec.eval.calibration:
+        if name not in spec.data.eval:
             problems.append(
-                (("data", "eval", name), f'expected the name of a data source, got "{name}"')
+                (
+                    ("eval", "calibration", name),
+                    f"expected a source named under data.eval ({', '.join(sorted(spec.data.eval))})"
+                    f', got "{name}"',
+                )
+            )
+    for i, text in enumerate(spec.eval.phrasings):
+        if "{prompt}" not in text:
+            problems.append(
+                (("eval", "phrasings", i), f'expected a text containing "{{prompt}}", got {text!r}')
             )
     for i, stage in enumerate(spec.stages):
         if spec.method.type == "full" and stage.adapter in ("continue", "merge_and_new"):

@@ -18,7 +18,20 @@ class TaskScore:
     n: int
     exact_match: float
     f1: float
-    accuracy: float | None  # label accuracy, for labelled tasks
+    accuracy: float | None  # label accuracy of the generated answer, for labelled tasks
+    # Label probabilities (classification): raw and temperature-scaled ECE, Brier, NLL, ...
+    calibration: dict[str, Any] | None = None
+    # Label accuracy per rewording of the prompt (eval.phrasings) and its spread.
+    robustness: dict[str, Any] | None = None
+    # Score per natural phrasing of the rows (meta.phrasing), held-out phrasing included.
+    by_phrasing: dict[str, float] | None = None
+    # Clean vs dirty score under the leakage shield.
+    leakage: dict[str, Any] | None = None
+    per_example: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def score(self) -> float:
+        return self.accuracy if self.accuracy is not None else self.exact_match
 
 
 @dataclass
@@ -27,44 +40,88 @@ class EvalResult:
     tasks: dict[str, TaskScore]
     examples_per_s: float
     samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    leakage: dict[str, Any] | None = None  # the shield's summary over every eval example
+    graph: dict[str, Any] | None = None  # held-out clusters, forgetting (pipeline fills it)
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> file (PNGs, model-index)
 
     @property
     def headline(self) -> float:
         """Mean over tasks of label accuracy (or exact match where a task has no labels)."""
-        vals = [
-            t.accuracy if t.accuracy is not None else t.exact_match for t in self.tasks.values()
-        ]
+        vals = [t.score for t in self.tasks.values()]
         return sum(vals) / len(vals) if vals else 0.0
 
     def flat_metrics(self, prefix: str = "eval") -> dict[str, float]:
         out = {f"{prefix}/score": self.headline, f"{prefix}/examples_per_s": self.examples_per_s}
+        calibrated: dict[str, list[float]] = {}
         for name, t in self.tasks.items():
             out[f"{prefix}/{name}/exact_match"] = t.exact_match
             out[f"{prefix}/{name}/f1"] = t.f1
             if t.accuracy is not None:
                 out[f"{prefix}/{name}/accuracy"] = t.accuracy
+            for key, value in (t.calibration or {}).items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    out[f"{prefix}/{name}/{key}"] = float(value)
+                    calibrated.setdefault(key, []).append(float(value))
+            if t.robustness:
+                out[f"{prefix}/{name}/robustness_spread"] = t.robustness["spread"]
+            if t.leakage and t.leakage.get("clean") is not None:
+                out[f"{prefix}/{name}/score_clean"] = t.leakage["clean"]
+        for key in ("ece", "ece_quantile", "ece_raw", "brier", "nll"):
+            if key in calibrated:
+                out[f"{prefix}/{key}"] = sum(calibrated[key]) / len(calibrated[key])
+        spreads = [t.robustness["spread"] for t in self.tasks.values() if t.robustness]
+        if spreads:
+            out[f"{prefix}/robustness_spread"] = max(spreads)
+        if self.leakage:
+            out[f"{prefix}/contamination"] = self.leakage["contamination"]
+            if self.leakage.get("score_clean") is not None:
+                out[f"{prefix}/score_clean"] = self.leakage["score_clean"]
+        for key in ("heldout_score", "forgetting"):
+            if self.graph and self.graph.get(key) is not None:
+                out[f"{prefix}/{key}"] = float(self.graph[key])
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "headline": self.headline}
+        doc = asdict(self)
+        for task in doc["tasks"].values():
+            task.pop("per_example", None)
+        return {**doc, "headline": self.headline}
 
 
 def score_task(examples: list[Example], answers: list[str]) -> TaskScore:
     labelled = [e.label is not None for e in examples]
     em = [exact_match(a, e.completion) for a, e in zip(answers, examples, strict=True)]
     f1 = [token_f1(a, e.completion) for a, e in zip(answers, examples, strict=True)]
-    acc = [
-        label_match(a, e.label)
-        for a, e in zip(answers, examples, strict=True)
-        if e.label is not None
-    ]
     n = len(examples)
+    if n and all(labelled):
+        per = [label_match(a, e.label or "") for a, e in zip(answers, examples, strict=True)]
+        accuracy: float | None = sum(per) / n
+    else:
+        per, accuracy = em, None
     return TaskScore(
         n=n,
         exact_match=sum(em) / n if n else 0.0,
         f1=sum(f1) / n if n else 0.0,
-        accuracy=(sum(acc) / len(acc)) if acc and all(labelled) else None,
+        accuracy=accuracy,
+        per_example=per,
     )
+
+
+def task_groups(
+    eval_sets: dict[str, list[Example]], max_examples: int
+) -> dict[str, tuple[str, list[Example]]]:
+    """Scored tasks -> (eval source, examples): a source holding several tasks (an instruction
+    suite) is scored per task (the rows' ``task``), each capped at ``max_examples``."""
+    out: dict[str, tuple[str, list[Example]]] = {}
+    for source, examples in eval_sets.items():
+        names = {e.task for e in examples}
+        if len(names) <= 1:
+            out[source] = (source, examples[:max_examples])
+            continue
+        for task in sorted(n or source for n in names):
+            rows = [e for e in examples if (e.task or source) == task]
+            out[task] = (source, rows[:max_examples])
+    return out
 
 
 def evaluate_model(
@@ -73,8 +130,23 @@ def evaluate_model(
     max_examples: int = 200,
     max_new_tokens: int = 24,
     on_progress: Any = None,
+    *,
+    labels: dict[str, list[str]] | None = None,
+    calibration_sets: dict[str, list[Example]] | None = None,
+    phrasings: list[str] | None = None,
+    train_examples: list[Example] | None = None,
+    artifacts_dir: str | Path | None = None,
+    n_bins: int = 15,
 ) -> EvalResult:
-    """Greedy-generate an answer for each held-out example and score it against the gold one."""
+    """Score a model on held-out examples, per task.
+
+    Every task: greedy answers scored by exact match, token F1 and (labelled rows) label accuracy.
+    Classification tasks (every row labelled, >= 2 labels) also get label probabilities from
+    label-token log-probs, ECE (equal-width and equal-mass bins), Brier and NLL, raw and after a
+    temperature fitted on ``calibration_sets`` (when given), a reliability PNG, and robustness:
+    label accuracy under each of ``phrasings``. With ``train_examples`` the leakage shield runs
+    first and every task reports its clean and dirty scores.
+    """
     import torch
 
     from hybridft.model.hf import load_model, load_tokenizer
@@ -84,21 +156,184 @@ def evaluate_model(
     model = load_model(model_dir).eval()
     tasks: dict[str, TaskScore] = {}
     samples: dict[str, list[dict[str, str]]] = {}
-    t0, total = time.perf_counter(), 0
-    for name, examples in eval_sets.items():
-        subset = examples[:max_examples]
+    artifacts: dict[str, str] = {}
+    groups = task_groups(eval_sets, max_examples)
+    gen_s, total = 0.0, 0
+    for name, (source, subset) in groups.items():
         prompts = [chat_prompt(tokenizer, e) for e in subset]
+        t0 = time.perf_counter()
         answers = generate_answers(
             model, tokenizer, prompts, max_new_tokens=max_new_tokens, on_batch=on_progress
         )
+        gen_s += time.perf_counter() - t0
         tasks[name] = score_task(subset, answers)
         samples[name] = [
             {"prompt": e.prompt_messages[-1].content, "gold": e.completion, "answer": a}
             for e, a in list(zip(subset, answers, strict=True))[:5]
         ]
         total += len(subset)
-    rate = total / max(time.perf_counter() - t0, 1e-9)
-    return EvalResult(str(model_dir), tasks, rate, samples)
+        tasks[name].by_phrasing = _by_phrasing(subset, tasks[name].per_example)
+        candidates = _candidates(subset, (labels or {}).get(source), calibration_sets, source)
+        if candidates:
+            cal = [
+                e
+                for e in (calibration_sets or {}).get(source, [])
+                if e.task == subset[0].task and e.label in candidates
+            ][:max_examples]
+            png = Path(artifacts_dir) / f"reliability_{name}.png" if artifacts_dir else None
+            calib, robust = _classification(
+                model, tokenizer, subset, candidates, cal, phrasings, n_bins, png
+            )
+            tasks[name].calibration, tasks[name].robustness = calib, robust
+            if png is not None:
+                artifacts[f"reliability_{name}"] = str(png)
+        elif tasks[name].by_phrasing and len(tasks[name].by_phrasing) >= 3:
+            values = list(tasks[name].by_phrasing.values())
+            tasks[name].robustness = {
+                "by": "natural phrasings (meta.phrasing)",
+                "scores": dict(tasks[name].by_phrasing),
+                "spread": max(values) - min(values),
+            }
+    rate = total / max(gen_s, 1e-9)  # examples answered per second of generation
+    result = EvalResult(str(model_dir), tasks, rate, samples, artifacts=artifacts)
+    if train_examples is not None:
+        result.leakage = _shield(train_examples, groups, tasks)
+    return result
+
+
+def _by_phrasing(examples: list[Example], scores: list[float]) -> dict[str, float] | None:
+    groups: dict[str, list[float]] = {}
+    for e, s in zip(examples, scores, strict=True):
+        if "phrasing" in e.meta:
+            held = e.meta.get("phrasing_held_out") == "true"
+            groups.setdefault(e.meta["phrasing"] + (" (held out)" if held else ""), []).append(s)
+    if not groups:
+        return None
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+def _candidates(
+    subset: list[Example],
+    declared: list[str] | None,
+    calibration_sets: dict[str, list[Example]] | None,
+    source: str,
+) -> list[str] | None:
+    """The label set of a classification task, or None when the task is not one."""
+    if not subset or any(e.label is None for e in subset):
+        return None
+    seen = {e.label for e in subset if e.label is not None}
+    seen |= {e.label for e in (calibration_sets or {}).get(source, []) if e.label is not None}
+    labels = list(declared or [])
+    labels += sorted(seen - set(labels))
+    return labels if len(labels) >= 2 else None
+
+
+def _classification(
+    model: Any,
+    tokenizer: Any,
+    subset: list[Example],
+    candidates: list[str],
+    cal: list[Example],
+    phrasings: list[str] | None,
+    n_bins: int,
+    png: Path | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    import numpy as np
+
+    from hybridft.evaluate import calibration as c
+    from hybridft.evaluate.scoring import label_logprobs, rephrase
+
+    index = {label: i for i, label in enumerate(candidates)}
+    y = np.array([index[e.label] for e in subset if e.label is not None])
+    lp = label_logprobs(model, tokenizer, subset, candidates)
+    raw = c.label_probabilities(lp)
+    out: dict[str, Any] = {
+        "labels": candidates,
+        "prob_accuracy": float((raw.argmax(1) == y).mean()),
+        "ece_raw": c.ece(raw, y, n_bins),
+        "ece_quantile_raw": c.ece(raw, y, n_bins, "quantile"),
+        "brier_raw": c.brier(raw, y),
+        "nll_raw": c.nll(raw, y),
+    }
+    probs = raw
+    if cal:
+        y_val = np.array([index[e.label] for e in cal if e.label is not None])
+        temperature = c.fit_temperature(label_logprobs(model, tokenizer, cal, candidates), y_val)
+        probs = c.apply_temperature(lp, temperature)
+        out.update(temperature=temperature, n_calibration=len(cal))
+    out.update(
+        ece=c.ece(probs, y, n_bins),
+        ece_quantile=c.ece(probs, y, n_bins, "quantile"),
+        brier=c.brier(probs, y),
+        nll=c.nll(probs, y),
+        calibrated=bool(cal),
+    )
+    if png is not None:
+        conf, acc, count = c.reliability(probs, y, n_bins)
+        state = f"T={out['temperature']:.2f}" if cal else "uncalibrated"
+        c.reliability_png(conf, acc, count, png, title=f"{png.stem} ({state})")
+    scores = {}
+    for k, template in enumerate(phrasings or ["{prompt}"]):
+        if template == "{prompt}":
+            lp_k = lp
+        else:
+            lp_k = label_logprobs(
+                model, tokenizer, [rephrase(e, template) for e in subset], candidates
+            )
+        scores[f"phrasing_{k}"] = float((lp_k.argmax(1) == y).mean())
+    values = list(scores.values())
+    robust = {
+        "by": "eval.phrasings (label-probability accuracy)",
+        "scores": scores,
+        "spread": max(values) - min(values),
+    }
+    return out, robust
+
+
+def _shield(
+    train: list[Example],
+    groups: dict[str, tuple[str, list[Example]]],
+    tasks: dict[str, TaskScore],
+) -> dict[str, Any]:
+    from hybridft.evaluate.leakage import check_example_leakage
+
+    flat = [e for _, rows in groups.values() for e in rows]
+    report = check_example_leakage(train, flat)
+    dirty = set(report.dirty)
+    offset, clean_scores = 0, []
+    for name, (_, rows) in groups.items():
+        n = len(rows)
+        local = [i - offset for i in report.dirty if offset <= i < offset + n]
+        per = tasks[name].per_example
+        mask = [i + offset not in dirty for i in range(n)]
+        clean_scores += [s for s, ok in zip(per, mask, strict=True) if ok]
+        tasks[name].leakage = {
+            **_split(per, mask),
+            "dirty_ids": [rows[i].id or f"{rows[i].file}:{rows[i].line}" for i in local][:50],
+        }
+        offset += n
+    summary = report.to_json()
+    return {
+        "contamination": report.contamination_rate,
+        "n_eval": report.n_eval,
+        "n_train": report.n_train,
+        "n_dirty": len(report.dirty),
+        "counts": summary["counts"],
+        "config": summary["config"],
+        "score_clean": sum(clean_scores) / len(clean_scores) if clean_scores else None,
+    }
+
+
+def _split(per: list[float], mask: list[bool]) -> dict[str, Any]:
+    clean = [s for s, ok in zip(per, mask, strict=True) if ok]
+    dirty = [s for s, ok in zip(per, mask, strict=True) if not ok]
+    return {
+        "all": sum(per) / len(per) if per else None,
+        "clean": sum(clean) / len(clean) if clean else None,
+        "dirty": sum(dirty) / len(dirty) if dirty else None,
+        "n_clean": len(clean),
+        "n_dirty": len(dirty),
+    }
 
 
 def write_eval(result: EvalResult, path: str | Path) -> Path:

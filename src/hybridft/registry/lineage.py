@@ -1,4 +1,5 @@
-"""``hybridft lineage``: from a model reference back to its runs, stages and dataset fingerprints."""
+"""``hybridft lineage``: from a model reference back to its runs, stages, dataset fingerprints and
+source files (the data catalog's provenance), and forward to its aliases with their audited moves."""
 
 from __future__ import annotations
 
@@ -41,7 +42,43 @@ def describe_lineage(registry: Registry, ref: str) -> dict[str, Any]:
             if k.startswith("hybridft.fingerprint.")
         },
         "chain": chain,
+        "datasets": _datasets(registry, version.tags),
+        "alias_moves": _alias_moves(registry, version.name, version.version),
     }
+
+
+def _datasets(registry: Registry, tags: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Catalog provenance per fingerprint: files, rows, generator, review status."""
+    from hybridft.registry.catalog import get_dataset
+
+    out = {}
+    for key, fp in tags.items():
+        if key.startswith("hybridft.fingerprint."):
+            entry = get_dataset(registry, fp)
+            if entry is not None:
+                out[fp] = {
+                    "files": entry.sources,
+                    "rows": entry.rows,
+                    "generator": entry.generator,
+                    "seed": entry.seed,
+                    "status": entry.status,
+                    "reviewer": entry.reviewer,
+                }
+    return out
+
+
+def _alias_moves(registry: Registry, name: str, version: str) -> list[dict[str, Any]]:
+    """Audited alias moves onto this version (who, when, from -> to, reason)."""
+    from hybridft.registry.audit import default_audit_path, read_audit
+
+    records = read_audit(
+        default_audit_path(registry.tracking_uri), model=name, action="promote", outcome="ok"
+    )
+    return [
+        {"alias": r.alias, "who": r.who, "when": r.when, "from": r.from_version, "reason": r.reason}
+        for r in records
+        if r.to_version == version
+    ]
 
 
 def lineage_tree(info: dict[str, Any]) -> Tree:
@@ -57,9 +94,28 @@ def lineage_tree(info: dict[str, Any]) -> Tree:
         digest = (link.get("weights_sha256") or "")[:12]
         node = parent.add(f"{link['name']}  weights {digest or '?'}")
         for source, fingerprint in (link.get("sources") or {}).items():
-            node.add(f"data {source}: {fingerprint}")
+            _data_node(node, source, fingerprint, info.get("datasets", {}))
         parent = node
     if not info["chain"]:
         for source, fingerprint in info["fingerprints"].items():
-            run.add(f"data {source}: {fingerprint}")
+            _data_node(run, source, fingerprint, info.get("datasets", {}))
+    for move in info.get("alias_moves", []):
+        was = f"v{move['from']}" if move["from"] else "unset"
+        root.add(
+            f"@{move['alias']} moved {was} -> v{info['version']} by {move['who']} at "
+            f"{move['when']}" + (f": {move['reason']}" if move["reason"] else "")
+        )
     return root
+
+
+def _data_node(parent: Tree, source: str, fingerprint: str, datasets: dict[str, Any]) -> None:
+    node = parent.add(f"data {source}: {fingerprint}")
+    entry = datasets.get(fingerprint)
+    if entry is None:
+        node.add("not in the data catalog")
+        return
+    made = entry["generator"] + (f" seed {entry['seed']}" if entry["seed"] is not None else "")
+    review = entry["status"] + (f" by {entry['reviewer']}" if entry["reviewer"] else "")
+    node.add(f"{entry['rows']} rows, {made}, {review}")
+    for file in entry["files"]:
+        node.add(f"file {file}")

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from hybridft.evaluate.model_index import model_index, task_metrics
 from hybridft.registry.client import ModelRef, Registry
 from hybridft.registry.gates import CONTAMINATION, ECE, approvals, evaluate_gate
 from hybridft.registry.lineage import describe_lineage
@@ -141,16 +142,6 @@ def _stage_names(chain: list[dict[str, Any]], chain_tag: str) -> list[str]:
     return [s.strip() for s in chain_tag.split("->") if s.strip() and s.strip() != "base"]
 
 
-def task_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
-    """``eval/<task>/<metric>`` run metrics -> ``{task: {metric: value}}``."""
-    out: dict[str, dict[str, float]] = {}
-    for key, value in sorted(metrics.items()):
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "eval":
-            out.setdefault(parts[1], {})[parts[2]] = value
-    return out
-
-
 # -- front matter ---------------------------------------------------------------------------------
 def _dataset_refs(fingerprints: dict[str, str]) -> list[str]:
     return [f"{source}@{fp}" for source, fp in sorted(fingerprints.items())]
@@ -168,24 +159,9 @@ def _front_matter(
     if datasets:
         front["datasets"] = datasets
     front["tags"] = ["hybridft", *stages]
-    results = []
-    for task, values in task_metrics(metrics).items():
-        fp = info["fingerprints"].get(task)
-        results.append(
-            {
-                "task": {
-                    "type": "text-classification" if "accuracy" in values else "text-generation",
-                    "name": task,
-                },
-                "dataset": {"name": task, "type": f"{task}@{fp}" if fp else task},
-                "metrics": [
-                    {"type": metric, "value": round(value, 6), "name": f"{task} {metric}"}
-                    for metric, value in values.items()
-                ],
-            }
-        )
-    if results:
-        front["model-index"] = [{"name": info["model"], "results": results}]
+    index = model_index(info["model"], metrics, info["fingerprints"])
+    if index:
+        front["model-index"] = index
     return front
 
 

@@ -1,0 +1,74 @@
+"""Label scoring and the eval suite on a real (tiny, random) HF model directory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hybridft.data.records import Example, Message
+from hybridft.evaluate.generate import chat_prompt
+from hybridft.evaluate.scoring import label_logprobs, rephrase
+from hybridft.model.hf import load_model, load_tokenizer
+
+LABELS = ["network low", "network high", "hardware", "identity medium"]
+
+
+def _example(prompt: str, completion: str, label: str | None, i: int = 0, **meta: str) -> Example:
+    return Example(
+        messages=(Message("user", prompt), Message("assistant", completion)),
+        source="t",
+        file="t.jsonl",
+        line=i + 1,
+        label=label,
+        task="t",
+        meta=dict(meta),
+        id=f"t-{i}",
+    )
+
+
+def _brute_force(model, tokenizer, example: Example, label: str) -> float:
+    """Sum of the label continuation's log-probs from one uncached forward of the whole text."""
+    prompt = chat_prompt(tokenizer, example)
+    if "\n" in example.completion.strip():
+        text = prompt + label + "\n"
+    else:
+        msgs = [{"role": m.role, "content": m.content} for m in example.prompt_messages]
+        text = tokenizer.apply_chat_template(
+            [*msgs, {"role": "assistant", "content": label}], tokenize=False
+        )
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    first = next(i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > len(prompt))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    return float(sum(logp[t - 1, ids[t]] for t in range(first, len(ids))))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(tiny_model_dir).eval(), load_tokenizer(tiny_model_dir)
+
+
+def test_cached_label_scores_equal_a_full_forward_per_label(tiny):
+    model, tokenizer = tiny
+    examples = [
+        _example("Ticket: my laptop cannot reach the VPN", "network low", "network low", 0),
+        _example("Customer: refund please", "network high\nWe refunded you.", "network high", 1),
+    ]
+    got = label_logprobs(model, tokenizer, examples, LABELS)
+    want = np.array([[_brute_force(model, tokenizer, e, c) for c in LABELS] for e in examples])
+    # bf16 autocast in the cached path vs fp32 here: agreement to bf16 precision
+    assert np.allclose(got, want, rtol=0.05, atol=0.3), (got, want)
+    assert np.isfinite(got).all()
+    # the two continuation shapes differ: with a reply after the label a newline ends it,
+    # alone the label ends the turn; the scores are not the same numbers
+    assert not np.allclose(got[0], got[1])
+
+
+def test_rephrase_rewrites_the_last_user_message_only():
+    e = _example("route this", "network low", "network low")
+    r = rephrase(e, "Please: {prompt}!")
+    assert r.prompt_messages[-1].content == "Please: route this!"
+    assert r.completion == e.completion and r.label == e.label
+    assert rephrase(e, "{prompt}") is e
