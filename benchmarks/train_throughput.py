@@ -476,11 +476,15 @@ def main() -> None:
         base_dir, tokenizer = build_base(rows, work / "base", args.vocab_size, args.seed)
         from hybridft.model.hf import load_model
 
-        n_params = non_embedding_params(load_model(base_dir))
+        base_model = load_model(base_dir)
+        n_params = non_embedding_params(base_model)
+        attention = hybridft_attention(base_model, args)
+        del base_model
         lengths = length_summary(rows, tokenizer, args.max_len)
         print(
             f"model: {n_params / 1e6:.2f}M non-embedding params, vocab {len(tokenizer)}; "
-            f"rows (tokens): {json.dumps(lengths)} ({time.perf_counter() - t0:.0f} s)",
+            f"rows (tokens): {json.dumps(lengths)} ({time.perf_counter() - t0:.0f} s); "
+            f"hybridft attention: {attention}",
             flush=True,
         )
 
@@ -514,7 +518,7 @@ def main() -> None:
                 work, args, workers=workers, threads=threads, strategy=strategy,
             )  # fmt: skip
             results[name]["mode"] = (
-                f"packing, {workers} worker(s) x {threads} thread(s), {strategy}"
+                f"packing, {workers} worker(s) x {threads} thread(s), {strategy}, {attention}"
             )
         meter.sample()
 
@@ -526,6 +530,17 @@ def main() -> None:
     print_table(results, meter.peak)
     summary = summarise(results, meter.peak, n_params, lengths, args)
     print(json.dumps(_rounded(summary)))
+
+
+def hybridft_attention(model: Any, args: argparse.Namespace) -> str:
+    """The attention hybridft's LossModel takes for this model (the workers decide the same way)."""
+    from hybridft.train.attention import varlen_supported
+
+    if args.compile:
+        return "sdpa block-diagonal mask (compiled layers)"
+    if varlen_supported(model.get_decoder()):
+        return "varlen attention"
+    return "sdpa block-diagonal mask"
 
 
 def add_mfu(results: dict[str, dict[str, Any]], n_params: int, peak: float) -> None:
