@@ -189,6 +189,7 @@ def evaluate_run(run_dir: str | Path, tracking_uri: str | None = None) -> Any:
             train_examples=train,
             artifacts_dir=out_dir,
             n_bins=spec.eval.calibration_bins,
+            target_sources={n for n in sets if spec.data.sources[n].kind == "task"} or None,
         )
     if spec.eval.task_graph:
         result.graph = graph_scores(spec, record, result, train)
@@ -269,11 +270,13 @@ def eval_table(result: Any) -> Table:
     notes = []
     if result.leakage:
         leak = result.leakage
+        scope = ", ".join(leak["target_sources"] or ["all eval sets"])
         notes.append(
             f"leakage shield: {leak['n_dirty']}/{leak['n_eval']} eval rows overlap "
-            f"{leak['n_train']} train rows (contamination {leak['contamination']:.3f}; "
+            f"{leak['n_train']} train rows ("
             + ", ".join(f"{k} {v}" for k, v in leak["counts"].items())
-            + ")"
+            + f"); contamination {leak['contamination']:.3f} on {scope}, "
+            f"{leak['contamination_all']:.3f} on every eval row"
         )
     if result.graph:
         g = result.graph

@@ -26,10 +26,19 @@ POLICY = {
 }
 
 
-def _job(tmp: Path, data: Path, train_paths: list[str], name: str) -> Path:
+def _job(tmp: Path, data: Path, train_paths: list[str], name: str, hybrid: bool = False) -> Path:
     spec = job_dict(tmp, data, name=name)
-    del spec["data"]["sources"]["instr"]
     spec["data"]["sources"]["it_desk"]["paths"] = train_paths
+    if hybrid:  # instruction stage (urgency_detect + sentiment: cluster classification) -> SFT
+        spec["stages"].insert(
+            0, {"name": "instr", "mix": [{"source": "instr", "weight": 1}], "budget": {"steps": 3}}
+        )
+        spec["data"]["eval"]["instr"] = [
+            str(data / "instruction/sentiment/test.jsonl"),
+            str(data / "instruction/extract_date/test.jsonl"),  # cluster extraction: held out
+        ]
+    else:
+        del spec["data"]["sources"]["instr"]
     spec["eval"]["calibration"] = {"it_desk": [str(data / "sft/it_desk/validation.jsonl")]}
     spec["eval"]["task_graph"] = str(data / "task_graph.yaml")
     return write_job(tmp, spec, f"{name}.yaml")
@@ -97,8 +106,9 @@ def test_clean_run_eval_card_catalog_gate_approvals_champion_lineage(
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
     train_file = str(data / "sft/it_desk/train.jsonl")
-    record = train_and_log(_job(tmp_path, data, [train_file], "clean"), tracking_uri=store)
-    fp = record.fingerprints["it_desk"]
+    job = _job(tmp_path, data, [train_file], "clean", hybrid=True)
+    record = train_and_log(job, tracking_uri=store)
+    fp, fp_instr = record.fingerprints["it_desk"], record.fingerprints["instr"]
 
     # train catalogued its data as a draft with the generator's provenance
     registry = Registry(store)
@@ -106,10 +116,17 @@ def test_clean_run_eval_card_catalog_gate_approvals_champion_lineage(
     assert entry is not None and entry.status == "draft"
     assert (entry.generator, entry.seed, entry.rows) == ("hybridft.data.synth", 0, 300)
     assert entry.sources == [train_file] and entry.kind == "dataset"
+    assert get_dataset(registry, fp_instr).kind == "prompts"  # demonstrations
 
     result = evaluate_run(record.run_dir, tracking_uri=store)
     task = result.tasks["it_desk"]
+    # the target task's rows are clean (the generator decontaminates SFT held-out splits); the
+    # instruction suites' templated rows are not, and only count in contamination_all
     assert result.leakage["contamination"] == 0.0 and task.leakage["n_clean"] == task.n
+    assert result.leakage["target_sources"] == ["it_desk"]
+    dirty = sum(t.leakage["n_dirty"] for t in result.tasks.values())
+    n_all = sum(t.n for t in result.tasks.values())
+    assert result.leakage["contamination_all"] == pytest.approx(dirty / n_all)
     cal = task.calibration
     assert cal["calibrated"] and cal["temperature"] > 0 and cal["n_calibration"] == 16
     assert 0.0 <= cal["ece"] <= 1.0 and 0.0 <= cal["brier"] <= 2.0 and cal["nll"] > 0
@@ -119,11 +136,23 @@ def test_clean_run_eval_card_catalog_gate_approvals_champion_lineage(
     png = Path(result.artifacts["reliability_it_desk"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     index = yaml.safe_load(Path(result.artifacts["model_index"]).read_text())["model-index"]
-    metrics = {m["type"]: m["value"] for m in index[0]["results"][0]["metrics"]}
+    results = {r["task"]["name"]: r for r in index[0]["results"]}
+    assert set(results) == set(result.tasks)
+    assert results["it_desk"]["task"]["type"] == "text-classification"
+    metrics = {m["type"]: m["value"] for m in results["it_desk"]["metrics"]}
     assert metrics["accuracy"] == pytest.approx(task.accuracy, abs=1e-6)
     assert metrics["ece"] == pytest.approx(cal["ece"], abs=1e-6)
-    # it_desk (cluster classification) trained: that cluster is not held out
-    assert result.graph["trained_tasks"] == ["it_desk"]
+    # FLAN's protocol: classification was trained (it_desk, sentiment, urgency_detect), extraction
+    # was not, so extract_date is the one held-out task scored
+    graph = result.graph
+    assert graph["trained_tasks"] == ["it_desk", "sentiment", "urgency_detect"]
+    assert graph["heldout_tasks"] == ["extract_date"]
+    assert graph["heldout_score"] == result.tasks["extract_date"].score
+    # forgetting: instruction tasks before (the instr stage's model) vs after the SFT stage
+    per_task = graph["forgetting_per_task"]
+    assert set(per_task) == {"sentiment", "extract_date"} and graph["forgetting_before"] == "instr"
+    assert graph["forgetting"] == pytest.approx(-sum(per_task.values()) / 2)
+    assert result.flat_metrics()["eval/forgetting"] == graph["forgetting"]
     saved = json.loads((Path(record.run_dir) / "eval.json").read_text())
     assert saved["leakage"]["contamination"] == 0.0
 
@@ -135,7 +164,7 @@ def test_clean_run_eval_card_catalog_gate_approvals_champion_lineage(
     card = Path(local).read_text()
     assert card_uri.endswith("model_card.md")
     front = parse_front_matter(card)
-    assert front["datasets"] == [f"it_desk@{fp}"]
+    assert front["datasets"] == [f"instr@{fp_instr}", f"it_desk@{fp}"]
     assert "## Evaluation" in card and "## Approvals" in card
 
     promote = ["promote", ref, "--alias", "champion", "--policy", str(policy)]
@@ -151,7 +180,12 @@ def test_clean_run_eval_card_catalog_gate_approvals_champion_lineage(
     assert reviewed.returncode == 0, reviewed.stderr
     approved = _cli("approve", ref, "--comment", "ok", "--tracking-uri", store, env=approver)
     assert approved.returncode == 0, approved.stderr
-    moved = _cli(*promote, env={"HYBRIDFT_USER": "dave", "HYBRIDFT_ROLES": "releaser"})
+    releaser = {"HYBRIDFT_USER": "dave", "HYBRIDFT_ROLES": "releaser"}
+    still = _cli(*promote, env=releaser)  # the instruction demonstrations are still a draft
+    assert still.returncode == 1 and f"instr={fp_instr} (draft)" in still.stderr
+    review = ["catalog", "review", fp_instr, "--status", "approved", "--tracking-uri", store]
+    assert _cli(*review, env=approver).returncode == 0
+    moved = _cli(*promote, env=releaser)
     assert moved.returncode == 0, moved.stderr
 
     shown = _cli("lineage", "clean-model@champion", "--tracking-uri", store)

@@ -74,6 +74,7 @@ class EvalResult:
             out[f"{prefix}/robustness_spread"] = max(spreads)
         if self.leakage:
             out[f"{prefix}/contamination"] = self.leakage["contamination"]
+            out[f"{prefix}/contamination_all"] = self.leakage["contamination_all"]
             if self.leakage.get("score_clean") is not None:
                 out[f"{prefix}/score_clean"] = self.leakage["score_clean"]
         for key in ("heldout_score", "forgetting"):
@@ -137,6 +138,7 @@ def evaluate_model(
     train_examples: list[Example] | None = None,
     artifacts_dir: str | Path | None = None,
     n_bins: int = 15,
+    target_sources: set[str] | None = None,
 ) -> EvalResult:
     """Score a model on held-out examples, per task.
 
@@ -145,7 +147,9 @@ def evaluate_model(
     label-token log-probs, ECE (equal-width and equal-mass bins), Brier and NLL, raw and after a
     temperature fitted on ``calibration_sets`` (when given), a reliability PNG, and robustness:
     label accuracy under each of ``phrasings``. With ``train_examples`` the leakage shield runs
-    first and every task reports its clean and dirty scores.
+    first and every task reports its clean and dirty scores; ``contamination`` (the figure a
+    policy gates on) covers the eval rows of ``target_sources`` (all sources when None), and
+    ``contamination_all`` every eval row, diagnostic instruction suites included.
     """
     import torch
 
@@ -197,7 +201,7 @@ def evaluate_model(
     rate = total / max(gen_s, 1e-9)  # examples answered per second of generation
     result = EvalResult(str(model_dir), tasks, rate, samples, artifacts=artifacts)
     if train_examples is not None:
-        result.leakage = _shield(train_examples, groups, tasks)
+        result.leakage = _shield(train_examples, groups, tasks, target_sources)
     return result
 
 
@@ -294,6 +298,7 @@ def _shield(
     train: list[Example],
     groups: dict[str, tuple[str, list[Example]]],
     tasks: dict[str, TaskScore],
+    targets: set[str] | None,
 ) -> dict[str, Any]:
     from hybridft.evaluate.leakage import check_example_leakage
 
@@ -313,8 +318,16 @@ def _shield(
         }
         offset += n
     summary = report.to_json()
+    target_n = target_dirty = 0
+    for name, (source, rows) in groups.items():
+        if targets is None or source in targets:
+            target_n += len(rows)
+            target_dirty += tasks[name].leakage["n_dirty"]
     return {
-        "contamination": report.contamination_rate,
+        # the release metric: eval rows of the target sources (every source when not told)
+        "contamination": target_dirty / target_n if target_n else 0.0,
+        "target_sources": sorted(targets) if targets is not None else None,
+        "contamination_all": report.contamination_rate,
         "n_eval": report.n_eval,
         "n_train": report.n_train,
         "n_dirty": len(report.dirty),
