@@ -1,9 +1,10 @@
 """The worker loop: one loop for every stage, method (LoRA / full) and strategy (DDP / ZeRO).
 
 Runs inside Ray Train workers (``TorchTrainer``). It knows nothing of Tune or MLflow: it trains the
-planned rows stage by stage, reports metrics through ``ray.train.report`` and attaches a checkpoint
-(HF weights, the exact training state, optimizer, scheduler, RNG and the data position) every N
-steps and at every stage end. A restarted worker group resumes at the exact row of the mixture.
+planned rows stage by stage, reports metrics (with ``data.validation``, a validation loss too)
+through ``ray.train.report`` and attaches a checkpoint (HF weights, the exact training state,
+optimizer, scheduler, RNG and the data position) every N steps and at every stage end. A restarted
+worker group resumes at the exact row of the mixture.
 """
 
 from __future__ import annotations
@@ -162,6 +163,9 @@ def train_loop(config: dict[str, Any]) -> None:
     use_bf16 = training["precision"] == "bf16"
     stages = config["stages"]
     config["base_dir"] = local_base_dir(config)
+    validation = config.get("validation")
+    if validation is not None:
+        validation = {**validation, "rows": ray.get(validation["rows"])}
 
     # 1) where to start: a fresh run, or this run's last checkpoint
     state: dict[str, Any] = {"stage": 0, "step": 0, "tokens": 0}
@@ -223,13 +227,18 @@ def train_loop(config: dict[str, Any]) -> None:
             done = step + 1
             maybe_inject_fault(config.get("fault"), rank, s_idx, done)
             last = done == stage["steps"]
-            logged = done % training["log_every"] == 0 or last
+            validate = validation is not None and (done % config["validate_every"] == 0 or last)
+            logged = done % training["log_every"] == 0 or last or validate
             if logged:
                 history.append(
                     _record(
                         window, stage, s_idx, stages, done, engine, state, world, n_params, peak
                     )
                 )
+                if validate:
+                    history[-1].update(
+                        validation_loss(engine, validation, rank, world, training, device)
+                    )
                 if rank == 0:
                     r = history[-1]
                     print(
@@ -248,6 +257,48 @@ def train_loop(config: dict[str, Any]) -> None:
             if strategy == "ddp"
             else rebuild(config["base_dir"], recipe_of(engine.lm, lora), engine.full_state())
         )
+
+
+def validation_loss(
+    engine: Engine,
+    validation: dict[str, Any],
+    rank: int,
+    world: int,
+    training: dict[str, Any],
+    device: torch.device,
+) -> dict[str, float]:
+    """Mean target-token loss on the validation rows: ``val_loss`` and ``val_loss/<source>``.
+
+    Each worker scores an interleaved share (the driver padded the rows to a multiple of the
+    workers, so every rank runs the same forwards); sums are all-reduced. Runs in eval mode under
+    ``no_grad`` and touches no optimizer, RNG or data-position state.
+    """
+    rows: PackedRows = validation["rows"]
+    names: list[str] = validation["sources"]
+    idx = np.arange(rank, len(rows), world)
+    loss, count = 0.0, 0
+    src = torch.zeros(2, len(names), dtype=torch.float64)
+    was_training = engine.module.training
+    engine.module.eval()
+    with torch.no_grad():
+        for mb in micro_batches(rows, idx, training["batch_size"], device):
+            with torch.autocast(
+                device.type, dtype=torch.bfloat16, enabled=training["precision"] == "bf16"
+            ):
+                token_losses = engine.module(mb["input_ids"], mb["position_ids"], mb["target_mask"])
+            loss += float(token_losses.sum())
+            count += token_losses.numel()
+            sums, counts = per_source_sums(token_losses.cpu(), mb["target_sources"], len(names))
+            src[0] += sums
+            src[1] += counts
+    engine.module.train(was_training)
+    totals = _all_reduce([loss, count, *src.flatten().tolist()])
+    per_source = np.array(totals[2:]).reshape(2, len(names))
+    out = {"val_loss": totals[0] / max(totals[1], 1)}
+    for i, name in enumerate(names):
+        if per_source[1, i] > 0:
+            out[f"val_loss/{name}"] = float(per_source[0, i] / per_source[1, i])
+    return out
 
 
 def _record(

@@ -105,6 +105,7 @@ def run(
     resume: bool = False,
     controller_failure_limit: int = -1,
     output_dir: str | None = None,
+    callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Train ``spec`` on Ray Train.
 
@@ -114,6 +115,7 @@ def run(
         resume: continue ``run_name`` from its last checkpoint (a stage done is not redone).
         controller_failure_limit: Ray Train controller failures tolerated (-1: Ray's default).
         output_dir: overrides ``spec.output_dir`` (e.g. a shared mount on a cluster).
+        callbacks: Ray Train callbacks for the run (e.g. a caller relaying reported metrics).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -144,6 +146,7 @@ def run(
         spec.data, spec.stages, spec.training, tokenizer, spec.scaling.num_workers, spec.seed
     )
     mixture_path = write_mixture_report(prepared, spec.stages, run_dir / "mixture.json")
+    validation = validation_rows(spec, tokenizer)
     (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
 
     stages_cfg = []
@@ -171,6 +174,8 @@ def run(
         "strategy": spec.scaling.strategy,
         "threads_per_worker": spec.training.threads_per_worker,
         "fault": parse_fault(os.environ.get("HYBRIDFT_FAULT", "")),
+        "validation": validation,
+        "validate_every": spec.training.validate_every or spec.training.checkpoint_every,
     }
     trainer = TorchTrainer(
         train_loop,
@@ -190,6 +195,7 @@ def run(
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             worker_runtime_env={"env_vars": _worker_env(spec.scaling)},
+            callbacks=callbacks,
         ),
     )
     result = trainer.fit()
@@ -217,6 +223,52 @@ def run(
         wall_s=time.perf_counter() - t0,
         extra={"read_reports": prepared.read_reports},
     )
+
+
+def validation_rows(spec: JobSpec, tokenizer: Any) -> dict[str, Any] | None:
+    """``data.validation`` rendered and packed once on the driver, for the loop's validation loss.
+
+    Rows are padded with empty rows (no loss) to a multiple of the worker count, so every worker
+    runs the same number of forwards (ZeRO-3 gathers parameters in each).
+    """
+    import numpy as np
+    import ray
+
+    from hybridft.train.packing import PackedRows, pack_rows
+    from hybridft.train.prepare import render_source
+
+    if not spec.data.validation:
+        return None
+    names = sorted(spec.data.validation)
+    ids: list[Any] = []
+    masks: list[Any] = []
+    source_ids: list[int] = []
+    for i, name in enumerate(names):
+        key = f"{name}.validation"  # its own rejects file and row labels
+        source = spec.data.sources[name].model_copy(update={"paths": spec.data.validation[name]})
+        rendered, _ = render_source(
+            key, spec.data.model_copy(update={"sources": {key: source}}), tokenizer
+        )
+        ids += rendered.ids
+        masks += rendered.masks
+        source_ids += [i] * len(rendered.ids)
+    pad_id, length = tokenizer.pad_token_id, spec.data.max_len
+    rows = pack_rows(ids, masks, source_ids, length, pad_id)
+    n = -len(rows) % spec.scaling.num_workers
+    empty = PackedRows(
+        np.full((n, length), pad_id, dtype=np.int32),
+        np.tile(np.arange(length, dtype=np.int32), (n, 1)),
+        np.zeros((n, length), dtype=np.int8),
+        np.full((n, length), -1, dtype=np.int8),
+        np.zeros(n, dtype=np.int32),
+    )
+    rows = PackedRows(
+        *(
+            np.concatenate([getattr(rows, f), getattr(empty, f)])
+            for f in PackedRows.__dataclass_fields__
+        )
+    )
+    return {"rows": ray.put(rows), "sources": names}
 
 
 BASE_SHIP_LIMIT = 512 * 1024 * 1024  # bases under this travel to nodes through the object store

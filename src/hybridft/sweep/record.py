@@ -1,0 +1,175 @@
+"""The sweep's record: ``trials.json`` (what a report reads) and one MLflow run per trial.
+
+``SweepRecorder`` is a Tune callback: it runs in the sweep driver, the one process that writes the
+file and talks to MLflow (explicit run ids through ``Registry``, no fluent global state), so
+parallel trials never race on either. Each trial's MLflow run is nested under the sweep's run
+(``mlflow.parentRunId``). On resume the file is read back and the same MLflow runs continue.
+
+``trials.json``: a list, in the order the searcher proposed the trials, of
+``{trial_id, index, optuna_number, params, status (running | completed | stopped | error),
+starts, intermediate: [{sweep_tokens, sweep_steps, iteration, seed, stage, val_loss, loss}],
+objectives: {name: mean over seeds}, per_seed: {seed: outcome.json of that run (run_name,
+run_dir, objectives, trained_tokens, global_steps, wall_s)}, trained_tokens, mlflow_run_id,
+finished_at}``. ``stopped`` means early-stopped (ASHA): no objectives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+TRIALS_FILE = "trials.json"
+COMPLETE_KEY = "trial_complete"  # in a trial's final report: every seed trained and measured
+OPTUNA_NUMBER = "optuna_number"  # the Optuna trial number, carried in each trial's config
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically: a reader (or a killed driver) never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(sweep_dir) / TRIALS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+class SweepRecorder(Callback):
+    """Keeps ``trials.json`` and the trials' MLflow runs up to date as Tune reports."""
+
+    def __init__(
+        self,
+        sweep_dir: Path,
+        param_names: list[str],
+        time_attr: str,
+        metric: str | None,
+        tracking_uri: str | None,
+        parent_run_id: str | None,
+        sweep_name: str,
+    ) -> None:
+        self.sweep_dir = Path(sweep_dir)
+        self.param_names = param_names
+        self.time_attr = time_attr
+        self.metric = metric
+        self.tracking_uri = tracking_uri
+        self.parent_run_id = parent_run_id
+        self.sweep_name = sweep_name
+        self._trials: dict[str, dict[str, Any]] = {}
+        self._registry: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment
+        return {**self.__dict__, "_registry": None, "_trials": {}}
+
+    # -- Tune hooks -----------------------------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        self._trials = {t["trial_id"]: t for t in read_trials(self.sweep_dir)}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        entry = self._entry(trial)
+        entry["status"] = "running"
+        entry["starts"] += 1
+        if self.tracking_uri and not entry.get("mlflow_run_id"):
+            registry = self._mlflow()
+            tags = {
+                "hybridft.kind": "sweep-trial",
+                "hybridft.sweep": self.sweep_name,
+                "hybridft.trial_id": trial.trial_id,
+            }
+            if self.parent_run_id:
+                tags["mlflow.parentRunId"] = self.parent_run_id
+            run_id = registry.start_run(f"{self.sweep_name}-{trial.trial_id}", tags=tags)
+            registry.log_params(run_id, {k: str(v) for k, v in entry["params"].items()})
+            entry["mlflow_run_id"] = run_id
+        elif entry.get("mlflow_run_id"):
+            self._mlflow().client.update_run(entry["mlflow_run_id"], status="RUNNING")
+        self._save()
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        if result.get(COMPLETE_KEY) or self.time_attr not in result:
+            return
+        point = {
+            "sweep_tokens": result.get("sweep_tokens"),
+            "sweep_steps": result.get("sweep_steps"),
+            "iteration": result.get("training_iteration"),
+            "seed": result.get("seed"),
+            "stage": result.get("stage"),
+        }
+        for key in ("val_loss", "loss", self.metric):
+            if key and key in result:
+                point[key] = result[key]
+        entry = self._entry(trial)
+        entry["intermediate"].append(point)
+        if entry.get("mlflow_run_id"):
+            metrics = {k: v for k, v in point.items() if k in ("val_loss", "loss", self.metric)}
+            self._mlflow().log_metrics(
+                entry["mlflow_run_id"], metrics, step=int(point[self.time_attr])
+            )
+        self._save()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        entry = self._entry(trial)
+        # A trial that returns without its final report was stopped early (ASHA).
+        entry["status"] = "completed" if result.get(COMPLETE_KEY) else "stopped"
+        entry["objectives"] = dict(result.get("objectives", {}))
+        entry["per_seed"] = dict(result.get("per_seed", {}))
+        entry["trained_tokens"] = result.get("trial_tokens") or (
+            entry["intermediate"][-1]["sweep_tokens"] if entry["intermediate"] else 0
+        )
+        entry["finished_at"] = time.time()
+        self._finish(entry, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        entry = self._entry(trial)
+        entry["status"] = "error"
+        entry["error"] = str(getattr(trial, "error_file", "") or "")
+        entry["finished_at"] = time.time()
+        self._finish(entry, "FAILED")
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _entry(self, trial: Any) -> dict[str, Any]:
+        if trial.trial_id not in self._trials:
+            config = dict(trial.config)
+            self._trials[trial.trial_id] = {
+                "trial_id": trial.trial_id,
+                # the order the searcher proposed it (Optuna's trial number)
+                "index": config.get(OPTUNA_NUMBER, len(self._trials)),
+                OPTUNA_NUMBER: config.get(OPTUNA_NUMBER),
+                "params": {k: config[k] for k in self.param_names if k in config},
+                "status": "pending",
+                "starts": 0,
+                "intermediate": [],
+                "objectives": {},
+                "per_seed": {},
+            }
+        return self._trials[trial.trial_id]
+
+    def _finish(self, entry: dict[str, Any], status: str) -> None:
+        if entry.get("mlflow_run_id"):
+            registry = self._mlflow()
+            registry.log_metrics(entry["mlflow_run_id"], entry["objectives"])
+            registry.set_tags(entry["mlflow_run_id"], {"hybridft.trial_status": entry["status"]})
+            runs = [s.get("run_name", "") for s in entry["per_seed"].values()]
+            if runs:
+                registry.set_tags(entry["mlflow_run_id"], {"hybridft.runs": ",".join(runs)})
+            registry.end_run(entry["mlflow_run_id"], status=status)
+        self._save()
+
+    def _mlflow(self) -> Any:
+        if self._registry is None:
+            from hybridft.registry.client import Registry
+
+            self._registry = Registry(self.tracking_uri)
+        return self._registry
+
+    def _save(self) -> None:
+        ordered = sorted(self._trials.values(), key=lambda t: t["index"])
+        write_json(self.sweep_dir / TRIALS_FILE, ordered)

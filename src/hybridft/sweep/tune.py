@@ -1,0 +1,328 @@
+"""``run_sweep``: a search space swept with Ray Tune + Optuna (TPE) + ASHA around ``train.run``.
+
+How a trial runs (Ray Train V2 inside a Tune function):
+
+1. Tune starts the trial function with a fraction of a CPU, in a placement group that captures
+   child tasks. The trial does not call ``train.run`` itself: it launches it in a zero-CPU task
+   pinned to its own node with ``NodeAffinitySchedulingStrategy``. An explicit strategy takes the
+   task (and the Train controller and workers it creates) out of the trial's placement group, so
+   the worker group is scheduled on the cluster's free resources like any standalone run; pinning
+   keeps the Train driver beside its trial (Tune's "safe node" advice still applies).
+2. Intermediate metrics come back through Ray's ``TuneReportCallback`` (built inside the trial,
+   it owns the trial's report queue; Train's controller calls it after every report). A small
+   relay forwards only records carrying the early-stopping metric, with the trial-wide time axis,
+   so ASHA can stop a trial between two validations.
+3. A stopped trial's actor ends; the task it owns, the Train controller and the workers die with
+   it (Ray fate-shares a task with its owner), which frees the worker group's resources.
+
+Concurrency is sized from ``ray.cluster_resources()``: a trial needs its driver's fraction plus a
+whole worker group, and Tune never starts more trials than the cluster holds at once, so a worker
+group never waits on resources that other trials' drivers hold (no deadlock on 2 CPUs).
+
+Resume: Tune's experiment state and the Optuna study (sqlite) live in the sweep directory;
+``Tuner.restore`` re-queues unfinished trials, which continue their Train runs from the last
+checkpoint (same run name), while every seed that finished wrote ``outcome.json`` and is never
+trained again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.tune.search.optuna import OptunaSearch
+
+from hybridft.errors import UserError
+from hybridft.specfile import line_of
+from hybridft.specs import ScalingSpec
+from hybridft.sweep.objectives import NEEDS_VALIDATION
+from hybridft.sweep.params import make_sampler, suggest_params
+from hybridft.sweep.record import OPTUNA_NUMBER, SweepRecorder, read_trials, write_json
+from hybridft.sweep.space import SearchSpace, load_space
+from hybridft.sweep.trial import TrialPlan, run_trial
+
+TRIAL_DRIVER_CPU = 0.1  # the trial function only waits and relays; training runs in its workers
+SWEEP_FILE = "sweep.json"
+STUDY_FILE = "optuna.db"
+STRICT_CHECK_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+
+
+@dataclass
+class SweepResult:
+    name: str
+    sweep_dir: Path
+    trials: list[dict[str, Any]]  # as in trials.json
+    best: list[dict[str, Any]]  # best trial, or the Pareto front when multi-objective
+    study_name: str
+    study_storage: str  # sqlite URL: optuna-dashboard opens it
+    mlflow_run_id: str
+    max_concurrent: int
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def max_concurrent_trials(
+    scaling: ScalingSpec, cluster: dict[str, float], cap: int | None = None
+) -> int:
+    """How many trials fit at once: each holds its driver's CPU fraction and a worker group."""
+    need = {r: n * scaling.num_workers for r, n in scaling.resources_per_worker.items()}
+    if scaling.use_gpu:
+        need.setdefault("GPU", float(scaling.num_workers))
+    need["CPU"] = need.get("CPU", 0.0) + TRIAL_DRIVER_CPU
+    fits = min(int(cluster.get(r, 0.0) / n + 1e-9) for r, n in need.items() if n > 0)
+    return min(fits, cap) if cap else fits
+
+
+class FinalObjectiveSearch(OptunaSearch):
+    """OptunaSearch that passes Optuna only results carrying the objective.
+
+    Intermediate results carry the early-stopping metric; the objectives arrive with a trial's
+    final report. Single-objective OptunaSearch indexes every result by its metric.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, str) and self.metric in result:
+            super().on_trial_result(trial_id, result)
+
+
+def define_by_run(space: SearchSpace, trial: Any) -> dict[str, Any]:
+    """OptunaSearch's define-by-run space: the sampled point plus its Optuna trial number."""
+    return {**suggest_params(space, trial), OPTUNA_NUMBER: trial.number}
+
+
+def study_url(sweep_dir: Path) -> str:
+    return f"sqlite:///{sweep_dir / STUDY_FILE}"
+
+
+def _searcher(space: SearchSpace, sweep_dir: Path, study_name: str) -> OptunaSearch:
+    import optuna
+
+    names = space.objective_names
+    modes = ["min" if d == "minimize" else "max" for d in space.directions]
+    single = len(names) == 1
+    return FinalObjectiveSearch(
+        space=functools.partial(define_by_run, space),
+        metric=names[0] if single else names,
+        mode=modes[0] if single else modes,
+        sampler=make_sampler(space),
+        study_name=study_name,
+        storage=optuna.storages.RDBStorage(study_url(sweep_dir)),
+    )
+
+
+def _scheduler(space: SearchSpace) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    asha = space.asha
+    if asha is None:
+        return FIFOScheduler()
+    # ASHA stops a trial that reaches max_t: set it above any trial's total (steps <= tokens) so
+    # it never cuts off the final evaluation. Milestones are grace_period * factor^k; the relay
+    # sends nothing at or past the token budget, so only those below it are ever reached.
+    bound = 2 * space.budget.tokens * len(space.budget.seeds)
+    return ASHAScheduler(
+        time_attr=f"sweep_{asha.unit}",
+        metric=asha.metric,
+        mode=asha.mode,
+        max_t=bound,
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+        brackets=1,
+    )
+
+
+def asha_milestones(space: SearchSpace) -> list[int]:
+    """The milestones (in ``asha.unit``) a trial can reach within its budget."""
+    if space.asha is None:
+        return []
+    out, t = [], float(space.asha.grace_period)
+    while t < space.budget.tokens * len(space.budget.seeds):
+        out.append(int(t))
+        t *= space.asha.reduction_factor
+    return out
+
+
+@contextlib.contextmanager
+def _objectives_only_in_final_reports() -> Iterator[None]:
+    """Tune's strict check wants every searcher metric in every result; ours arrive last."""
+    old = os.environ.get(STRICT_CHECK_ENV)
+    os.environ[STRICT_CHECK_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(STRICT_CHECK_ENV, None)
+        else:
+            os.environ[STRICT_CHECK_ENV] = old
+
+
+def _concurrency(space: SearchSpace) -> int:
+    job = space.base_job
+    cluster = ray.cluster_resources()
+    fits = max_concurrent_trials(job.scaling, cluster, space.budget.max_concurrent)
+    if fits < 1:
+        need = {r: n * job.scaling.num_workers for r, n in job.scaling.resources_per_worker.items()}
+        raise UserError(
+            f"{space.source_file}:{line_of(space.source_file, ('job',))}: job: expected a trial "
+            f"that fits the cluster ({TRIAL_DRIVER_CPU:g} CPU for the trial + {need} for its "
+            f"workers; the cluster has {dict(cluster)}), got scaling {job.scaling.model_dump()}"
+        )
+    return min(fits, space.budget.trials)
+
+
+def _best(space: SearchSpace, sweep_dir: Path, name: str, trials: list[dict[str, Any]]) -> list:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=study_url(sweep_dir))
+    try:
+        numbers = {t.number for t in study.best_trials}
+    except ValueError:  # no completed trial
+        return []
+    return [t for t in trials if t.get(OPTUNA_NUMBER) in numbers]
+
+
+def run_sweep(
+    space_path: str | Path,
+    sweep_name: str | None = None,
+    resume: bool = False,
+    storage_dir: str | Path = ".hybridft/sweeps",
+    tracking_uri: str | None = None,
+    verbose: int = 1,
+) -> SweepResult:
+    """Sweep a search space; every trial a Ray Train run, every result in ``trials.json``.
+
+    Args:
+        space_path: a ``search_spaces/*.yaml`` file.
+        sweep_name: the sweep's name (default: ``<space name>-<time>-<hex>``); with ``resume``,
+            the sweep to continue.
+        resume: continue a sweep whose driver died: finished trials are kept, unfinished ones
+            continue from their Train checkpoints.
+        storage_dir: where sweeps live (on a cluster: storage every node sees, like
+            ``--output-dir`` for a training run).
+        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI`` or the local store).
+        verbose: Tune's console verbosity (0 silent, 1 status tables).
+    """
+    from ray import tune
+
+    from hybridft.model.tiny import base_of
+    from hybridft.registry.client import Registry, flatten, git_commit
+    from hybridft.train.run import ensure_ray, new_run_name
+
+    t0 = time.perf_counter()
+    space = load_space(space_path)
+    root = Path(storage_dir).resolve()
+    if resume and not sweep_name:
+        raise UserError("--resume needs the name of the sweep to continue")
+    sweep_name = sweep_name or new_run_name(space.name)
+    sweep_dir = root / sweep_name
+    if resume and not (sweep_dir / SWEEP_FILE).is_file():
+        raise UserError(f"--resume {sweep_name}: no such sweep under {root}")
+    if not resume and sweep_dir.exists():
+        raise UserError(f"sweep {sweep_name!r} already exists under {root}; pass --resume")
+    (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+
+    ensure_ray()
+    concurrent = _concurrency(space)
+    for seed in space.budget.seeds:  # built once here, never by racing trials
+        base_of(space.base_job.model, seed)
+    registry = Registry(tracking_uri)
+    if resume:
+        info = json.loads((sweep_dir / SWEEP_FILE).read_text())
+        registry.client.update_run(info["mlflow_run_id"], status="RUNNING")
+    else:
+        commit = git_commit()
+        run_id = registry.start_run(
+            sweep_name,
+            tags={"hybridft.kind": "sweep", "hybridft.space_file": space.source_file,
+                  "hybridft.job": space.base_job.name, "hybridft.git_commit": commit},
+        )  # fmt: skip
+        registry.log_params(run_id, flatten(space.model_dump(mode="json")))
+        info = {
+            "name": sweep_name,
+            "space_file": space.source_file,
+            "space": space.model_dump(mode="json"),
+            "study": {"name": sweep_name, "storage": study_url(sweep_dir)},
+            "mlflow_run_id": run_id,
+            "tracking_uri": registry.tracking_uri,
+            "time_attr": f"sweep_{space.asha.unit}" if space.asha else "sweep_tokens",
+            "milestones": asha_milestones(space),
+            "max_concurrent": concurrent,
+            "started": time.time(),
+        }
+        write_json(sweep_dir / SWEEP_FILE, info)
+
+    extra = [
+        m
+        for m in ("val_loss", "trained_tokens", "wall_time_s")
+        if m not in NEEDS_VALIDATION or space.base_job.data.validation
+    ]
+    plan = TrialPlan(
+        space=space,
+        sweep_dir=sweep_dir,
+        measures=list(dict.fromkeys(space.objective_names + extra)),
+        # ASHA's metric; without ASHA the validation loss still gives every trial its curve
+        relay_metric=space.asha.metric if space.asha else "val_loss",
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPU}
+    )
+    tune_dir = sweep_dir / "tune"
+    if resume:
+        if not tune.Tuner.can_restore(str(tune_dir)):
+            raise UserError(f"--resume {sweep_name}: the sweep stopped before Tune saved any state")
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True)
+    else:
+        recorder = SweepRecorder(
+            sweep_dir,
+            list(space.parameters),
+            info["time_attr"],
+            plan.relay_metric,
+            registry.tracking_uri,
+            info["mlflow_run_id"],
+            sweep_name,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(space, sweep_dir, sweep_name),
+                scheduler=_scheduler(space),
+                num_samples=space.budget.trials,
+                max_concurrent_trials=concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=str(sweep_dir), callbacks=[recorder], verbose=verbose
+            ),
+        )
+    with _objectives_only_in_final_reports():
+        tuner.fit()
+
+    trials = read_trials(sweep_dir)
+    best = _best(space, sweep_dir, sweep_name, trials)
+    run_id = info["mlflow_run_id"]
+    if best:
+        registry.log_metrics(run_id, {f"best/{k}": v for k, v in best[0]["objectives"].items()})
+        registry.set_tags(run_id, {"hybridft.best_trials": ",".join(t["trial_id"] for t in best)})
+    registry.log_dict(run_id, trials, "trials.json")
+    registry.end_run(run_id)
+    info.update(finished=time.time(), best=[t["trial_id"] for t in best])
+    write_json(sweep_dir / SWEEP_FILE, info)
+    return SweepResult(
+        name=sweep_name,
+        sweep_dir=sweep_dir,
+        trials=trials,
+        best=best,
+        study_name=sweep_name,
+        study_storage=study_url(sweep_dir),
+        mlflow_run_id=run_id,
+        max_concurrent=concurrent,
+        wall_s=time.perf_counter() - t0,
+    )

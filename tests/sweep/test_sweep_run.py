@@ -1,0 +1,172 @@
+"""A real sweep on local Ray (2 CPUs): Train V2 inside Tune trials, ASHA on relayed validation
+losses, the Optuna study in sqlite, nested MLflow runs, and resume after a SIGKILLed driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sweep_helpers import BUDGET, space_dict, write_hybrid, write_space
+
+from hybridft.sweep.params import sample_sequence
+from hybridft.sweep.space import load_space
+from hybridft.sweep.trial import ATTEMPTS_FILE, OUTCOME_FILE
+from hybridft.sweep.tune import max_concurrent_trials, run_sweep
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_concurrency_fits_the_cluster() -> None:
+    from hybridft.specs import ScalingSpec
+
+    two_half = ScalingSpec(num_workers=2, resources_per_worker={"CPU": 0.5})
+    assert max_concurrent_trials(two_half, {"CPU": 2.0}) == 1  # 0.1 + 2 x 0.5 = 1.1 each
+    one_half = ScalingSpec(num_workers=1, resources_per_worker={"CPU": 0.5})
+    assert max_concurrent_trials(one_half, {"CPU": 2.0}) == 3
+    assert max_concurrent_trials(one_half, {"CPU": 2.0}, cap=2) == 2
+    whole = ScalingSpec(num_workers=2, resources_per_worker={"CPU": 1})
+    assert max_concurrent_trials(whole, {"CPU": 2.0}) == 0  # run_sweep refuses it up front
+    gpu = ScalingSpec(num_workers=2, use_gpu=True, resources_per_worker={"CPU": 1})
+    assert max_concurrent_trials(gpu, {"CPU": 16.0, "GPU": 4.0}) == 2
+
+
+def test_sweep_trains_trials_and_asha_sees_intermediate_results(
+    ray_session, small_demo_data, tmp_path
+) -> None:
+    job = write_hybrid(tmp_path, small_demo_data)
+    space_path = write_space(tmp_path, space_dict(job))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_sweep(
+        space_path, storage_dir=tmp_path / "sweeps", tracking_uri=tracking, verbose=0
+    )
+
+    assert result.max_concurrent == 3  # 2 CPUs / (0.1 trial + 0.5 worker)
+    trials = json.loads((result.sweep_dir / "trials.json").read_text())
+    assert len(trials) == 3 and {t["status"] for t in trials} <= {"completed", "stopped"}
+    for t in trials:
+        # ASHA got the loop's validation losses while the trial trained, on the token axis
+        points = t["intermediate"]
+        assert points and [p["iteration"] for p in points] == list(range(1, len(points) + 1))
+        tokens = [p["sweep_tokens"] for p in points]
+        assert tokens == sorted(tokens) and all("val_loss" in p for p in points)
+        outcome = result.sweep_dir / "runs" / f"{t['trial_id']}-seed0" / OUTCOME_FILE
+        if t["status"] == "completed":
+            measured = json.loads(outcome.read_text())
+            assert t["objectives"] == {"val_loss": measured["objectives"]["val_loss"]}
+            assert measured["trained_tokens"] >= BUDGET  # rounded up to whole steps
+            assert len(points) > 1  # several results reached Tune while it trained
+        else:  # stopped early by ASHA: killed before its run finished
+            assert not t["objectives"] and not outcome.exists()
+    assert any(t["status"] == "completed" for t in trials)
+    # same seed -> same sequence: the trials are the space's first sampled points, in order
+    expected = sample_sequence(load_space(space_path), 3)
+    assert [t["params"] for t in sorted(trials, key=lambda t: t["optuna_number"])] == expected
+
+    # the Optuna study lives in sqlite in the sweep directory
+    import optuna
+
+    study = optuna.load_study(study_name=result.study_name, storage=result.study_storage)
+    states = sorted(s.state.name for s in study.trials)
+    assert len(states) == 3 and set(states) <= {"COMPLETE", "PRUNED"}
+    assert [t["trial_id"] for t in result.best]
+    # every trial is an MLflow run nested under the sweep's run
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking)
+    for t in trials:
+        run = client.get_run(t["mlflow_run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == result.mlflow_run_id
+        assert run.data.tags["hybridft.trial_status"] == t["status"]
+        assert run.info.status == "FINISHED"
+        assert client.get_metric_history(t["mlflow_run_id"], "val_loss")
+    assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
+
+
+DRIVER = """
+import sys
+from hybridft.sweep.tune import run_sweep
+run_sweep(sys.argv[1], sweep_name="drv", storage_dir=sys.argv[2], tracking_uri=sys.argv[3],
+          verbose=0)
+"""
+
+
+def _attempts(sweep_dir: Path) -> list[dict]:
+    path = sweep_dir / ATTEMPTS_FILE
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(
+    ray_session, small_demo_data, tmp_path
+) -> None:
+    job = write_hybrid(tmp_path, small_demo_data)
+    spec = space_dict(job)
+    spec["budget"] = {"trials": 2, "tokens": BUDGET, "seeds": [0], "max_concurrent": 1}
+    spec["job_overrides"] = {"training": {"checkpoint_every": 2, "validate_every": 2}}
+    spec.pop("asha")  # no early stopping: the kill lands in a trial that would finish
+    space_path = write_space(tmp_path, spec)
+    storage = tmp_path / "sweeps"
+    sweep_dir = storage / "drv"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(space_path), str(storage), tracking],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # kill the driver (and the Ray it started) once trial 1 finished and trial 2 has a
+        # checkpoint of its own
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            started = _attempts(sweep_dir)
+            if len(started) == 2:
+                first, second = (a["run_name"] for a in started)
+                done = (sweep_dir / "runs" / first / OUTCOME_FILE).is_file()
+                ckpts = list(
+                    (sweep_dir / "runs" / "ray" / second).glob("checkpoint_*/train_state.pt")
+                )
+                if done and len(ckpts) >= 2:  # a second one written: the first is complete
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the driver finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    second_id = started[1]["trial_id"]
+
+    result = run_sweep(
+        space_path,
+        sweep_name="drv",
+        resume=True,
+        storage_dir=storage,
+        tracking_uri=tracking,
+        verbose=0,
+    )
+    attempts = _attempts(sweep_dir)
+    runs = [a["run_name"] for a in attempts]
+    # the finished trial trained once; the unfinished one was resumed, not restarted
+    assert runs.count(started[0]["run_name"]) == 1
+    assert [a["resume"] for a in attempts if a["run_name"] == started[1]["run_name"]] == [
+        False,
+        True,
+    ]
+    assert len(attempts) == 3
+    trials = {t["trial_id"]: t for t in result.trials}
+    assert len(trials) == 2 and all(t["status"] == "completed" for t in trials.values())
+    # Tune restarts the trial function (iteration 1 again); its Train run continues from a
+    # checkpoint (step >= 1): its first validation is past global step 2, where a fresh run's
+    # first one is (validate_every 2, or the instruction stage's end before that)
+    resumed = [p for p in trials[second_id]["intermediate"] if p["iteration"] == 1][-1]
+    assert resumed["sweep_steps"] > 2
+    import optuna
+
+    study = optuna.load_study(study_name="drv", storage=result.study_storage)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE"]
