@@ -161,28 +161,48 @@ def evaluate_run(run_dir: str | Path, tracking_uri: str | None = None) -> Any:
     tasks get calibrated label probabilities and robustness across phrasings; with a task graph,
     held-out-cluster scores and forgetting (instruction tasks before vs after the last stage).
     """
-    from rich.progress import Progress
-
-    from hybridft.evaluate.model_index import write_model_index
-    from hybridft.evaluate.run import evaluate_model, task_groups, write_eval
     from hybridft.registry.client import Registry
     from hybridft.registry.tracking import log_eval
 
     record = RunRecord.load(run_dir)
     spec = JobSpec.model_validate_json((Path(run_dir) / "spec.json").read_text())
+    result = evaluate_spec(spec, run_dir, record.model_dir, record.stage_dirs, record.fingerprints)
+    log_eval(
+        Registry(tracking_uri or record.tracking_uri), record, result, Path(run_dir) / "eval.json"
+    )
+    return result
+
+
+def evaluate_spec(
+    spec: JobSpec,
+    run_dir: str | Path,
+    model_dir: str | Path,
+    stage_dirs: dict[str, str],
+    fingerprints: dict[str, str],
+    progress: bool = True,
+) -> Any:
+    """``evaluate_run`` without MLflow: score ``model_dir``, write ``run_dir``/eval.json + eval/."""
+    from contextlib import nullcontext
+
+    from rich.progress import Progress
+
+    from hybridft.evaluate.model_index import write_model_index
+    from hybridft.evaluate.run import evaluate_model, task_groups, write_eval
+
     sets = load_eval_sets(spec.data)
     calibration = {n: _read_source(spec.data, n, p) for n, p in spec.eval.calibration.items()}
     train = training_examples(spec) if spec.eval.leakage else None
     out_dir = Path(run_dir) / "eval"
     total = sum(len(rows) for _, rows in task_groups(sets, spec.eval.max_examples).values())
-    with Progress(transient=True) as progress:
-        task = progress.add_task("evaluating", total=total)
+    bar = Progress(transient=True) if progress else None
+    with bar or nullcontext():
+        task = bar.add_task("evaluating", total=total) if bar else None
         result = evaluate_model(
-            record.model_dir,
+            model_dir,
             sets,
             max_examples=spec.eval.max_examples,
             max_new_tokens=spec.eval.max_new_tokens,
-            on_progress=lambda n: progress.advance(task, n),
+            on_progress=(lambda n: bar.advance(task, n)) if bar and task is not None else None,
             labels={n: s.labels for n, s in spec.data.sources.items() if s.labels},
             calibration_sets=calibration,
             phrasings=spec.eval.phrasings,
@@ -192,17 +212,16 @@ def evaluate_run(run_dir: str | Path, tracking_uri: str | None = None) -> Any:
             target_sources={n for n in sets if spec.data.sources[n].kind == "task"} or None,
         )
     if spec.eval.task_graph:
-        result.graph = graph_scores(spec, record, result, train)
+        result.graph = graph_scores(spec, stage_dirs, result, train)
     metrics = result.flat_metrics()
-    index = write_model_index(out_dir / "model-index.yaml", spec.name, metrics, record.fingerprints)
+    index = write_model_index(out_dir / "model-index.yaml", spec.name, metrics, fingerprints)
     result.artifacts["model_index"] = str(index)
-    path = write_eval(result, Path(run_dir) / "eval.json")
-    log_eval(Registry(tracking_uri or record.tracking_uri), record, result, path)
+    write_eval(result, Path(run_dir) / "eval.json")
     return result
 
 
 def graph_scores(
-    spec: JobSpec, record: RunRecord, result: Any, train: list[Example] | None
+    spec: JobSpec, stage_dirs: dict[str, str], result: Any, train: list[Example] | None
 ) -> dict[str, Any]:
     """Held-out-cluster score (FLAN: no task of the cluster trained) and forgetting.
 
@@ -227,7 +246,7 @@ def graph_scores(
     }
     instruction = [t for t in scores if graph.attr(t, "kind") == "instruction"]
     if len(spec.stages) >= 2 and instruction:
-        before_dir = record.stage_dirs.get(spec.stages[-2].name)
+        before_dir = stage_dirs.get(spec.stages[-2].name)
         if before_dir:
             sets = {
                 t: [e for rows in load_eval_sets(spec.data).values() for e in rows if e.task == t]

@@ -27,6 +27,8 @@ class TaskScore:
     by_phrasing: dict[str, float] | None = None
     # Clean vs dirty score under the leakage shield.
     leakage: dict[str, Any] | None = None
+    # Per row, in eval order: label accuracy (labelled tasks) or exact match; what a report's
+    # bootstrap resamples.
     per_example: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -83,10 +85,7 @@ class EvalResult:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        for task in doc["tasks"].values():
-            task.pop("per_example", None)
-        return {**doc, "headline": self.headline}
+        return {**asdict(self), "headline": self.headline}
 
 
 def score_task(examples: list[Example], answers: list[str]) -> TaskScore:

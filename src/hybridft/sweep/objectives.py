@@ -8,6 +8,7 @@ spec and its ``TrainResult`` and returns one number.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,9 @@ INTERMEDIATE_METRICS = frozenset({"val_loss", "loss"})
 # Measures that need ``data.validation`` in the trial's job.
 NEEDS_VALIDATION = frozenset({"val_loss"})
 # Measures that need a target task (a ``kind: task`` source) under ``data.eval``.
-NEEDS_TARGET_EVAL = frozenset({"target_score"})
+NEEDS_TARGET_EVAL = frozenset({"target_score", "ece"})
+# Measures that need ``eval.task_graph`` (and instruction tasks under ``data.eval``).
+NEEDS_TASK_GRAPH = frozenset({"heldout_score", "forgetting"})
 
 
 def _val_loss(spec: JobSpec, result: Any) -> float:
@@ -46,21 +49,61 @@ def target_eval_sets(spec: JobSpec) -> dict[str, list[Any]]:
     return load_eval_sets(spec.data.model_copy(update={"eval": targets}))
 
 
-def _target_score(spec: JobSpec, result: Any) -> float:
-    """Headline score (label accuracy, else exact match) of the final model on the target tasks."""
-    from hybridft.evaluate.run import evaluate_model
+_EVALS: dict[str, Any] = {}  # run dir -> its full evaluation (one per run, shared by measures)
 
-    scored = evaluate_model(
-        result.model_dir,
-        target_eval_sets(spec),
-        max_examples=spec.eval.max_examples,
-        max_new_tokens=spec.eval.max_new_tokens,
-    )
-    return float(scored.headline)
+
+def full_eval(spec: JobSpec, result: Any) -> Any:
+    """The run's full evaluation (``pipeline.evaluate_spec``: leakage, scores, calibration, task
+    graph), written to the run directory's eval.json; computed once per run."""
+    from hybridft.pipeline import evaluate_spec
+
+    key = str(result.run_dir)
+    if key not in _EVALS:
+        _EVALS[key] = evaluate_spec(
+            spec,
+            result.run_dir,
+            result.model_dir,
+            {k: str(v) for k, v in result.stage_dirs.items()},
+            result.fingerprints,
+            progress=False,
+        )
+    return _EVALS[key]
+
+
+def _target_score(spec: JobSpec, result: Any) -> float:
+    """Mean score (label accuracy, else exact match) of the final model on the target tasks."""
+    scored = full_eval(spec, result)
+    targets = [n for n in spec.data.eval if spec.data.sources[n].kind == "task"]
+    values = [scored.tasks[n].score for n in targets if n in scored.tasks]
+    return float(statistics.fmean(values))
+
+
+def _graph_value(key: str, why: str) -> Callable[[JobSpec, Any], float]:
+    def value(spec: JobSpec, result: Any) -> float:
+        graph = full_eval(spec, result).graph or {}
+        if graph.get(key) is None:
+            raise RuntimeError(f"{key} was not measured: {why}")
+        return float(graph[key])
+
+    return value
+
+
+def _ece(spec: JobSpec, result: Any) -> float:
+    flat = full_eval(spec, result).flat_metrics()
+    if "eval/ece" not in flat:
+        raise RuntimeError("ece was not measured: no classification task among the targets")
+    return float(flat["eval/ece"])
 
 
 OBJECTIVES: dict[str, Callable[[JobSpec, Any], float]] = {
     "target_score": _target_score,
+    "heldout_score": _graph_value(
+        "heldout_score", "every scored task's cluster was trained on (FLAN's held-out protocol)"
+    ),
+    "forgetting": _graph_value(
+        "forgetting", "it needs two stages and instruction tasks under data.eval"
+    ),
+    "ece": _ece,
     "val_loss": _val_loss,
     "trained_tokens": _trained_tokens,
     "wall_time_s": _wall_time_s,

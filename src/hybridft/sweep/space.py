@@ -19,6 +19,7 @@ from hybridft.specs import JobSpec, PosInt, Strict, _job_problems, load_job
 from hybridft.sweep.objectives import (
     INTERMEDIATE_METRICS,
     NEEDS_TARGET_EVAL,
+    NEEDS_TASK_GRAPH,
     NEEDS_VALIDATION,
     PRODUCED_OBJECTIVES,
 )
@@ -283,6 +284,8 @@ def _goal_problems(space: SearchSpace, job: JobSpec) -> list[tuple[Loc, str]]:
                     f"expected a job with data.validation files ({name} is measured on them), got none",
                 )
             )
+        if name in NEEDS_TASK_GRAPH and not job.eval.task_graph:
+            problems.append((at, f"expected a job with eval.task_graph for {name}, got none"))
         if name in NEEDS_TARGET_EVAL and not has_target:
             problems.append(
                 (
