@@ -11,7 +11,10 @@ from rich.console import Console
 
 from hybridft.errors import UserError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# no rich tracebacks: main() turns every error into one line (--debug shows the trace)
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
+)
 data_app = typer.Typer(no_args_is_help=True, help="Demo data, validation and statistics.")
 app.add_typer(data_app, name="data")
 catalog_app = typer.Typer(no_args_is_help=True, help="The data catalog: provenance and reviews.")

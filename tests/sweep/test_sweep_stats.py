@@ -72,3 +72,10 @@ def test_pareto_front_on_a_hand_built_set():
     # (score: maximize, tokens: minimize)
     points = [(0.9, 100), (0.8, 50), (0.85, 120), (0.7, 50), (0.95, 200)]
     assert pareto_front(points, ["maximize", "minimize"]) == [0, 1, 4]
+
+
+def test_verdict_does_not_depend_on_the_order_of_the_arms():
+    scores = {"b": _bernoulli(0.5, 80, 2, 10), "a": _bernoulli(0.5, 80, 2, 11)}
+    flipped = {"a": scores["a"], "b": scores["b"]}
+    cost = {"a": 1, "b": 1}
+    assert decide(scores, cost).to_json() == decide(flipped, cost).to_json()

@@ -109,6 +109,7 @@ def decide(
     """
     if len(scores) < 2:
         raise ValueError(f"decide: expected at least two arms, got {list(scores)}")
+    scores = {arm: scores[arm] for arm in sorted(scores)}  # the verdict ignores the arms' order
     boots = bootstrap_means(scores, n_boot, seed)
     means = {arm: float(_matrix(s, arm).mean()) for arm, s in scores.items()}
     intervals = {arm: interval(boots[arm], means[arm], level) for arm in scores}

@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -149,10 +151,27 @@ class Window:
         self.src[1] += c
 
 
+def say(line: str) -> None:
+    """One progress line to the worker's real stdout (Ray forwards it to the driver once).
+
+    Ray Train patches ``print`` on workers into its logger, which echoed every line twice."""
+    sys.__stdout__.write(line + "\n")
+    sys.__stdout__.flush()
+
+
+def quiet_train_logs() -> None:
+    """Ray Train's per-report INFO line ("Reporting training result N: ...") is debug noise."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point (runs on every worker)."""
     import ray.train
     import ray.train.torch
+
+    quiet_train_logs()
 
     torch.set_num_threads(config["threads_per_worker"])
     ctx = ray.train.get_context()
@@ -183,7 +202,7 @@ def train_loop(config: dict[str, Any]) -> None:
             weights = load_file(str(ckpt_dir / "model" / "model.safetensors"))
         history = [json.loads(x) for x in (ckpt_dir / HISTORY_FILE).read_text().splitlines()]
         if rank == 0:
-            print(f"resuming at stage {state['stage']} step {state['step']}", flush=True)
+            say(f"resuming at stage {state['stage']} step {state['step']}")
     _seed_all(config["seed"])
     lm = rebuild(config["base_dir"], recipe, weights)
     peak = measure_matmul_peak(torch.bfloat16 if use_bf16 else torch.float32)
@@ -241,10 +260,9 @@ def train_loop(config: dict[str, Any]) -> None:
                     )
                 if rank == 0:
                     r = history[-1]
-                    print(
+                    say(
                         f"[{stage['name']}] step {done}/{stage['steps']} loss {r['loss']:.4f} "
                         f"lr {r['lr']:.2e} tok/s {r['tokens_per_s']:.0f} MFU {r['mfu']:.1%}",
-                        flush=True,
                     )
             if last or done % training["checkpoint_every"] == 0:
                 _checkpoint(config, engine, state, history, s_idx, done, last, rank)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -14,12 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridft.errors import UserError
+from hybridft.errors import RunFailed, UserError
 from hybridft.specs import JobSpec, ScalingSpec, stage_adapter
 
 # Ray Train's controller consumes one report per health-check poll (2 s by default): on a local
 # instance with short steps every report would wait for it. A quicker poll is cheap locally.
-LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}}
+LOCAL_RUNTIME_ENV = {
+    "env_vars": {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+        # worker start imports torch + transformers: on 2 busy cores that can pass Ray's 60 s
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
+    }
+}
 
 
 @dataclass
@@ -198,9 +205,12 @@ def run(
             callbacks=callbacks,
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise _run_failed(run_name, exc) from exc
     if result.error is not None:
-        raise result.error
+        raise _run_failed(run_name, result.error) from result.error
     # Stage models: the checkpoint reported at each stage's end.
     stage_dirs: dict[str, Path] = {}
     for checkpoint, metrics in result.best_checkpoints or []:
@@ -272,6 +282,19 @@ def validation_rows(spec: JobSpec, tokenizer: Any) -> dict[str, Any] | None:
 
 
 BASE_SHIP_LIMIT = 512 * 1024 * 1024  # bases under this travel to nodes through the object store
+
+
+def _run_failed(run_name: str, exc: BaseException) -> RunFailed:
+    """The worker's own error (the last line of its traceback), and how to resume."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    cause = next(
+        (ln for ln in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln)),
+        lines[-1] if lines else type(exc).__name__,
+    )
+    return RunFailed(
+        f"training run {run_name} failed: {cause[:300]} "
+        f"(resume from its last checkpoint: --run-name {run_name} --resume; --debug for the trace)"
+    )
 
 
 def _base_files(base_dir: Path) -> Any:
