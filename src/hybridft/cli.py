@@ -311,11 +311,12 @@ def report(
 def demo(
     port: int = typer.Option(8000),
     data_dir: Path = typer.Option(Path("data/demo")),
+    sweep: bool = typer.Option(True, help="end with the demo sweep and its decision report"),
 ) -> None:
-    """data -> train -> eval -> register -> serve -> one request answered, then a summary."""
+    """data -> train -> eval -> register -> govern -> serve -> answer -> sweep -> report."""
     from hybridft.demo import run_demo
 
-    run_demo(port=port, data_dir=data_dir)
+    run_demo(port=port, data_dir=data_dir, sweep=sweep)
 
 
 def main() -> None:

@@ -19,7 +19,8 @@ from rich.table import Table
 DEMO_SPEC = Path("jobs/demo.yaml")
 MODEL_NAME = "hybridft-demo"
 POLICY = Path("policies/default.yaml")
-STEPS = 8
+SWEEP_SPACE = Path("search_spaces/demo.yaml")
+STEPS = 10
 
 
 def _step(console: Console, n: int, text: str) -> float:
@@ -43,7 +44,9 @@ def acting_as(user: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def run_demo(port: int = 8000, data_dir: Path = Path("data/demo")) -> dict[str, str]:
+def run_demo(
+    port: int = 8000, data_dir: Path = Path("data/demo"), sweep: bool = True
+) -> dict[str, str]:
     """Run the whole skeleton on the demo data and print a summary table."""
     from hybridft.data.synth import synthesize
     from hybridft.pipeline import (
@@ -122,6 +125,37 @@ def run_demo(port: int = 8000, data_dir: Path = Path("data/demo")) -> dict[str, 
         f"[b]Q:[/] {sample['prompt']}\n[b]A:[/] {answer}   (gold: {sample['completion']})"
     )
 
+    from ray import serve
+
+    serve.shutdown()  # frees the replica's CPU share for the sweep
+
+    report_page = ""
+    if sweep:
+        from hybridft.sweep.report import build_report
+        from hybridft.sweep.tune import run_sweep
+
+        t = _step(console, 9, f"sweep {SWEEP_SPACE}: Ray Tune + Optuna TPE + ASHA, 12 trials")
+        swept = run_sweep(SWEEP_SPACE, verbose=0)
+        done = sum(1 for x in swept.trials if x["status"] == "completed")
+        console.print(
+            f"{len(swept.trials)} trials ({done} completed, the rest stopped early by ASHA) in "
+            f"{time.perf_counter() - t:.0f}s; best: {swept.best[0]['params'] if swept.best else '-'}",
+            highlight=False,
+        )
+        t = _step(console, 10, "report: SFT only vs instruction only vs best hybrid, 3 seeds")
+        page = build_report(
+            swept.sweep_dir,
+            seeds=3,
+            eval_examples=100,
+            register_as=f"{MODEL_NAME}-hybrid",
+            policy_path=POLICY,
+            on_event=lambda m: console.print(m, highlight=False),
+        )
+        verdict = json.loads((page.parent / "report.json").read_text())["verdict"]
+        console.print(f"[b]{verdict['text']}[/]", highlight=False)
+        console.print(f"report: {page}  ({time.perf_counter() - t:.0f}s)", highlight=False)
+        report_page = str(page)
+
     summary = {
         "run id": record.mlflow_run_id,
         "run dir": record.run_dir,
@@ -136,13 +170,11 @@ def run_demo(port: int = 8000, data_dir: Path = Path("data/demo")) -> dict[str, 
         "endpoint": url,
         "answered by": reply.model + " / " + (reply.system_fingerprint or ""),
         "MLflow store": record.tracking_uri,
+        "decision report": report_page or "(skipped: --no-sweep)",
         "total time": f"{time.perf_counter() - t_start:.0f}s",
     }
     table = Table(title="hybridft demo", show_header=False)
     for k, v in summary.items():
         table.add_row(k, str(v))
     console.print(table)
-    from ray import serve
-
-    serve.shutdown()
     return summary

@@ -228,3 +228,40 @@ def test_same_seed_same_sequence(tmp_path: Path, job_path: Path) -> None:
     assert sample_sequence(space, 8) == first
     other = load_space(write_space(tmp_path, job_path, "seed: 0", "seed: 1"))
     assert sample_sequence(other, 8) != first
+
+
+GRID = """\
+name: g
+job: {job}
+seed: 0
+parameters:
+  instruction_share: {{type: categorical, choices: [0.0, 0.5, 1.0]}}
+  lr.sft: {{type: categorical, choices: [1.0e-3, 3.0e-3]}}
+objectives:
+  - {{name: val_loss, direction: minimize}}
+budget: {{trials: 6, tokens: 4000}}
+sampler: {{type: grid}}
+"""
+
+
+def test_grid_sampler_visits_every_point_once_and_checks_its_space(
+    tmp_path: Path, job_path: Path
+) -> None:
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID.format(job=job_path))
+    points = sample_sequence(load_space(path), 6)
+    assert sorted((p["instruction_share"], p["lr.sft"]) for p in points) == [
+        (s, lr) for s in (0.0, 0.5, 1.0) for lr in (1e-3, 3e-3)
+    ]
+    path.write_text(GRID.format(job=job_path).replace("trials: 6", "trials: 7"))
+    assert error_of(path).endswith("budget.trials: expected at most the grid's 6 points, got 7")
+    path.write_text(
+        GRID.format(job=job_path).replace(
+            "lr.sft: {type: categorical, choices: [1.0e-3, 3.0e-3]}",
+            "lr.sft: {type: float, low: 1.0e-3, high: 3.0e-3}",
+        )
+    )
+    message = error_of(path)
+    assert (
+        f"{path}:{line_with(path, 'lr.sft')}: parameters.lr.sft: expected a categorical" in message
+    )

@@ -9,6 +9,7 @@ spec and its ``TrainResult`` and returns one number.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ def target_eval_sets(spec: JobSpec) -> dict[str, list[Any]]:
 
 
 _EVALS: dict[str, Any] = {}  # run dir -> its full evaluation (one per run, shared by measures)
+EVAL_SECONDS: dict[str, float] = {}  # run dir -> seconds its evaluation took
 
 
 def full_eval(spec: JobSpec, result: Any) -> Any:
@@ -59,6 +61,7 @@ def full_eval(spec: JobSpec, result: Any) -> Any:
 
     key = str(result.run_dir)
     if key not in _EVALS:
+        t0 = time.perf_counter()
         _EVALS[key] = evaluate_spec(
             spec,
             result.run_dir,
@@ -67,6 +70,7 @@ def full_eval(spec: JobSpec, result: Any) -> Any:
             result.fingerprints,
             progress=False,
         )
+        EVAL_SECONDS[key] = time.perf_counter() - t0
     return _EVALS[key]
 
 

@@ -218,10 +218,15 @@ def suggest_params(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """Seeded TPE; multivariate with groups, as Optuna recommends for conditional spaces."""
+    """Seeded TPE, multivariate with groups as Optuna recommends for conditional spaces; or a
+    seeded grid over the categorical choices (``sampler.type: grid``)."""
     import warnings
 
     import optuna
+
+    if space.sampler.type == "grid":
+        grid = {name: list(p.choices or []) for name, p in space.parameters.items()}
+        return optuna.samplers.GridSampler(grid, seed=space.seed)
 
     with warnings.catch_warnings():  # ``group`` is marked experimental; it is what we want
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

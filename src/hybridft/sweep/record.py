@@ -74,6 +74,7 @@ class SweepRecorder(Callback):
         entry = self._entry(trial)
         entry["status"] = "running"
         entry["starts"] += 1
+        entry.setdefault("started_at", time.time())
         if self.tracking_uri and not entry.get("mlflow_run_id"):
             registry = self._mlflow()
             tags = {

@@ -68,6 +68,9 @@ class AshaSpec(Strict):
 
 
 class SamplerSpec(Strict):
+    # tpe: Optuna's TPE; grid: every combination of the (categorical) parameters' choices, once
+    # each, in a seeded order (the baseline a search is compared with).
+    type: Literal["tpe", "grid"] = "tpe"
     # Configurations drawn at random (from the space's seed) before TPE models the results.
     startup_trials: Annotated[int, Field(ge=0)] = 10
 
@@ -240,6 +243,28 @@ def _parameter_problems(space: SearchSpace, job: JobSpec) -> list[tuple[Loc, str
     return problems
 
 
+def _grid_problems(space: SearchSpace) -> list[tuple[Loc, str]]:
+    """A grid needs every parameter categorical and unconditional (a finite product)."""
+    if space.sampler.type != "grid":
+        return []
+    problems: list[tuple[Loc, str]] = []
+    for name, p in space.parameters.items():
+        if p.type != "categorical" or p.when:
+            problems.append(
+                (("parameters", name), "expected a categorical parameter without `when` "
+                 f"(sampler.type is grid), got {p.type}" + (" with when" if p.when else ""))
+            )  # fmt: skip
+    size = 1
+    for p in space.parameters.values():
+        size *= len(p.choices or [])
+    if not problems and space.budget.trials > size:
+        problems.append(
+            (("budget", "trials"), f"expected at most the grid's {size} points, got "
+             f"{space.budget.trials}")
+        )  # fmt: skip
+    return problems
+
+
 def _goal_problems(space: SearchSpace, job: JobSpec) -> list[tuple[Loc, str]]:
     """Objectives and the early-stopping metric: produced, and with the data they need."""
     problems: list[tuple[Loc, str]] = []
@@ -302,7 +327,7 @@ def load_space(path: str | Path) -> SearchSpace:
     space = load_yaml_model(path, SearchSpace)
     space.source_file = str(path)
     job = _job_with_overrides(space, path)
-    problems = _parameter_problems(space, job) + _goal_problems(space, job)
+    problems = _parameter_problems(space, job) + _goal_problems(space, job) + _grid_problems(space)
     if not problems:
         try:
             space.sampling_order()

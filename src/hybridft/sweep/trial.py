@@ -89,7 +89,7 @@ def train_and_measure(
 ) -> dict[str, Any]:
     """One seed of one trial: ``train.run``, the measures, ``outcome.json``; then drop the
     intermediate checkpoints (the final and stage models were copied out by ``train.run``)."""
-    from hybridft.sweep.objectives import measure
+    from hybridft.sweep.objectives import EVAL_SECONDS, measure
     from hybridft.train.run import run
 
     result = run(job, run_name=run_name, resume=resume, output_dir=runs_dir, callbacks=callbacks)
@@ -102,6 +102,9 @@ def train_and_measure(
         "trained_tokens": int(last.get("trained_tokens", 0)),
         "global_steps": int(last.get("global_step", 0)),
         "wall_s": result.wall_s,
+        # inside wall_s: the training steps themselves (the rest is start-up, data, checkpoints)
+        "loop_s": sum(float(h.get("window_s", 0.0)) for h in result.history),
+        "eval_s": EVAL_SECONDS.get(str(result.run_dir), 0.0),
     }
     write_json(result.run_dir / OUTCOME_FILE, outcome)
     for ckpt in (Path(runs_dir) / "ray" / run_name).glob("checkpoint_*"):

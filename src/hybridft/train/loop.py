@@ -352,6 +352,7 @@ def _record(
         "mfu": mfu(per_worker_tps, n_params, peak),
         "peak_flops_worker": peak,
         "trained_tokens": state["tokens"],
+        "window_s": elapsed,  # wall seconds of the steps this record covers
     }
     for i, name in enumerate(stage["sources"]):
         if src[1, i] > 0:
