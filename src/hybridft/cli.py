@@ -287,6 +287,9 @@ def report(
     seeds: int = typer.Option(3, help="seeds per arm (>= 3 for intervals worth reading)"),
     eval_examples: int = typer.Option(200, help="test rows per task"),
     register: str = typer.Option(None, "--register", help="register the recommendation as NAME"),
+    score: str = typer.Option(
+        "accuracy", help="per-row target score: accuracy | prob (calibrated gold-label prob.)"
+    ),
     policy: Path = typer.Option(Path("policies/default.yaml"), help="gate for the proposal"),
     tracking_uri: str = TrackingOpt,
 ) -> None:
@@ -303,6 +306,7 @@ def report(
         policy_path=policy if policy.exists() else None,
         tracking_uri=tracking_uri,
         on_event=lambda msg: console.print(msg, highlight=False),
+        score=score,
     )
     typer.echo(str(page))
 

@@ -150,6 +150,7 @@ def run_demo(
             register_as=f"{MODEL_NAME}-hybrid",
             policy_path=POLICY,
             on_event=lambda m: console.print(m, highlight=False),
+            score="prob",  # at demo scale accuracy is still ~0; the gold-label prob. separates arms
         )
         verdict = json.loads((page.parent / "report.json").read_text())["verdict"]
         console.print(f"[b]{verdict['text']}[/]", highlight=False)

@@ -30,6 +30,9 @@ class TaskScore:
     # Per row, in eval order: label accuracy (labelled tasks) or exact match; what a report's
     # bootstrap resamples.
     per_example: list[float] = field(default_factory=list, repr=False)
+    # Per row (classification): the calibrated probability of the gold label, a continuous score
+    # that still separates models while their accuracy is near 0.
+    per_example_prob: list[float] = field(default_factory=list, repr=False)
 
     @property
     def score(self) -> float:
@@ -188,6 +191,7 @@ def evaluate_model(
                 model, tokenizer, subset, candidates, cal, phrasings, n_bins, png
             )
             tasks[name].calibration, tasks[name].robustness = calib, robust
+            tasks[name].per_example_prob = calib.pop("gold_prob")
             if png is not None:
                 artifacts[f"reliability_{name}"] = str(png)
         elif tasks[name].by_phrasing and len(tasks[name].by_phrasing) >= 3:
@@ -265,6 +269,7 @@ def _classification(
         probs = c.apply_temperature(lp, temperature)
         out.update(temperature=temperature, n_calibration=len(cal))
     out.update(
+        gold_prob=[float(p) for p in probs[np.arange(len(y)), y]],
         ece=c.ece(probs, y, n_bins),
         ece_quantile=c.ece(probs, y, n_bins, "quantile"),
         brier=c.brier(probs, y),

@@ -148,13 +148,25 @@ def _flat_from_json(doc: dict[str, Any]) -> dict[str, float]:
     return result.flat_metrics()
 
 
-def summarise_run(doc: dict[str, Any], target: str) -> dict[str, Any]:
-    """The report's numbers for one run, from its eval.json."""
+SCORES = {
+    "accuracy": "label accuracy (exact match where the task has no labels)",
+    "prob": "calibrated probability of the gold label",
+}
+
+
+def summarise_run(doc: dict[str, Any], target: str, score: str = "accuracy") -> dict[str, Any]:
+    """The report's numbers for one run, from its eval.json (``score``: a key of SCORES)."""
     flat = _flat_from_json(doc)
     task = doc["tasks"][target]
+    if score == "prob":
+        if not task.get("per_example_prob"):
+            raise UserError(f"report --score prob: task {target} has no label probabilities")
+        per = list(task["per_example_prob"])
+    else:
+        per = list(task["per_example"])
     return {
-        "per_example": list(task["per_example"]),
-        "target_score": task["accuracy"] if task["accuracy"] is not None else task["exact_match"],
+        "per_example": per,
+        "target_score": sum(per) / len(per) if per else 0.0,
         "heldout_score": (doc.get("graph") or {}).get("heldout_score"),
         "forgetting": (doc.get("graph") or {}).get("forgetting"),
         "ece": flat.get("eval/ece"),
@@ -170,6 +182,7 @@ def build_report(
     policy_path: str | Path | None = None,
     tracking_uri: str | None = None,
     on_event: Any = print,
+    score: str = "accuracy",
 ) -> Path:
     """Train and evaluate the arms, decide, write ``report/report.html`` and ``report.json``."""
     import ray
@@ -181,6 +194,8 @@ def build_report(
     from hybridft.sweep.tune import SWEEP_FILE, max_concurrent_trials
     from hybridft.train.run import ensure_ray
 
+    if score not in SCORES:
+        raise UserError(f"report --score {score!r}: expected one of {', '.join(SCORES)}")
     sweep_dir = Path(sweep_dir).resolve()
     info_path = sweep_dir / SWEEP_FILE
     if not info_path.is_file():
@@ -237,7 +252,9 @@ def build_report(
     for arm, seed, labels, job in plan:
         cached = runs_dir / job.name / RUN_RESULT
         if cached.is_file():
-            done[job.name] = json.loads(cached.read_text())
+            row = json.loads(cached.read_text())
+            doc = json.loads((Path(row["run_dir"]) / "eval.json").read_text())
+            done[job.name] = {**row, **summarise_run(doc, target, score)}
         else:
             pending.append((arm, seed, labels, job))
     on_event(f"report: {len(plan)} runs ({len(done)} reused), {width} at a time")
@@ -259,7 +276,7 @@ def build_report(
             "arm": arm, "seed": seed, "labels": labels, "run_name": job.name,
             "run_dir": str(result.run_dir), "mlflow_run_id": run_id,
             "trained_tokens": int(result.final_metrics.get("trained_tokens", 0)),
-            "wall_s": float(result.wall_s), **summarise_run(doc, target),
+            "wall_s": float(result.wall_s), **summarise_run(doc, target, score),
         }  # fmt: skip
         (runs_dir / job.name / RUN_RESULT).write_text(json.dumps(row, indent=2))
         done[job.name] = row
@@ -286,7 +303,7 @@ def build_report(
             [[t["objectives"][n] for n in names] for t in points], space.directions
         )
         pareto = [trials.index(points[i]) for i in front]
-    importances, notes = _importances(info), []
+    importances, notes = _importances(info), [f"Target score: {SCORES[score]} on {target}."]
     if not importances:
         notes.append("Parameter importances need at least two completed trials with varied values.")
     data = ReportData(
@@ -303,6 +320,7 @@ def build_report(
     page = render(data, out_dir / "report.html")
     doc = {
         "sweep": info["name"], "objective": objective, "best_trial": best["trial_id"],
+        "score": score, "target": target,
         "best_params": best["params"], "verdict": verdict.to_json(),
         "arms": [{k: v for k, v in r.items() if k != "per_example"} for r in arms],
         "efficiency": [{k: v for k, v in r.items() if k != "per_example"} for r in data.efficiency],
