@@ -97,21 +97,14 @@ def _remote_run() -> Any:
     @ray.remote(num_cpus=0, max_retries=0)
     def train_and_evaluate(job: JobSpec, run_name: str, runs_dir: str) -> Any:
         """Train (Ray Train workers hold the CPUs; this task only waits) and evaluate."""
-        from hybridft.pipeline import evaluate_spec
+        from hybridft.sweep.objectives import full_eval
         from hybridft.train.run import run
 
         resume = (Path(runs_dir) / run_name / "run.json").is_file() or (
             Path(runs_dir) / "ray" / run_name
         ).is_dir()
         result = run(job, run_name=run_name, resume=resume, output_dir=runs_dir)
-        evaluate_spec(
-            job,
-            result.run_dir,
-            result.model_dir,
-            {k: str(v) for k, v in result.stage_dirs.items()},
-            result.fingerprints,
-            progress=False,
-        )
+        full_eval(job, result)  # writes the run's eval.json
         return result
 
     return train_and_evaluate
