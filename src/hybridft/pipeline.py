@@ -235,7 +235,10 @@ def graph_scores(
     known = set(graph.tasks)
     rows = train if train is not None else training_examples(spec)
     trained = sorted({e.task or e.source for e in rows} & known)
-    scores = {name: t.score for name, t in result.tasks.items() if name in known}
+    # a source holding one task is scored under the source's name: the graph knows the task's
+    scores = {
+        (t.task or name): t.score for name, t in result.tasks.items() if (t.task or name) in known
+    }
     held = [t for t in heldout_tasks(graph, trained) if t in scores]
     out: dict[str, Any] = {
         "task_graph": spec.eval.task_graph,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +74,29 @@ def test_rephrase_rewrites_the_last_user_message_only():
     assert r.prompt_messages[-1].content == "Please: route this!"
     assert r.completion == e.completion and r.label == e.label
     assert rephrase(e, "{prompt}") is e
+
+
+def test_graph_scores_know_a_single_task_source_by_its_rows_task(small_demo_data, tmp_path):
+    """A source holding one instruction task is scored under the source's name; the task graph
+    still finds it through the rows' task (held-out cluster here: extraction was not trained)."""
+    from helpers import job_dict, write_job
+
+    from hybridft.evaluate.run import EvalResult, TaskScore
+    from hybridft.pipeline import graph_scores
+    from hybridft.specs import load_job
+
+    spec_dict = job_dict(tmp_path, small_demo_data)
+    spec_dict["eval"]["task_graph"] = str(small_demo_data / "task_graph.yaml")
+    spec = load_job(write_job(tmp_path, spec_dict))
+    result = EvalResult(
+        "m",
+        {
+            "it_desk": TaskScore(n=1, exact_match=1.0, f1=1.0, accuracy=1.0, task="it_desk"),
+            "instr_x": TaskScore(n=1, exact_match=0.25, f1=0.5, accuracy=None, task="extract_date"),
+        },
+        1.0,
+    )
+    train = [_example("t", "network low", "network low", 0)]
+    train = [replace(train[0], task="it_desk")]
+    graph = graph_scores(spec, {}, result, train)
+    assert graph["heldout_tasks"] == ["extract_date"] and graph["heldout_score"] == 0.25

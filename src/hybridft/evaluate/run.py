@@ -33,6 +33,8 @@ class TaskScore:
     # Per row (classification): the calibrated probability of the gold label, a continuous score
     # that still separates models while their accuracy is near 0.
     per_example_prob: list[float] = field(default_factory=list, repr=False)
+    # The rows' own task name (``task`` field) when they share one: what the task graph knows.
+    task: str | None = None
 
     @property
     def score(self) -> float:
@@ -173,6 +175,8 @@ def evaluate_model(
         )
         gen_s += time.perf_counter() - t0
         tasks[name] = score_task(subset, answers)
+        names = {e.task for e in subset}
+        tasks[name].task = names.pop() if len(names) == 1 else None
         samples[name] = [
             {"prompt": e.prompt_messages[-1].content, "gold": e.completion, "answer": a}
             for e, a in list(zip(subset, answers, strict=True))[:5]
