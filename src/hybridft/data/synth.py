@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from hybridft.data.synth_held_out import decontaminated_held_out
 from hybridft.data.synth_instructions import INSTRUCTION_TASKS, InstructionDraft, InstructionTask
 from hybridft.data.synth_sft import SFT_TASKS, SftDraft, SftTask
 from hybridft.data.synth_vocab import fill
@@ -129,7 +130,7 @@ def synthesize(
         r for name, by_split in rows.items() if name not in sft_draws for r in by_split["train"]
     ]
     train_rows = instruction_train + [r for t in SFT_TASKS for r in rows[t.name]["train"]]
-    clean = _decontaminated(sft_draws, sft_sizes, train_rows)
+    clean = decontaminated_held_out(sft_draws, sft_sizes, train_rows)
     for task in SFT_TASKS:
         rows[task.name].update(_sft_rows(task, clean[task.name], sft_draws[task.name][1], 0.0))
         kinds[task.name] = "sft"
@@ -296,54 +297,6 @@ def _draw_unique(
                 "lower the split sizes"
             )
     return list(found.values())
-
-
-def _decontaminated(
-    draws: dict[str, tuple[list[SftDraft], random.Random]],
-    sizes: tuple[int, int, int],
-    train_rows: list[Row],
-) -> dict[str, dict[str, list[SftDraft]]]:
-    """Each SFT task's validation and test drafts, taken from its clean held-out candidates.
-
-    One leakage-shield pass compares every task's held-out candidates with all train rows as
-    written (SFT with label noise, and instruction); candidates keep their draw order, so the
-    result depends only on the seed.
-    """
-    from hybridft.evaluate.leakage import check_leakage
-
-    n_train, n_val, n_test = sizes
-    train_texts = [_row_text(r) for r in train_rows]
-    candidates: list[tuple[str, SftDraft]] = []
-    for name, (drafts, _) in draws.items():
-        candidates += [(name, d) for d in drafts[n_train:]]
-    report = check_leakage(train_texts, [_draft_text(d) for _, d in candidates])
-    dirty = set(report.dirty)
-    out: dict[str, dict[str, list[SftDraft]]] = {}
-    for name in draws:
-        kept = [d for i, (task, d) in enumerate(candidates) if task == name and i not in dirty]
-        if len(kept) < n_val + n_test:
-            raise UserError(
-                f"synth: task {name}: only {len(kept)} held-out examples are clean of train "
-                f"overlap (leakage shield), {n_val + n_test} asked for; lower n_validation / n_test"
-            )
-        out[name] = {
-            "validation": kept[:n_val],
-            "test": kept[n_val : n_val + n_test],
-        }
-    return out
-
-
-def _draft_text(draft: SftDraft) -> str:
-    """The text the leakage shield compares (prompt and gold completion, one a line)."""
-    return f"{draft.prompt}\n{draft.completion(draft.label)}"
-
-
-def _row_text(row: Row) -> str:
-    if "prompt" in row:
-        return f"{row['prompt']}\n{row['completion']}"
-    if "messages" in row:
-        return "\n".join(m["content"] for m in row["messages"] if m["role"] != "system")
-    return "\n".join(x for x in (row["instruction"], row["input"], row["output"]) if x)
 
 
 def _split(drafts: list[Draft], sizes: tuple[int, int, int]) -> dict[str, list[Draft]]:
