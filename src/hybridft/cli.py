@@ -19,6 +19,11 @@ data_app = typer.Typer(no_args_is_help=True, help="Demo data, validation and sta
 app.add_typer(data_app, name="data")
 catalog_app = typer.Typer(no_args_is_help=True, help="The data catalog: provenance and reviews.")
 app.add_typer(catalog_app, name="catalog")
+from hybridft.cli_serve import canary_app, keys_app, review_app  # noqa: E402
+
+app.add_typer(canary_app, name="canary")
+app.add_typer(keys_app, name="keys")
+app.add_typer(review_app, name="review")
 console = Console(stderr=True)
 
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: sqlite)")

@@ -11,12 +11,14 @@ application builder ``hybridft.serve.deployment:build_app`` and the fields of
 # No `from __future__ import annotations` here: Serve cloudpickles the routes by value with only
 # the globals their bytecode uses, so string annotations (the request models) would not resolve in
 # the replica and FastAPI would read the body parameter as a query parameter.
+import asyncio
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +44,7 @@ from hybridft.serve.openai_api import (
     chat_chunks,
     completion_chunks,
     error_from_validation,
+    parse_request,
     sse_events,
 )
 
@@ -123,10 +126,26 @@ app.add_exception_handler(StarletteHTTPException, _on_http_error)
 app.add_exception_handler(Exception, _on_unexpected_error)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8)
+async def _in_thread(events: Iterator[str]) -> AsyncIterator[str]:
+    """Drive a blocking generator from a thread, one item at a time, off the event loop."""
+    done = object()
+    while True:
+        item = await asyncio.to_thread(next, events, done)
+        if item is done:
+            return
+        yield item  # type: ignore[misc]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 @serve.ingress(app)
 class ModelServer:
-    """One model version: loads the HF directory once per replica, answers OpenAI requests."""
+    """One model version: loads the HF directory once per replica, answers OpenAI requests.
+
+    Reachable two ways: over HTTP (its own routes, when the application has a route prefix) and
+    through a DeploymentHandle (``answer`` / ``answer_stream``), which is how the canary router
+    calls it. Non-streamed generations from concurrent requests are decoded together in one
+    batched, KV-cached loop (``serve.batch``).
+    """
 
     def __init__(
         self,
@@ -134,13 +153,53 @@ class ModelServer:
         model_name: str,
         version: str,
         max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
+        tasks: dict[str, dict[str, Any]] | None = None,
+        max_batch_size: int = 16,
+        batch_wait_s: float = 0.004,
     ) -> None:
         self.engine = GenerationEngine.from_dir(model_dir)
         self.model_name = model_name
         self.version = version
         self.version_tag = f"{model_name}/{version}"
         self.max_tokens_limit = max_tokens_limit
+        self.tasks = tasks or {}
         self.created = int(time.time())
+        self._generate_batched.set_max_batch_size(max_batch_size)
+        self._generate_batched.set_batch_wait_timeout_s(batch_wait_s)
+
+    # --- the handle API (the canary router) ---------------------------------------------------
+
+    async def answer(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer a ``chat`` or ``completion`` body: ``{"status": int, "body": dict}``."""
+        try:
+            request = parse_request(kind, body)
+            if request.stream:
+                raise OpenAIError(400, "stream: use answer_stream for streamed requests")
+            return {"status": 200, "body": await self._complete(kind, request)}
+        except OpenAIError as err:
+            return {"status": err.status, "body": err.body()}
+
+    async def answer_stream(self, kind: str, body: dict[str, Any]) -> AsyncIterator[str]:
+        """Server-sent events for a streamed request (errors in-band, as ``sse_events`` does)."""
+        try:
+            request = parse_request(kind, body)
+            steps = self._stream_steps(kind, request)
+        except OpenAIError as err:
+            yield f"data: {json.dumps(err.body())}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        async for event in _in_thread(sse_events(steps)):
+            yield event
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "version": self.version,
+            "created": self.created,
+            "tasks": {k: v.get("labels", []) for k, v in self.tasks.items()},
+        }
+
+    # --- HTTP routes ----------------------------------------------------------------------------
 
     @app.get("/health")
     def health(self) -> dict[str, str]:
@@ -156,49 +215,77 @@ class ModelServer:
         return self._card().model_dump()
 
     @app.post("/v1/chat/completions")
-    def chat_completions(self, request: ChatCompletionRequest) -> Response:
-        self._check_model(request.model)
-        prompt_ids = self._prompt(
-            lambda: self.engine.chat_prompt_ids([m.template_dict() for m in request.messages]),
-            param="messages",
-        )
-        params = self._sampling(request)
+    async def chat_completions(self, request: ChatCompletionRequest) -> Response:
         if request.stream:
-            steps = self.engine.stream(prompt_ids, params)
-            return _sse(chat_chunks(steps, self._ids(), request.include_usage()))
-        out = self._run(lambda: self.engine.generate(prompt_ids, params))
-        body = ChatCompletion(
-            model=self.model_name,
-            system_fingerprint=self.version_tag,
-            choices=[
-                ChatChoice(
-                    message=AssistantMessage(content=out.text), finish_reason=out.finish_reason
-                )
-            ],
-            usage=Usage.of(out.prompt_tokens, out.completion_tokens),
-        )
-        return JSONResponse(body.model_dump())
+            return _sse(self._stream_steps("chat", request))
+        return JSONResponse(await self._complete("chat", request))
 
     @app.post("/v1/completions")
-    def completions(self, request: CompletionRequest) -> Response:
-        self._check_model(request.model)
-        prompt_ids = self._prompt(
-            lambda: self.engine.text_prompt_ids(request.prompt), param="prompt"
-        )
-        params = self._sampling(request)
+    async def completions(self, request: CompletionRequest) -> Response:
         if request.stream:
-            steps = self.engine.stream(prompt_ids, params)
-            return _sse(completion_chunks(steps, self._ids(), request.include_usage()))
-        out = self._run(lambda: self.engine.generate(prompt_ids, params))
-        body = TextCompletion(
-            model=self.model_name,
-            system_fingerprint=self.version_tag,
-            choices=[CompletionChoice(text=out.text, finish_reason=out.finish_reason)],
-            usage=Usage.of(out.prompt_tokens, out.completion_tokens),
-        )
-        return JSONResponse(body.model_dump())
+            return _sse(self._stream_steps("completion", request))
+        return JSONResponse(await self._complete("completion", request))
 
     # --- helpers ------------------------------------------------------------------------------
+
+    async def _complete(self, kind: str, request: Any) -> dict[str, Any]:
+        self._check_model(request.model)
+        prompt_ids = self._prompt_ids(kind, request)
+        scoring = self._label_set(request)
+        out = await self._generate_batched((prompt_ids, self._sampling(request)))
+        if isinstance(out, Exception):
+            self._raise(out)
+        usage = Usage.of(out.prompt_tokens, out.completion_tokens)
+        if kind == "chat":
+            message = AssistantMessage(content=out.text)
+            body: dict[str, Any] = ChatCompletion(
+                model=self.model_name,
+                system_fingerprint=self.version_tag,
+                choices=[ChatChoice(message=message, finish_reason=out.finish_reason)],
+                usage=usage,
+            ).model_dump()
+        else:
+            body = TextCompletion(
+                model=self.model_name,
+                system_fingerprint=self.version_tag,
+                choices=[CompletionChoice(text=out.text, finish_reason=out.finish_reason)],
+                usage=usage,
+            ).model_dump()
+        if scoring is not None:
+            labels, temperature, task = scoring
+            try:
+                probs = await asyncio.to_thread(
+                    self.engine.label_probs, prompt_ids, labels, temperature
+                )
+            except Exception as exc:
+                self._raise(exc)
+            top = max(probs, key=probs.__getitem__)
+            body["hybridft"] = {
+                "task": task,
+                "label_probs": probs,
+                "label": top,
+                "confidence": probs[top],
+                "calibrated": temperature != 1.0,
+            }
+        return body
+
+    def _stream_steps(self, kind: str, request: Any) -> Iterator[BaseModel]:
+        self._check_model(request.model)
+        if request.labels or request.task:
+            raise OpenAIError(
+                400,
+                "labels/task: label probabilities are not returned on streamed requests",
+                param="stream",
+            )
+        prompt_ids = self._prompt_ids(kind, request)
+        steps = self.engine.stream(prompt_ids, self._sampling(request))
+        chunks = chat_chunks if kind == "chat" else completion_chunks
+        return chunks(steps, self._ids(), request.include_usage())
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.004)
+    async def _generate_batched(self, items: list[tuple[list[int], SamplingParams]]) -> list[Any]:
+        # One decode loop for every request that arrived within the wait window.
+        return await asyncio.to_thread(self.engine.generate_batch, items)
 
     def _ids(self) -> dict[str, str]:
         return {"model": self.model_name, "system_fingerprint": self.version_tag}
@@ -214,6 +301,31 @@ class ModelServer:
                 param="model",
                 code="model_not_found",
             )
+
+    def _label_set(self, request: Any) -> tuple[list[str], float, str | None] | None:
+        if request.task is not None:
+            if request.task not in self.tasks:
+                known = ", ".join(sorted(self.tasks)) or "none"
+                raise OpenAIError(
+                    400,
+                    f"task: {request.task!r} is not a classification task of this model "
+                    f"(known: {known})",
+                    param="task",
+                )
+            entry = self.tasks[request.task]
+            labels = list(request.labels or entry["labels"])
+            return labels, float(entry.get("temperature") or 1.0), request.task
+        if request.labels:
+            if len(set(request.labels)) != len(request.labels):
+                raise OpenAIError(400, "labels: expected distinct labels", param="labels")
+            return list(request.labels), 1.0, None
+        return None
+
+    def _prompt_ids(self, kind: str, request: Any) -> list[int]:
+        if kind == "chat":
+            messages = [m.template_dict() for m in request.messages]
+            return self._prompt(lambda: self.engine.chat_prompt_ids(messages), param="messages")
+        return self._prompt(lambda: self.engine.text_prompt_ids(request.prompt), param="prompt")
 
     def _prompt(self, encode: Any, param: str) -> list[int]:
         try:
@@ -256,16 +368,14 @@ class ModelServer:
             seed=request.seed,
         )
 
-    def _run(self, generate: Any) -> Any:
-        try:
-            return generate()
-        except OpenAIError:
-            raise
-        except UserError as exc:
+    def _raise(self, exc: BaseException) -> NoReturn:
+        if isinstance(exc, OpenAIError):
+            raise exc
+        if isinstance(exc, UserError):
             raise OpenAIError(400, str(exc)) from exc
-        except Exception as exc:  # never let one request take the replica down
-            logger.exception("generation failed")
-            raise OpenAIError(500, f"generation failed: {exc}", type="server_error") from exc
+        # never let one request take the replica down
+        logger.error("generation failed: %s: %s", type(exc).__name__, exc)
+        raise OpenAIError(500, f"generation failed: {exc}", type="server_error") from exc
 
 
 class ServeModelArgs(BaseModel):
@@ -278,6 +388,10 @@ class ServeModelArgs(BaseModel):
     version: Annotated[str, Field(min_length=1)]
     num_cpus: Annotated[float, Field(gt=0)] = 0.5
     max_tokens_limit: Annotated[int, Field(ge=1)] = DEFAULT_MAX_TOKENS_LIMIT
+    # Classification tasks: {task: {"labels": [...], "temperature": T}} (from the eval result).
+    tasks: dict[str, dict[str, Any]] = {}
+    max_batch_size: Annotated[int, Field(ge=1, le=256)] = 16
+    num_replicas: Annotated[int, Field(ge=1)] = 1
 
     @field_validator("model_dir")
     @classmethod
@@ -301,11 +415,15 @@ def build_app(args: ServeModelArgs) -> serve.Application:
     """
     if not isinstance(args, ServeModelArgs):  # `serve run ... key=value` passes a dict
         args = ServeModelArgs.model_validate(args)
-    return ModelServer.options(ray_actor_options={"num_cpus": args.num_cpus}).bind(
+    return ModelServer.options(
+        ray_actor_options={"num_cpus": args.num_cpus}, num_replicas=args.num_replicas
+    ).bind(
         model_dir=args.model_dir,
         model_name=args.model_name,
         version=args.version,
         max_tokens_limit=args.max_tokens_limit,
+        tasks=args.tasks,
+        max_batch_size=args.max_batch_size,
     )
 
 

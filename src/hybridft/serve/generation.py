@@ -9,10 +9,13 @@ the tests.
 from __future__ import annotations
 
 import inspect
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from hybridft.errors import UserError
 
@@ -64,6 +67,11 @@ class GenerationEngine:
         # transformers 5.x is renaming the forward kwarg `past_key_values` to `cache`.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        # Only the last position's logits are needed to pick a token: skip the rest of the lm_head.
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._vocab = int(model.get_input_embeddings().num_embeddings)
+        pad = tokenizer.pad_token_id
+        self._pad_id = min(self.eos_ids) if pad is None else int(pad)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> GenerationEngine:
@@ -121,23 +129,9 @@ class GenerationEngine:
         import torch
 
         prompt_len = len(prompt_ids)
-        if prompt_len == 0:
-            raise UserError("prompt is empty after tokenization")
-        budget = params.max_tokens
-        if self.max_position is not None:
-            if prompt_len >= self.max_position:
-                raise UserError(
-                    f"prompt has {prompt_len} tokens; the model's context is {self.max_position}"
-                )
-            budget = min(budget, self.max_position - prompt_len)
+        budget = self._budget(prompt_ids, params.max_tokens)
         holdback = max((len(s) for s in params.stop), default=1) - 1
-        generator = None
-        if params.temperature > 0:
-            generator = torch.Generator()
-            if params.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(params.seed)
+        generator = _generator(params)
 
         from transformers import DynamicCache
 
@@ -165,6 +159,236 @@ class GenerationEngine:
                     emitted = ready
                 inputs = torch.tensor([[token]], dtype=torch.long)
         yield StreamStep(text[emitted:], finish, prompt_len, len(new_ids))
+
+    def generate_batch(
+        self, requests: Sequence[tuple[Sequence[int], SamplingParams]]
+    ) -> list[Completion | Exception]:
+        """Generate several completions with one batched, KV-cached decode (one forward a step).
+
+        Prompts are left-padded to one length and masked, so each row gets the answer
+        ``generate`` gives it alone (same greedy tokens, same seeded samples, same stop rules). A
+        row that finishes leaves the batch, cache included, so the others go on without it.
+
+        Args:
+            requests: ``(prompt_ids, params)`` pairs.
+
+        Returns:
+            One entry per request, in order: its ``Completion``, or the ``UserError`` that
+            rejected it (a rejected request does not affect the others).
+        """
+        results: dict[int, Completion | Exception] = {}
+        rows: list[_BatchRow] = []
+        for slot, (prompt_ids, params) in enumerate(requests):
+            try:
+                budget = self._budget(prompt_ids, params.max_tokens)
+            except UserError as err:
+                results[slot] = err
+                continue
+            row = _BatchRow(slot, list(prompt_ids), params, budget, _generator(params))
+            if budget > 0:
+                rows.append(row)
+            else:
+                results[slot] = row.completion(self.tokenizer)
+        if rows:
+            self._decode_batch(rows)
+        for row in rows:
+            results[row.slot] = row.completion(self.tokenizer)
+        return [results[slot] for slot in range(len(requests))]
+
+    def label_probs(
+        self, prompt_ids: Sequence[int], labels: Sequence[str], temperature: float = 1.0
+    ) -> dict[str, float]:
+        """Probability of each candidate label as the completion of ``prompt_ids``.
+
+        Each label is tokenised on its own (no special tokens) and appended to the prompt; its
+        score is the summed log-probability of those tokens. Scores are normalised over the
+        candidates by ``calibration.apply_temperature`` (softmax of score / temperature), the
+        evaluation's own label-probability function.
+
+        Args:
+            prompt_ids: The prompt tokens (e.g. from ``chat_prompt_ids``).
+            labels: The candidate labels: non-empty, distinct strings, exactly as the
+                completion would spell them (leading space included, if any).
+            temperature: Divides the scores before the softmax; ``> 1`` flattens.
+
+        Returns:
+            ``{label: probability}`` in the order of ``labels``, summing to 1.
+        """
+        from hybridft.evaluate.calibration import apply_temperature
+
+        label_ids = self._label_ids(labels)
+        if not temperature > 0:
+            raise UserError(f"temperature: expected > 0, got {temperature}")
+        self._budget(prompt_ids, 0)
+        longest = len(prompt_ids) + max(len(ids) for ids in label_ids)
+        if self.max_position is not None and longest > self.max_position:
+            raise UserError(
+                f"prompt plus label has {longest} tokens; the model's context is "
+                f"{self.max_position}"
+            )
+        scores = self._continuation_logprobs(list(prompt_ids), label_ids)
+        probs = apply_temperature(np.asarray([scores]), temperature)[0]
+        return {label: float(p) for label, p in zip(labels, probs, strict=True)}
+
+    def _budget(self, prompt_ids: Sequence[int], max_tokens: int) -> int:
+        """Tokens the prompt leaves room for, at most ``max_tokens``; a bad prompt raises."""
+        prompt_len = len(prompt_ids)
+        if prompt_len == 0:
+            raise UserError("prompt is empty after tokenization")
+        if min(prompt_ids) < 0 or max(prompt_ids) >= self._vocab:
+            raise UserError(f"prompt has token ids outside the vocabulary [0, {self._vocab})")
+        if self.max_position is None:
+            return max_tokens
+        if prompt_len >= self.max_position:
+            raise UserError(
+                f"prompt has {prompt_len} tokens; the model's context is {self.max_position}"
+            )
+        return min(max_tokens, self.max_position - prompt_len)
+
+    def _decode_batch(self, rows: list[_BatchRow]) -> None:
+        """Decode ``rows`` together until every one has finished."""
+        import torch
+        from transformers import DynamicCache
+
+        width = max(len(row.prompt) for row in rows)
+        with torch.inference_mode():
+            inputs = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+            # Room for every step's column; column `length - 1` is the newest token.
+            steps = max(row.budget for row in rows) - 1
+            mask = torch.zeros((len(rows), width + steps), dtype=torch.long)
+            for i, row in enumerate(rows):
+                inputs[i, width - len(row.prompt) :] = torch.tensor(row.prompt)
+                mask[i, width - len(row.prompt) : width] = 1
+            positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+            cache = DynamicCache(config=self.model.config)
+            kwargs = {self._cache_kwarg: cache, "use_cache": True, **self._last_logits}
+            length = width
+            while True:
+                out = self.model(
+                    input_ids=inputs,
+                    attention_mask=mask[:, :length],
+                    position_ids=positions,
+                    **kwargs,
+                )
+                tokens = _pick_tokens(out.logits[:, -1], rows)
+                keep = [
+                    i
+                    for i, (row, token) in enumerate(zip(rows, tokens, strict=True))
+                    if not row.push(token, self.tokenizer, self.eos_ids)
+                ]
+                if not keep:
+                    return
+                if len(keep) < len(rows):
+                    # Finished rows leave the batch: no more compute spent on them.
+                    index = torch.tensor(keep)
+                    cache.batch_select_indices(index)
+                    mask, positions = mask[index], positions[index]
+                    rows, tokens = [rows[i] for i in keep], [tokens[i] for i in keep]
+                mask[:, length] = 1
+                length += 1
+                positions = positions[:, -1:] + 1
+                inputs = torch.tensor(tokens, dtype=torch.long)[:, None]
+
+    def _label_ids(self, labels: Sequence[str]) -> list[list[int]]:
+        if isinstance(labels, str) or not labels:
+            raise UserError(f"labels: expected a non-empty list of strings, got {labels!r}")
+        if not all(isinstance(label, str) and label for label in labels):
+            raise UserError(f"labels: expected non-empty strings, got {list(labels)!r}")
+        duplicates = sorted(label for label, n in Counter(labels).items() if n > 1)
+        if duplicates:
+            raise UserError(f"labels: expected distinct labels, got duplicates {duplicates!r}")
+        ids = [self.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+        empty = [label for label, i in zip(labels, ids, strict=True) if not i]
+        if empty:
+            raise UserError(f"labels: {empty!r} tokenise to no tokens")
+        return [[int(t) for t in i] for i in ids]
+
+    def _continuation_logprobs(self, prompt: list[int], conts: list[list[int]]) -> list[float]:
+        """Summed log-probs of each continuation after ``prompt`` (prompt run once, cache shared).
+
+        ``evaluate.scoring`` scores ``Example``s under bf16 autocast; serving stays in fp32.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        with torch.inference_mode():
+            cache = DynamicCache(config=self.model.config)
+            kwargs = {self._cache_kwarg: cache, "use_cache": True}
+            head = self.model(input_ids=torch.tensor([prompt]), **kwargs, **self._last_logits)
+            first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
+            scores = [float(first[c[0]]) for c in conts]
+            width = max(len(c) for c in conts) - 1
+            if width == 0:
+                return scores
+            # Every continuation but its last token, right-padded (causal attention keeps the
+            # padding after a row's tokens from reaching them), on the prompt's repeated cache.
+            cache.batch_repeat_interleave(len(conts))
+            ids = torch.full((len(conts), width), self._pad_id, dtype=torch.long)
+            for r, c in enumerate(conts):
+                ids[r, : len(c) - 1] = torch.tensor(c[:-1])
+            logp = torch.log_softmax(self.model(input_ids=ids, **kwargs).logits.float(), dim=-1)
+            for r, c in enumerate(conts):
+                if len(c) > 1:
+                    target = torch.tensor(c[1:])[:, None]
+                    scores[r] += float(logp[r, : len(c) - 1].gather(1, target).sum())
+        return scores
+
+
+@dataclass
+class _BatchRow:
+    """One request's state inside ``generate_batch``."""
+
+    slot: int
+    prompt: list[int]
+    params: SamplingParams
+    budget: int
+    generator: Any
+    new_ids: list[int] = field(default_factory=list)
+    text: str | None = None  # kept per step only for rows with stop strings
+    finish: FinishReason = "length"
+
+    def push(self, token: int, tokenizer: Any, eos_ids: frozenset[int]) -> bool:
+        """Add a token; True once the row is finished (the rules of ``stream``, in its order)."""
+        self.new_ids.append(token)
+        if token in eos_ids:
+            self.finish = "stop"
+            self.text = tokenizer.decode(self.new_ids[:-1], skip_special_tokens=True)
+            return True
+        if self.params.stop:  # decode every step only where a stop string is looked for
+            self.text = tokenizer.decode(self.new_ids, skip_special_tokens=True)
+            cut = _first_stop(self.text, self.params.stop)
+            if cut is not None:
+                self.text, self.finish = self.text[:cut], "stop"
+                return True
+        return len(self.new_ids) >= self.budget
+
+    def completion(self, tokenizer: Any) -> Completion:
+        text = self.text
+        if text is None:
+            text = tokenizer.decode(self.new_ids, skip_special_tokens=True)
+        return Completion(text, self.finish, len(self.prompt), len(self.new_ids))
+
+
+def _generator(params: SamplingParams) -> Any:
+    """The request's own sampling RNG (None when greedy), seeded when the request has a seed."""
+    import torch
+
+    if not params.temperature > 0:
+        return None
+    generator = torch.Generator()
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(params.seed)
+    return generator
+
+
+def _pick_tokens(logits: Any, rows: list[_BatchRow]) -> list[int]:
+    greedy = logits.argmax(dim=-1).tolist()  # one call for every greedy row
+    return [
+        token if row.generator is None else _pick_token(logits[i], row.params, row.generator)
+        for i, (row, token) in enumerate(zip(rows, greedy, strict=True))
+    ]
 
 
 def _pick_token(logits: Any, params: SamplingParams, generator: Any) -> int:

@@ -66,6 +66,11 @@ class _GenerationRequest(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # hybridft extensions (the openai client sends them with ``extra_body``): score the prompt's
+    # answer over these candidate labels, or over the labels of one of the model's evaluated tasks
+    # (then with the temperature fitted on its calibration split).
+    labels: Annotated[list[StopString], Field(min_length=2, max_length=64)] | None = None
+    task: str | None = None
 
     @field_validator("n")
     @classmethod
@@ -324,3 +329,24 @@ def sse_events(chunks: Iterator[BaseModel]) -> Iterator[str]:
         err = OpenAIError(500, f"generation failed: {exc}", type="server_error")
         yield f"data: {json.dumps(err.body())}\n\n"
     yield "data: [DONE]\n\n"
+
+
+def parse_request(kind: str, body: Any) -> ChatCompletionRequest | CompletionRequest:
+    """Validate a decoded JSON body for ``kind`` (``chat`` or ``completion``) into its request.
+
+    Raises:
+        OpenAIError: 400 naming the first bad field (the same error FastAPI's validation gives).
+    """
+    from pydantic import ValidationError
+
+    model = ChatCompletionRequest if kind == "chat" else CompletionRequest
+    if not isinstance(body, dict):
+        raise OpenAIError(
+            400,
+            f"request body: expected a JSON object, got {type(body).__name__}",
+            code="invalid_request",
+        )
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise error_from_validation(list(exc.errors())) from None

@@ -1,4 +1,5 @@
-"""A fresh MLflow sqlite store per test, copied from one template (creating the tables is slow)."""
+"""Registry fixtures (a fresh MLflow sqlite store per test, copied from one template: creating
+the tables is slow). Loaded by the root conftest so registry and serve tests share them."""
 
 from __future__ import annotations
 

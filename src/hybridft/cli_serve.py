@@ -1,0 +1,253 @@
+"""``hybridft canary | keys | review``: the serving side's commands (thin; logic in serve/)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+ServeDirOpt = typer.Option(Path(".hybridft/serve"), "--serve-dir", help="endpoint state folder")
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: sqlite)")
+
+canary_app = typer.Typer(no_args_is_help=True, help="Canary releases: run, inspect, manual gates.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of the serving endpoint (hashed).")
+review_app = typer.Typer(no_args_is_help=True, help="The human review queue of flagged answers.")
+
+
+def _controller(spec_path: Path, serve_dir: Path, tracking_uri: str | None, deploy: bool):
+    from hybridft.registry.access import current_user
+    from hybridft.registry.client import Registry
+    from hybridft.registry.policy import load_policy
+    from hybridft.serve.canary import ServePaths, load_canary_spec
+    from hybridft.serve.controller import CanaryController
+    from hybridft.serve.endpoint import ServeDeployer
+
+    spec = load_canary_spec(spec_path)
+    registry = Registry(tracking_uri)
+    deployer = ServeDeployer(registry, spec.model) if deploy else None
+    return CanaryController(
+        spec, ServePaths(serve_dir), registry, load_policy(spec.policy), current_user(), deployer
+    )
+
+
+@canary_app.command("run")
+def canary_run(
+    spec_path: Path = typer.Argument(..., help="canary spec (serve/canary.yaml)"),
+    serve_dir: Path = ServeDirOpt,
+    port: int = typer.Option(8000),
+    host: str = typer.Option("127.0.0.1"),
+    deploy: bool = typer.Option(True, help="deploy versions on Ray Serve (off: simulated traffic)"),
+    poll: float = typer.Option(1.0, help="seconds between controller ticks"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Serve the model's champion behind the canary router and run the controller (Ctrl-C stops
+    the controller; the endpoint keeps serving). Point @canary at a version to start a canary."""
+    from hybridft.serve.canary import CanaryStore, ServePaths
+
+    controller = _controller(spec_path, serve_dir, tracking_uri, deploy)
+    if deploy:
+        from hybridft.serve.endpoint import start_endpoint
+        from hybridft.train.run import ensure_ray
+
+        ensure_ray()
+        url = start_endpoint(controller.spec, serve_dir, controller.registry, host=host, port=port)
+        console.print(f"[green]serving[/] {controller.spec.model} at {url}")
+    else:
+        store = CanaryStore(ServePaths(serve_dir).state)
+        if not store.exists():
+            champion = controller.registry.resolve(
+                f"{controller.spec.model}@{controller.spec.champion_alias}"
+            )
+            store.init(controller.spec.model, champion.version)
+    console.print(f"canary controller for {controller.spec.model}: ticking every {poll}s")
+    try:
+        controller.run(poll_s=poll)
+    except KeyboardInterrupt:
+        pass
+
+
+@canary_app.command("status")
+def canary_status(
+    serve_dir: Path = ServeDirOpt, as_json: bool = typer.Option(False, "--json")
+) -> None:
+    """The canary's state and its recent decisions."""
+    from hybridft.serve.canary import CanaryStore, ServePaths
+
+    state = CanaryStore(ServePaths(serve_dir).state).read()
+    if as_json:
+        out.print_json(state.model_dump_json())
+        return
+    out.print(
+        f"[b]{state.model}[/]: primary {state.primary}, canary {state.canary or '-'}, "
+        f"status [b]{state.status}[/], weight {state.weight:.2f}, mode {state.mode}, "
+        f"intervals {state.intervals}, failed checks {state.failed_checks}"
+    )
+    table = Table("when", "decision", "weight", "who", "reason")
+    for d in state.history[-15:]:
+        when = time.strftime("%H:%M:%S", time.localtime(d.at))
+        table.add_row(when, d.decision, f"{d.weight:.2f}", d.who, d.reason)
+    out.print(table)
+
+
+def _manual(action: str, serve_dir: Path, reason: str, weight: float | None = None) -> None:
+    from hybridft.registry.access import current_user
+    from hybridft.serve.canary import CanaryStore, ServePaths, manual_action
+
+    user = current_user()
+    state = manual_action(
+        CanaryStore(ServePaths(serve_dir).state), action, user.name, reason, weight
+    )
+    console.print(f"{action}: status {state.status}, weight {state.weight:.2f}")
+
+
+@canary_app.command("pause")
+def canary_pause(serve_dir: Path = ServeDirOpt, reason: str = typer.Option("")) -> None:
+    """Stop the analysis and keep the current weight."""
+    _manual("pause", serve_dir, reason)
+
+
+@canary_app.command("resume")
+def canary_resume(serve_dir: Path = ServeDirOpt, reason: str = typer.Option("")) -> None:
+    """Resume a paused canary."""
+    _manual("resume", serve_dir, reason)
+
+
+@canary_app.command("weight")
+def canary_weight(
+    weight: float = typer.Argument(..., help="canary share in [0, 1]"),
+    serve_dir: Path = ServeDirOpt,
+    reason: str = typer.Option(""),
+) -> None:
+    """Set the canary's traffic share now."""
+    _manual("weight", serve_dir, reason, weight)
+
+
+@canary_app.command("promote")
+def canary_promote(
+    spec_path: Path = typer.Argument(..., help="canary spec"),
+    serve_dir: Path = ServeDirOpt,
+    reason: str = typer.Option(..., help="why, for the audit log"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Promote the canary now: @champion moves through the policy gates (releaser; audited)."""
+    controller = _controller(spec_path, serve_dir, tracking_uri, deploy=False)
+    decision = controller.promote_now(controller.user, reason)
+    console.print(f"{decision.decision}: {decision.reason}")
+    if decision.decision != "promote":
+        raise typer.Exit(1)
+
+
+@canary_app.command("rollback")
+def canary_rollback(
+    spec_path: Path = typer.Argument(..., help="canary spec"),
+    serve_dir: Path = ServeDirOpt,
+    reason: str = typer.Option(..., help="why, for the audit log"),
+    tracking_uri: str = TrackingOpt,
+) -> None:
+    """Send all traffic back to the primary now (releaser; audited)."""
+    controller = _controller(spec_path, serve_dir, tracking_uri, deploy=False)
+    decision = controller.rollback_now(controller.user, reason)
+    console.print(f"{decision.decision}: {decision.reason}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(...),
+    role: str = typer.Option("user", help="user | admin"),
+    serve_dir: Path = ServeDirOpt,
+) -> None:
+    """Create a key; it is printed once (stdout) and stored only as a hash."""
+    from hybridft.serve.canary import ServePaths
+    from hybridft.serve.keys import KeyStore
+
+    key = KeyStore(ServePaths(serve_dir).keys).create(name, role)
+    print(key)
+    console.print(f"created {role} key for {name} (store it now: it is not shown again)")
+
+
+@keys_app.command("list")
+def keys_list(serve_dir: Path = ServeDirOpt) -> None:
+    """Active keys (never their material)."""
+    from hybridft.serve.canary import ServePaths
+    from hybridft.serve.keys import KeyStore
+
+    table = Table("id", "name", "role", "created")
+    for info in KeyStore(ServePaths(serve_dir).keys).list():
+        table.add_row(info.key_id, info.name, info.role, info.created_at)
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name_or_id: str = typer.Argument(...), serve_dir: Path = ServeDirOpt) -> None:
+    """Revoke a key by name or id."""
+    from hybridft.serve.canary import ServePaths
+    from hybridft.serve.keys import KeyStore
+
+    info = KeyStore(ServePaths(serve_dir).keys).revoke(name_or_id)
+    console.print(f"revoked {info.name} ({info.key_id})")
+
+
+@review_app.command("list")
+def review_list(
+    status: str = typer.Option("open", help="open | resolved | all"),
+    limit: int = typer.Option(50),
+    serve_dir: Path = ServeDirOpt,
+) -> None:
+    """Answers flagged for low confidence."""
+    from hybridft.serve.canary import ServePaths
+    from hybridft.serve.review import ReviewQueue
+
+    queue = ReviewQueue(ServePaths(serve_dir).review)
+    table = Table("request", "version", "confidence", "answer", "prompt", "status")
+    for item in queue.list(status, limit):
+        conf = f"{item.confidence:.2f}" if item.confidence is not None else "-"
+        table.add_row(
+            item.request_id,
+            item.version,
+            conf,
+            item.answer[:40],
+            item.prompt[:60],
+            item.status if item.status == "open" else f"{item.status}: {item.label}",
+        )
+    out.print(table)
+    counts = queue.counts()
+    console.print(f"{counts['open']} open, {counts['resolved']} resolved")
+
+
+@review_app.command("resolve")
+def review_resolve(
+    request_id: str = typer.Argument(...),
+    label: str = typer.Argument(..., help="the correct answer / label"),
+    note: str = typer.Option(""),
+    serve_dir: Path = ServeDirOpt,
+) -> None:
+    """Give a flagged answer its correct label (it becomes training data for retraining)."""
+    from hybridft.registry.access import current_user
+    from hybridft.serve.canary import ServePaths
+    from hybridft.serve.review import ReviewQueue
+
+    item = ReviewQueue(ServePaths(serve_dir).review).resolve(
+        request_id, label, current_user().name, note
+    )
+    console.print(f"resolved {item.request_id}: {item.label!r} by {item.reviewer}")
+
+
+@review_app.command("export")
+def review_export(
+    path: Path = typer.Argument(..., help="JSONL file of labelled rows (task format)"),
+    serve_dir: Path = ServeDirOpt,
+) -> None:
+    """Write resolved items as labelled training rows."""
+    from hybridft.serve.canary import ServePaths
+    from hybridft.serve.review import ReviewQueue
+
+    n = ReviewQueue(ServePaths(serve_dir).review).export_labelled(path)
+    console.print(f"wrote {n} labelled rows to {path}")
+    print(json.dumps({"rows": n, "path": str(path)}))

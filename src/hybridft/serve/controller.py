@@ -1,0 +1,460 @@
+"""The canary controller: analysis every interval, then advance, hold, promote or roll back.
+
+Everything it knows is on disk: the canary state file (weight, step, failed checks, history),
+the request log and feedback (``traffic.db``) and the registry. ``tick`` reads them, decides, and
+writes the state back under the state file's lock, so a controller killed at any point restarts
+where it was. Promotion moves ``@champion`` through the policy gates; every decision other than
+"hold" is appended to the audit log and tagged on the canary's model version.
+
+Registry hook: pointing ``@canary`` at a version (``hybridft promote REF --alias canary``) starts
+a canary of that version on the next tick.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from hybridft.registry.access import User, require
+from hybridft.registry.audit import AuditRecord, append_audit, default_audit_path
+from hybridft.registry.client import Registry
+from hybridft.registry.gates import alias_version, promote
+from hybridft.registry.policy import Policy
+from hybridft.serve import analysis
+from hybridft.serve.canary import CanarySpec, CanaryState, CanaryStore, Decision, ServePaths
+from hybridft.serve.review import FeedbackStore
+
+logger = logging.getLogger(__name__)
+
+CANARY_ARMS = ("canary", "shadow")
+RETIRE_AFTER_S = 5.0  # a retired version keeps serving this long: routers switch, in-flight ends
+
+
+class Deployer(Protocol):
+    """Starts and stops the model deployment of a version (Serve in production)."""
+
+    def deploy(self, version: str) -> None: ...
+
+    def retire(self, version: str) -> None: ...
+
+
+class NoDeployer:
+    """For a canary whose traffic is simulated: versions need no replicas."""
+
+    def deploy(self, version: str) -> None:
+        return None
+
+    def retire(self, version: str) -> None:
+        return None
+
+
+class CanaryController:
+    """Drive one model's canary from its spec; call :meth:`tick` as often as you like."""
+
+    def __init__(
+        self,
+        spec: CanarySpec,
+        paths: ServePaths,
+        registry: Registry,
+        policy: Policy,
+        user: User,
+        deployer: Deployer | None = None,
+        audit_path: str | Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.paths = paths
+        self.store = CanaryStore(paths.state)
+        self.traffic = FeedbackStore(paths.traffic)
+        self.registry = registry
+        self.policy = policy
+        self.audit_path = Path(audit_path or default_audit_path(registry.tracking_uri))
+        self.user = require(
+            "releaser",
+            "run a canary controller",
+            user=user,
+            audit_path=self.audit_path,
+            model=spec.model,
+        )
+        self.deployer = deployer or NoDeployer()
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self, poll_s: float = 1.0, until: Any = None) -> None:
+        """Tick every ``poll_s`` until ``until()`` is true (forever by default)."""
+        while until is None or not until():
+            try:
+                self.tick()
+            except Exception:  # keep the canary safe: log, keep the state, try again
+                logger.exception("canary controller tick failed")
+            time.sleep(poll_s)
+
+    def tick(self, now: float | None = None) -> Decision | None:
+        """One step: the registry hook, manual requests, then the interval analysis if due."""
+        now = time.time() if now is None else now
+        state = self.store.read()
+        self._retire_due(state, now)
+        started = self._start_if_requested(state, now)
+        if started is not None:
+            return started
+        if state.requested:
+            return self._manual(state, now)
+        if state.status != "running" or state.canary is None:
+            return None
+        since = state.last_tick if state.last_tick is not None else state.started_at or now
+        if now - since < self.spec.schedule.interval_s:
+            return None
+        return self._analyse(state, since, now)
+
+    # --- starting -----------------------------------------------------------------------------
+
+    def _start_if_requested(self, state: CanaryState, now: float) -> Decision | None:
+        wanted = alias_version(self.registry, self.spec.model, self.spec.canary_alias)
+        if wanted is None or wanted == state.primary:
+            return None
+        if state.canary == wanted and state.status in ("running", "paused"):
+            return None
+        if state.canary == wanted and state.started_at is not None:
+            return None  # this version's canary already ended; @canary is removed then
+        self.deployer.deploy(wanted)
+        schedule = self.spec.schedule
+        weight = 0.0 if self.spec.mode == "shadow" else schedule.step_weight
+        reason = f"@{self.spec.canary_alias} -> version {wanted}; primary {state.primary}"
+        decision = Decision(at=now, decision="start", weight=weight, reason=reason)
+
+        def start(s: CanaryState) -> CanaryState:
+            s.canary, s.status, s.weight, s.mode = wanted, "running", weight, self.spec.mode
+            s.shadow_share = self.spec.shadow_share if self.spec.mode == "shadow" else 0.0
+            s.salt = f"{wanted}-{uuid.uuid4().hex[:8]}"
+            s.started_at, s.last_tick = now, now
+            s.intervals = s.intervals_at_max = s.failed_checks = 0
+            s.requested = None
+            s.history.append(decision)
+            return s
+
+        self.store.update(start)
+        self._audit(decision, wanted, state.primary)
+        return decision
+
+    # --- analysis -----------------------------------------------------------------------------
+
+    def _analyse(self, state: CanaryState, since: float, now: float) -> Decision:
+        assert state.canary is not None and state.started_at is not None
+        checks, canary_n = self.interval_checks(state.primary, state.canary, since, now)
+        success = self.success(state.primary, state.canary, state.started_at)
+        schedule = self.spec.schedule
+        failed = [c for c in checks if c["status"] == "fail"]
+        at_max = state.mode == "shadow" or state.weight >= schedule.max_weight - 1e-9
+        if success.decision == "worse":
+            kind, reason = "rollback", f"task success: {success.reason}"
+        elif failed and state.failed_checks + 1 >= schedule.failed_checks_limit:
+            names = ", ".join(f"{c['name']} ({c['detail']})" for c in failed)
+            kind = "rollback"
+            reason = f"{state.failed_checks + 1} failed interval(s), limit reached: {names}"
+        elif failed:
+            kind = "hold"
+            reason = "failed: " + ", ".join(f"{c['name']} ({c['detail']})" for c in failed)
+        elif canary_n < self.spec.checks.min_requests:
+            kind = "hold"
+            reason = f"{canary_n} canary requests this interval (< {self.spec.checks.min_requests})"
+        elif not at_max:
+            kind, reason = "advance", "all checks passed"
+        elif success.decision == "not_worse":
+            kind, reason = "promote", f"all checks passed; task success: {success.reason}"
+        elif state.intervals_at_max + 1 >= schedule.max_intervals:
+            kind = "rollback"
+            reason = f"no verdict on task success after {schedule.max_intervals} intervals at max"
+        else:
+            kind, reason = "hold", f"at max weight; task success: {success.reason}"
+        weight = state.weight
+        if kind == "advance":
+            weight = min(schedule.max_weight, round(state.weight + schedule.step_weight, 6))
+        decision = Decision(
+            at=now,
+            decision=kind,
+            weight=weight,
+            reason=reason,
+            checks=checks,
+            success=_success_dict(success),
+        )
+        if kind == "promote":
+            return self._promote(decision, who=self.user)
+        if kind == "rollback":
+            return self._rollback(decision)
+
+        def step(s: CanaryState) -> CanaryState:
+            s.last_tick, s.intervals, s.weight = now, s.intervals + 1, weight
+            s.failed_checks = s.failed_checks + 1 if failed else 0
+            s.intervals_at_max = s.intervals_at_max + 1 if at_max else 0
+            s.history.append(decision)
+            return s
+
+        self.store.update(step)
+        if kind == "advance":
+            self._audit(decision, state.canary, state.primary)
+        return decision
+
+    def interval_checks(
+        self, primary: str, canary: str, since: float, until: float
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Error rate, p95 latency, confidence and output drift of the canary vs the primary."""
+        c_rows = [r for r in self.traffic.window(canary, since, until) if r["arm"] in CANARY_ARMS]
+        p_rows = self.traffic.window(primary, since, until, arm="primary")
+        cfg = self.spec.checks
+        n = cfg.min_requests
+        checks = [
+            analysis.error_rate_check(
+                _errors(c_rows),
+                len(c_rows),
+                _errors(p_rows),
+                len(p_rows),
+                cfg.max_error_rate_increase,
+                min_samples=n,
+            ),
+            analysis.latency_check(
+                _ok(c_rows, "latency_s"),
+                _ok(p_rows, "latency_s"),
+                cfg.max_p95_latency_ratio,
+                min_samples=n,
+            ),
+            analysis.confidence_check(
+                _mean(_ok(c_rows, "confidence"), n),
+                _mean(_ok(p_rows, "confidence"), n),
+                cfg.max_confidence_drop,
+            ),
+            self._drift("predicted_label", c_rows, p_rows),
+            self._drift("completion_chars", c_rows, p_rows),
+        ]
+        return [c.to_dict() for c in checks], len(c_rows)
+
+    def _drift(
+        self, column: str, c_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]]
+    ) -> Any:
+        name = "label_drift" if column == "predicted_label" else "length_drift"
+        c_vals, p_vals = _ok(c_rows, column), _ok(p_rows, column)
+        cfg = self.spec.checks
+        if min(len(c_vals), len(p_vals)) < cfg.min_requests:
+            detail = f"{len(c_vals)} canary / {len(p_vals)} primary values (< {cfg.min_requests})"
+            return analysis.Check(name, "insufficient", None, cfg.max_psi, detail)
+        if column == "predicted_label":
+            cats = sorted(set(c_vals) | set(p_vals))
+            pc, cc = Counter(p_vals), Counter(c_vals)
+            expected = np.array([pc[k] for k in cats], float)
+            actual = np.array([cc[k] for k in cats], float)
+        else:
+            expected, actual = analysis.length_bins(p_vals, c_vals)
+        result = analysis.psi_test(expected, actual, alpha=cfg.drift_alpha, max_psi=cfg.max_psi)
+        status = "fail" if result.drifted else "pass"
+        return analysis.Check(name, status, result.psi, cfg.max_psi, result.reason)
+
+    def success(self, primary: str, canary: str, since: float) -> analysis.SequentialDecision:
+        """The sequential test on all feedback and probe outcomes since the canary started."""
+        c = self.traffic.summary(canary, since=since)
+        p = self.traffic.summary(primary, since=since)
+        s = self.spec.success
+        return analysis.success_test(
+            c["successes"],
+            c["n"],
+            p["successes"],
+            p["n"],
+            margin=s.margin,
+            alpha=s.alpha,
+            beta=s.beta,
+            min_samples=s.min_samples,
+        )
+
+    # --- decisions ----------------------------------------------------------------------------
+
+    def _manual(self, state: CanaryState, now: float) -> Decision | None:
+        request = state.requested or {}
+        who = str(request.get("who", "unknown"))
+        reason = f"manual {request.get('action')} by {who}: {request.get('reason') or 'no reason'}"
+        decision = Decision(
+            at=now,
+            decision=request.get("action", "hold"),
+            weight=state.weight,
+            reason=reason,
+            who=who,
+        )
+        if state.canary is None or state.status not in ("running", "paused"):
+            self.store.update(lambda s: _clear_request(s))
+            return None
+        if decision.decision == "promote":
+            return self._promote(decision, who=self.user)
+        return self._rollback(decision)
+
+    def promote_now(self, who: User, reason: str) -> Decision:
+        """The manual gate: promote the running canary now (still through the policy gates)."""
+        state = self.store.read()
+        decision = Decision(
+            at=time.time(),
+            decision="promote",
+            weight=state.weight,
+            reason=f"manual promote by {who.name}: {reason or 'no reason'}",
+            who=who.name,
+        )
+        return self._promote(decision, who=who)
+
+    def rollback_now(self, who: User, reason: str) -> Decision:
+        decision = Decision(
+            at=time.time(),
+            decision="rollback",
+            weight=0.0,
+            reason=f"manual rollback by {who.name}: {reason or 'no reason'}",
+            who=who.name,
+        )
+        return self._rollback(decision)
+
+    def _promote(self, decision: Decision, who: User) -> Decision:
+        state = self.store.read()
+        if state.canary is None:
+            raise_no_canary(state)
+        canary, old = state.canary, state.primary
+        outcome = promote(
+            self.registry,
+            self.policy,
+            self.spec.model,
+            canary,
+            self.spec.champion_alias,
+            user=who,
+            reason=decision.reason,
+            audit_path=self.audit_path,
+        )
+        if not outcome.moved:
+            # The gates said no: keep the canary where it is and wait for a human.
+            decision = decision.model_copy(
+                update={
+                    "decision": "refused",
+                    "reason": f"promotion refused: {outcome.reason}",
+                }
+            )
+
+            def pause(s: CanaryState) -> CanaryState:
+                s.status, s.requested, s.last_tick = "paused", None, decision.at
+                s.history.append(decision)
+                return s
+
+            self.store.update(pause)
+            self._audit(decision, canary, old)
+            return decision
+        self._drop_canary_alias(canary)
+
+        def finish(s: CanaryState) -> CanaryState:
+            s.primary, s.canary, s.status, s.weight = canary, None, "promoted", 0.0
+            s.requested, s.last_tick = None, decision.at
+            s.history.append(decision.model_copy(update={"weight": 1.0}))
+            s.retiring = [*s.retiring, {"version": old, "at": decision.at}]
+            return s
+
+        self.store.update(finish)
+        self._audit(decision, canary, old)
+        return decision
+
+    def _rollback(self, decision: Decision) -> Decision:
+        state = self.store.read()
+        if state.canary is None:
+            raise_no_canary(state)
+        canary = state.canary
+        decision = decision.model_copy(update={"decision": "rollback", "weight": 0.0})
+        self._drop_canary_alias(canary)
+
+        def finish(s: CanaryState) -> CanaryState:
+            s.status, s.weight, s.requested, s.last_tick = "rolled_back", 0.0, None, decision.at
+            s.history.append(decision)
+            s.retiring = [*s.retiring, {"version": canary, "at": decision.at}]
+            return s
+
+        self.store.update(finish)
+        self._audit(decision, canary, state.primary)
+        return decision
+
+    def _retire_due(self, state: CanaryState, now: float) -> None:
+        due = [r for r in state.retiring if now - r["at"] >= RETIRE_AFTER_S]
+        if not due:
+            return
+        live = {state.primary, state.canary}
+        for item in due:
+            if item["version"] not in live:
+                self.deployer.retire(item["version"])
+
+        def drop(s: CanaryState) -> CanaryState:
+            s.retiring = [r for r in s.retiring if r not in due]
+            return s
+
+        self.store.update(drop)
+
+    def _drop_canary_alias(self, version: str) -> None:
+        name, alias = self.spec.model, self.spec.canary_alias
+        if alias_version(self.registry, name, alias) == version:
+            self.registry.client.delete_registered_model_alias(name, alias)
+
+    def _audit(self, decision: Decision, canary: str, primary: str) -> None:
+        append_audit(
+            AuditRecord(
+                who=decision.who if decision.who != "controller" else self.user.name,
+                roles=list(self.user.roles),
+                action=f"canary_{decision.decision}",
+                outcome="refused" if decision.decision == "refused" else "ok",
+                reason=decision.reason,
+                model=self.spec.model,
+                alias=self.spec.canary_alias,
+                from_version=primary,
+                to_version=canary,
+                extra={
+                    "weight": decision.weight,
+                    "checks": decision.checks,
+                    "success": decision.success,
+                },
+            ),
+            self.audit_path,
+        )
+        tag = f"hybridft.canary.{decision.decision}"
+        payload = {
+            "at": decision.at,
+            "weight": decision.weight,
+            "reason": decision.reason,
+            "primary": primary,
+        }
+        self.registry.client.set_model_version_tag(
+            self.spec.model, canary, tag, json.dumps(payload)[:4900]
+        )
+
+
+def raise_no_canary(state: CanaryState) -> None:
+    from hybridft.errors import UserError
+
+    raise UserError(f"model {state.model}: no canary running (status {state.status})")
+
+
+def _clear_request(state: CanaryState) -> CanaryState:
+    state.requested = None
+    return state
+
+
+def _errors(rows: list[dict[str, Any]]) -> int:
+    return sum(1 for r in rows if r["status_code"] >= 500)
+
+
+def _ok(rows: list[dict[str, Any]], column: str) -> list[Any]:
+    return [r[column] for r in rows if r["status_code"] < 400 and r[column] is not None]
+
+
+def _mean(values: list[float], min_n: int) -> float | None:
+    return float(np.mean(values)) if len(values) >= min_n else None
+
+
+def _success_dict(s: analysis.SequentialDecision) -> dict[str, Any]:
+    return {
+        "decision": s.decision,
+        "canary_rate": s.canary_rate,
+        "primary_rate": s.reference_rate,
+        "canary_n": s.canary_n,
+        "primary_n": s.reference_n,
+        "reason": s.reason,
+    }

@@ -1,0 +1,167 @@
+"""A canary endpoint on Ray Serve: one model application per version plus the router ingress.
+
+``start_endpoint`` deploys the version behind ``@champion`` and the router, and creates the canary
+state; ``ServeDeployer`` is how the controller adds and removes version applications.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hybridft.errors import UserError
+from hybridft.registry.client import ModelRef, Registry
+from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths
+from hybridft.serve.traffic import model_app_name
+
+logger = logging.getLogger(__name__)
+
+ROUTER_APP = "hybridft-router"
+
+
+def classification_tasks(registry: Registry, ref: ModelRef) -> dict[str, dict[str, Any]]:
+    """``{task: {"labels", "temperature"}}`` from the version's eval result (empty if none)."""
+    import mlflow.artifacts
+
+    try:
+        text = mlflow.artifacts.load_text(
+            f"runs:/{ref.run_id}/eval.json", tracking_uri=registry.tracking_uri
+        )
+    except Exception:  # no eval logged for this run: label probabilities need explicit labels
+        return {}
+    tasks: dict[str, dict[str, Any]] = {}
+    for task, score in json.loads(text).get("tasks", {}).items():
+        cal = (score or {}).get("calibration") or {}
+        if cal.get("labels"):
+            tasks[task] = {"labels": cal["labels"], "temperature": cal.get("temperature", 1.0)}
+    return tasks
+
+
+class ServeDeployer:
+    """Deploy / delete the Serve application of one registered version."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        model: str,
+        cache: str | Path = ".hybridft/served",
+        num_cpus: float = 0.5,
+        num_replicas: int = 1,
+    ) -> None:
+        self.registry = registry
+        self.model = model
+        self.cache = Path(cache)
+        self.num_cpus = num_cpus
+        self.num_replicas = num_replicas
+
+    def deploy(self, version: str) -> None:
+        from ray import serve
+
+        from hybridft.serve.deployment import ServeModelArgs, build_app
+
+        ref = self.registry.resolve(f"{self.model}@{version}")
+        model_dir = self.registry.download(ref, self.cache / ref.name / ref.version)
+        args = ServeModelArgs(
+            model_dir=str(model_dir.resolve()),
+            model_name=self.model,
+            version=ref.version,
+            num_cpus=self.num_cpus,
+            num_replicas=self.num_replicas,
+            tasks=classification_tasks(self.registry, ref),
+        )
+        # No route prefix: versions are reached only through the router (keys, logging).
+        serve.run(build_app(args), name=model_app_name(self.model, version), route_prefix=None)
+
+    def retire(self, version: str) -> None:
+        from ray import serve
+
+        serve.delete(model_app_name(self.model, version), _blocking=False)
+
+
+def start_endpoint(
+    spec: CanarySpec,
+    serve_dir: str | Path,
+    registry: Registry,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    deployer: ServeDeployer | None = None,
+    router_cpus: float = 0.25,
+) -> str:
+    """Serve ``spec.model`` (its champion, and a running canary if any) behind the router.
+
+    Returns:
+        The OpenAI base URL, e.g. ``http://127.0.0.1:8000/v1``.
+    """
+    import ray
+    from ray import serve
+
+    from hybridft.serve.router import CanaryRouter
+
+    if not ray.is_initialized():
+        raise UserError("serve: Ray is not initialised; call ray.init() first")
+    paths = ServePaths(serve_dir)
+    store = CanaryStore(paths.state)
+    if store.exists():
+        state = store.read()
+    else:
+        champion = registry.resolve(f"{spec.model}@{spec.champion_alias}")
+        state = store.init(spec.model, champion.version)
+    # Serve's HTTP options are fixed by the first start: before any application is deployed.
+    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+    deployer = deployer or ServeDeployer(registry, spec.model)
+    for version in state.route_table().versions():
+        deployer.deploy(version)
+    router = CanaryRouter.options(ray_actor_options={"num_cpus": router_cpus}).bind(
+        serve_dir=str(paths.root), review_threshold=spec.review.confidence_threshold
+    )
+    serve.run(router, name=ROUTER_APP, route_prefix="/")
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{probe}:{port}/v1"
+
+
+def build_version_app(args: dict[str, Any]) -> Any:
+    """Serve config builder for one registered version (``serve deploy serve/endpoint.yaml``).
+
+    ``args``: ``model``, ``version`` (a number or an alias), optional ``tracking_uri``,
+    ``num_cpus``, ``num_replicas``.
+    """
+    from hybridft.serve.deployment import ServeModelArgs, build_app
+
+    allowed = {"model", "version", "tracking_uri", "num_cpus", "num_replicas", "cache"}
+    unknown = sorted(set(args) - allowed)
+    if unknown or "model" not in args or "version" not in args:
+        raise UserError(
+            f"serve config args: expected model, version (and {', '.join(sorted(allowed))}); "
+            f"got {', '.join(sorted(args))}"
+        )
+    registry = Registry(args.get("tracking_uri"))
+    ref = registry.resolve(f"{args['model']}@{args['version']}")
+    cache = Path(args.get("cache", ".hybridft/served"))
+    model_dir = registry.download(ref, cache / ref.name / ref.version)
+    return build_app(
+        ServeModelArgs(
+            model_dir=str(model_dir.resolve()),
+            model_name=ref.name,
+            version=ref.version,
+            num_cpus=float(args.get("num_cpus", 0.5)),
+            num_replicas=int(args.get("num_replicas", 1)),
+            tasks=classification_tasks(registry, ref),
+        )
+    )
+
+
+def build_router_app(args: dict[str, Any]) -> Any:
+    """Serve config builder for the router: ``serve_dir`` (required), ``review_threshold``."""
+    from hybridft.serve.router import CanaryRouter
+
+    if "serve_dir" not in args:
+        raise UserError("serve config args: the router needs serve_dir (its state folder)")
+    return CanaryRouter.options(
+        ray_actor_options={"num_cpus": float(args.get("num_cpus", 0.25))}
+    ).bind(
+        serve_dir=str(Path(args["serve_dir"]).expanduser().resolve()),
+        review_threshold=float(args.get("review_threshold", 0.5)),
+    )

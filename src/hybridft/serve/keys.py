@@ -1,0 +1,217 @@
+"""API keys for the serving endpoint, stored hashed in a sqlite file shared by router replicas.
+
+A key is ``hft-<43 urlsafe chars>`` (256 random bits). Its first :data:`KEY_ID_CHARS` random
+characters are the public key id, stored in clear to find the row; the rest is never stored: the
+row holds a random salt and ``sha256(salt + key)``. A high-entropy key needs no slow KDF (that
+only protects guessable passwords), so verification is one indexed lookup and one sha256 per
+request. There is no in-process cache: a revocation by one process takes effect on every
+replica at their next request.
+
+:class:`SqliteDatabase` is the one way the serving stores open their files (also used by
+:mod:`hybridft.serve.review`): WAL, a busy timeout, one connection per process behind a lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hybridft.errors import UserError
+from hybridft.registry.audit import exclusive_lock, utc_now
+
+KEY_PREFIX = "hft-"
+KEY_ID_CHARS = 8
+ROLES = ("user", "admin")
+BUSY_TIMEOUT_MS = 10_000
+
+
+class SqliteDatabase:
+    """One sqlite file used by many processes: WAL, ``busy_timeout``, explicit write transactions.
+
+    The connection is opened lazily and reopened after a ``fork`` (a sqlite connection must not
+    cross one); within a process one lock serialises threads on it.
+    """
+
+    def __init__(self, path: str | Path, schema: str) -> None:
+        self.path = Path(path)
+        self._schema = schema
+        self._pid = -1
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()  # a lock copied by fork may be held by a dead thread
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Switching to WAL and creating tables race between processes opening a new file at once;
+        # a flock beside the file makes that first setup one at a time.
+        with exclusive_lock(f"{self.path}.lock"):
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(f"BEGIN IMMEDIATE; {self._schema}; COMMIT;")
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+        conn = self._connection()
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        conn = self._connection()
+        with self._lock:
+            return conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    salt TEXT NOT NULL,
+    key_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys(name) WHERE revoked_at IS NULL
+"""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What is known about a key, never its material."""
+
+    key_id: str
+    name: str
+    role: str
+    created_at: str = ""
+    revoked_at: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _hash(salt: str, key: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + key.encode()).hexdigest()
+
+
+def _info(row: sqlite3.Row) -> KeyInfo:
+    return KeyInfo(row["key_id"], row["name"], row["role"], row["created_at"], row["revoked_at"])
+
+
+class KeyStore:
+    """Hashed API keys in the sqlite file ``path`` (created if absent)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.db = SqliteDatabase(path, _SCHEMA)
+
+    def create(self, name: str, role: str = "user") -> str:
+        """Make a key for ``name``; the plaintext is returned here once and never stored.
+
+        Raises:
+            UserError: An empty name, an unknown role, or a name that already has an active key.
+        """
+        if not name or not name.strip():
+            raise UserError(f"key name: expected a non-empty name, got {name!r}")
+        if role not in ROLES:
+            raise UserError(f"key role: expected one of {', '.join(ROLES)}, got {role!r}")
+        while True:
+            key = KEY_PREFIX + secrets.token_urlsafe(32)
+            key_id = key[len(KEY_PREFIX) : len(KEY_PREFIX) + KEY_ID_CHARS]
+            salt = secrets.token_hex(16)
+            try:
+                with self.db.write() as conn:
+                    if conn.execute(
+                        "SELECT 1 FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)
+                    ).fetchone():
+                        raise UserError(
+                            f"key name: {name!r} already has an active key (revoke it first)"
+                        )
+                    conn.execute(
+                        "INSERT INTO api_keys (key_id, name, role, salt, key_hash, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (key_id, name, role, salt, _hash(salt, key), utc_now()),
+                    )
+                return key
+            except sqlite3.IntegrityError as exc:
+                if "api_keys.key_id" not in str(exc):  # a key id collision: draw again
+                    raise UserError(f"key name: {name!r} already has an active key") from None
+
+    def verify(self, key: str | None) -> KeyInfo | None:
+        """The active key's info, or None for a missing, malformed, unknown or revoked key."""
+        if not key or not key.startswith(KEY_PREFIX) or len(key) <= len(KEY_PREFIX) + KEY_ID_CHARS:
+            return None
+        key_id = key[len(KEY_PREFIX) : len(KEY_PREFIX) + KEY_ID_CHARS]
+        rows = self.db.read(
+            "SELECT * FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", (key_id,)
+        )
+        if not rows or not hmac.compare_digest(rows[0]["key_hash"], _hash(rows[0]["salt"], key)):
+            return None
+        return _info(rows[0])
+
+    def revoke(self, name_or_id: str) -> KeyInfo:
+        """Revoke the active key with this name (or, failing that, this key id).
+
+        Raises:
+            UserError: No active key has this name or id.
+        """
+        with self.db.write() as conn:
+            row = conn.execute(
+                "SELECT * FROM api_keys WHERE revoked_at IS NULL AND (name = ? OR key_id = ?)"
+                " ORDER BY name = ? DESC LIMIT 1",
+                (name_or_id, name_or_id, name_or_id),
+            ).fetchone()
+            if row is None:
+                raise UserError(f"key: no active key named or with id {name_or_id!r}")
+            revoked_at = utc_now()
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (revoked_at, row["key_id"])
+            )
+        return KeyInfo(row["key_id"], row["name"], row["role"], row["created_at"], revoked_at)
+
+    def list(self, include_revoked: bool = False) -> list[KeyInfo]:
+        """Keys in creation order, without any key material."""
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        sql = "SELECT key_id, name, role, created_at, revoked_at FROM api_keys"
+        return [_info(row) for row in self.db.read(sql + where + " ORDER BY created_at, name")]
+
+
+def bearer_key(authorization_header: str | None) -> str | None:
+    """The key from an ``Authorization: Bearer <key>`` header; None when absent or another scheme."""
+    if not authorization_header:
+        return None
+    scheme, _, token = authorization_header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token

@@ -1,0 +1,441 @@
+"""The canary router: an ingress deployment composed over one model deployment per version.
+
+Ray Serve splits traffic only within a deployment, so the split between versions is ours: the
+router reads the routing table from the canary state file (written by the controller and the
+manual gates), picks a version per request (weighted, sticky by user, forced by header, or
+shadowed), calls that version's ``ModelServer`` through a DeploymentHandle, and records the
+answer (request log, Prometheus metrics, review queue). Every response names the version that
+answered: the body's ``system_fingerprint`` and ``hybridft.version``, and the
+``x-hybridft-model-version`` header.
+"""
+
+# No `from __future__ import annotations`: Serve pickles the FastAPI routes by value (see
+# deployment.py), so annotations must be real objects.
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+
+from hybridft.errors import UserError
+from hybridft.serve.canary import RouteWatcher, ServePaths, manual_action
+from hybridft.serve.keys import KeyInfo, KeyStore, bearer_key
+from hybridft.serve.metrics import Metrics
+from hybridft.serve.openai_api import ModelCard, ModelList, OpenAIError, parse_request
+from hybridft.serve.review import FeedbackStore, ReviewQueue
+from hybridft.serve.routing import Route, choose_route
+from hybridft.serve.traffic import RequestLogWriter, is_retryable, model_app_name
+
+logger = logging.getLogger(__name__)
+
+VERSION_HEADER = "x-hybridft-model-version"
+ARM_HEADER = "x-hybridft-arm"
+FORCE_HEADER = "x-hybridft-version"
+USER_HEADER = "x-hybridft-user"
+REQUEST_ID_HEADER = "x-request-id"
+KEY_CACHE_S = 5.0  # a revoked key stops working within this long
+RETRY_BUDGET_S = 20.0  # a request whose replica died is re-sent until a replica answers
+
+router_app = FastAPI(title="hybridft canary router", docs_url=None, redoc_url=None)
+
+
+def _router() -> "CanaryRouter":
+    return serve.get_replica_context().servable_object
+
+
+def _error(err: OpenAIError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+async def _on_any_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, OpenAIError):
+        return _error(exc)
+    status = getattr(exc, "status_code", 500)
+    if status == 404:
+        return _error(OpenAIError(404, f"invalid URL ({request.method} {request.url.path})"))
+    if status == 405:
+        return _error(
+            OpenAIError(405, f"method {request.method} not allowed on {request.url.path}")
+        )
+    if status < 500:
+        return _error(OpenAIError(status, str(getattr(exc, "detail", exc))))
+    logger.error("router error: %s: %s", type(exc).__name__, exc)
+    return _error(OpenAIError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+
+
+router_app.add_exception_handler(Exception, _on_any_error)
+for _status in (404, 405):
+    router_app.add_exception_handler(_status, _on_any_error)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.ingress(router_app)
+class CanaryRouter:
+    """Route OpenAI requests between the primary and the canary version of one model."""
+
+    def __init__(
+        self,
+        serve_dir: str,
+        max_body_bytes: int = 64 * 1024,
+        review_threshold: float = 0.5,
+    ) -> None:
+        self.paths = ServePaths(serve_dir)
+        self.watcher = RouteWatcher(self.paths.state)
+        self.keys = KeyStore(self.paths.keys)
+        self.feedback = FeedbackStore(self.paths.traffic)
+        self.review = ReviewQueue(self.paths.review)
+        self.log = RequestLogWriter(self.feedback, self.review)
+        self.metrics = Metrics()
+        self.max_body_bytes = max_body_bytes
+        self.review_threshold = review_threshold
+        self._handles: dict[str, Any] = {}
+        self._key_cache: dict[str, tuple[float, KeyInfo | None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._weights_shown: tuple[Any, ...] = ()
+
+    # --- routes -----------------------------------------------------------------------------
+
+    @router_app.get("/health")
+    def health(self) -> dict[str, Any]:
+        table = self.watcher.table()
+        return {"status": "ok", "model": table.model, "versions": list(table.versions())}
+
+    @router_app.get("/metrics")
+    def metrics_route(self) -> Response:
+        self._show_weights()
+        body, content_type = self.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @router_app.get("/v1/models")
+    async def list_models(self, request: Request) -> Response:
+        self._authorize(request)
+        table = self.watcher.table()
+        card = ModelCard(id=table.model, created=0)
+        return JSONResponse(ModelList(data=[card]).model_dump())
+
+    @router_app.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Response:
+        return await self._generate("chat", request)
+
+    @router_app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._generate("completion", request)
+
+    @router_app.post("/v1/feedback")
+    async def feedback(self, request: Request) -> Response:
+        """``{"request_id", "success": bool, "score"?: float}``: task success of one answer."""
+        self._authorize(request)
+        body = await self._json(request)
+        request_id, success = body.get("request_id"), body.get("success")
+        if not isinstance(request_id, str) or not isinstance(success, bool):
+            raise OpenAIError(
+                400,
+                "feedback: expected {'request_id': str, 'success': bool}, got "
+                f"request_id={request_id!r}, success={success!r}",
+                param="request_id" if not isinstance(request_id, str) else "success",
+            )
+        score = body.get("score")
+        if score is not None and not isinstance(score, int | float):
+            raise OpenAIError(400, f"score: expected a number, got {score!r}", param="score")
+        await asyncio.to_thread(self.log.flush)  # the answer's log row must be written first
+        try:
+            version = await asyncio.to_thread(
+                self.feedback.record, request_id, None, success, "user", score
+            )
+        except Exception as exc:  # UserError: unknown request, duplicate feedback, ...
+            raise OpenAIError(404 if "unknown" in str(exc) else 409, str(exc)) from None
+        return JSONResponse({"request_id": request_id, "version": version, "recorded": True})
+
+    # --- admin (manual gates; an admin key) ------------------------------------------------
+
+    @router_app.get("/admin/canary")
+    async def canary_state(self, request: Request) -> Response:
+        self._authorize(request, admin=True)
+        return JSONResponse(self.watcher.store.read().model_dump(mode="json"))
+
+    @router_app.post("/admin/canary/{action}")
+    async def canary_action(self, action: str, request: Request) -> Response:
+        """``weight`` (body ``{"weight": w}``), ``pause``, ``resume``, ``promote``, ``rollback``.
+
+        Weight, pause and resume change the routing at once; promote and rollback are requests
+        the controller carries out on its next tick (they move registry aliases, through gates).
+        """
+        who = self._authorize(request, admin=True)
+        body = await self._json(request) if int(request.headers.get("content-length") or 0) else {}
+        if not isinstance(body, dict):
+            raise OpenAIError(400, "request body: expected a JSON object")
+        try:
+            state = await asyncio.to_thread(
+                manual_action,
+                self.watcher.store,
+                action,
+                f"key:{who.name}",
+                str(body.get("reason", "")),
+                body.get("weight"),
+            )
+        except UserError as exc:
+            raise OpenAIError(409 if "not running" in str(exc) else 400, str(exc)) from None
+        return JSONResponse(state.model_dump(mode="json"))
+
+    # --- generation ---------------------------------------------------------------------------
+
+    async def _generate(self, kind: str, request: Request) -> Response:
+        started = time.perf_counter()
+        self._authorize(request)
+        body = await self._json(request)
+        parsed = parse_request(kind, body)
+        table = self.watcher.table()
+        if parsed.model != table.model:
+            raise OpenAIError(
+                404,
+                f"model {parsed.model!r} does not exist here; this endpoint serves {table.model!r}",
+                param="model",
+                code="model_not_found",
+            )
+        forced = request.headers.get(FORCE_HEADER)
+        sticky = request.headers.get(USER_HEADER) or parsed.user
+        try:
+            route = choose_route(table, sticky_key=sticky, forced=forced)
+        except KeyError:
+            raise OpenAIError(
+                400,
+                f"{FORCE_HEADER}: version {forced!r} is not served here; serving "
+                f"{', '.join(table.versions())}",
+                param=FORCE_HEADER,
+            ) from None
+        request_id = f"req-{uuid.uuid4().hex}"  # ours: a client-sent id may repeat
+        headers = {VERSION_HEADER: f"{table.model}/{route.version}", ARM_HEADER: route.arm}
+        headers[REQUEST_ID_HEADER] = request_id
+        if route.shadow is not None:
+            self._mirror(kind, body, route.shadow, request_id)
+        if parsed.stream:
+            events = self._stream(kind, body, route, request_id, started)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        reply = await self._call(route.version, kind, body)
+        out = reply["body"]
+        flagged = False
+        if reply["status"] == 200:
+            ext = out.setdefault("hybridft", {})
+            confidence = ext.get("confidence")
+            flagged = confidence is not None and confidence < self.review_threshold
+            ext.update(request_id=request_id, version=route.version, arm=route.arm)
+            ext["flagged_for_review"] = flagged
+            if flagged:
+                self._enqueue_review(kind, parsed, out, route.version, request_id, table.model)
+        self._record(route, kind, reply["status"], out, request_id, started)
+        return JSONResponse(out, status_code=reply["status"], headers=headers)
+
+    async def _call(self, version: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + RETRY_BUDGET_S
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._handle(version).answer.remote(kind, body)
+            except Exception as exc:
+                if time.monotonic() > deadline or not is_retryable(exc):
+                    logger.error("version %s failed: %s: %s", version, type(exc).__name__, exc)
+                    err = OpenAIError(
+                        503,
+                        f"version {version} is unavailable: {type(exc).__name__}",
+                        type="server_error",
+                    )
+                    return {"status": err.status, "body": err.body()}
+                # A dead replica: Serve starts another; wait a little and send it again.
+                await asyncio.sleep(min(1.0, 0.1 * attempt) + random.random() * 0.1)
+
+    async def _stream(
+        self, kind: str, body: dict[str, Any], route: Route, request_id: str, started: float
+    ) -> Any:
+        chars, status = 0, 200
+        try:
+            handle = self._handle(route.version).options(stream=True)
+            async for event in handle.answer_stream.remote(kind, body):
+                if event.startswith("data: {"):
+                    chunk = json.loads(event[6:])
+                    if "error" in chunk:
+                        status = 500
+                    for choice in chunk.get("choices", []):
+                        delta = choice.get("delta", {}).get("content") or choice.get("text") or ""
+                        chars += len(delta)
+                yield event
+        except Exception as exc:
+            status = 503
+            logger.error("version %s failed mid-stream: %s", route.version, exc)
+            err = OpenAIError(
+                503,
+                f"version {route.version} failed mid-stream: {type(exc).__name__}",
+                type="server_error",
+            )
+            yield f"data: {json.dumps(err.body())}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            latency = time.perf_counter() - started
+            self.metrics.observe_request(route.version, route.arm, kind, status, latency)
+            self.log.put(
+                request_id, route.version, route.arm, status, latency, 0, 0, None, None, chars
+            )
+
+    def _mirror(self, kind: str, body: dict[str, Any], version: str, request_id: str) -> None:
+        """Shadow: send the request to ``version`` too; record its answer, never return it."""
+
+        async def shadow() -> None:
+            started = time.perf_counter()
+            reply = await self._call(version, kind, {**body, "stream": False})
+            self._record(
+                Route(version, "shadow"), kind, reply["status"], reply["body"], request_id, started
+            )
+
+        task = asyncio.get_running_loop().create_task(shadow())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _record(
+        self,
+        route: Route,
+        kind: str,
+        status: int,
+        out: dict[str, Any],
+        request_id: str,
+        started: float,
+    ) -> None:
+        latency = time.perf_counter() - started
+        usage = out.get("usage") or {}
+        ext = out.get("hybridft") or {}
+        choices = out.get("choices") or [{}]
+        text = choices[0].get("text") or (choices[0].get("message") or {}).get("content") or ""
+        prompt_tokens, completion_tokens = (
+            usage.get("prompt_tokens", 0),
+            usage.get("completion_tokens", 0),
+        )
+        confidence = ext.get("confidence")
+        self.metrics.observe_request(
+            route.version,
+            route.arm,
+            kind,
+            status,
+            latency,
+            prompt_tokens,
+            completion_tokens,
+            confidence,
+        )
+        self.log.put(
+            request_id,
+            route.version,
+            route.arm,
+            status,
+            latency,
+            prompt_tokens,
+            completion_tokens,
+            confidence,
+            ext.get("label"),
+            len(text),
+        )
+
+    def _enqueue_review(
+        self,
+        kind: str,
+        parsed: Any,
+        out: dict[str, Any],
+        version: str,
+        request_id: str,
+        model: str,
+    ) -> None:
+        ext = out["hybridft"]
+        if kind == "chat":
+            prompt = "\n".join(m.text() for m in parsed.messages if m.role == "user")
+            answer = out["choices"][0]["message"]["content"]
+        else:
+            prompt, answer = parsed.prompt, out["choices"][0]["text"]
+        self.metrics.flagged(version)
+        self.log.put_review(
+            request_id,
+            version,
+            model,
+            prompt,
+            answer,
+            ext.get("confidence"),
+            self.review_threshold,
+            ext.get("label_probs"),
+            ext.get("task"),
+        )
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _handle(self, version: str) -> Any:
+        handle = self._handles.get(version)
+        if handle is None:
+            table = self.watcher.table()
+            handle = serve.get_deployment_handle(
+                "ModelServer", model_app_name(table.model, version)
+            )
+            self._handles[version] = handle
+        return handle
+
+    def _authorize(self, request: Request, admin: bool = False) -> KeyInfo:
+        key = bearer_key(request.headers.get("authorization"))
+        if key is None:
+            raise OpenAIError(
+                401,
+                "missing API key: send 'Authorization: Bearer <key>'",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+        now = time.monotonic()
+        cached = self._key_cache.get(key)
+        if cached is None or now - cached[0] > KEY_CACHE_S:
+            cached = (now, self.keys.verify(key))
+            self._key_cache[key] = cached
+        info = cached[1]
+        if info is None:
+            raise OpenAIError(
+                401,
+                "invalid or revoked API key",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+        if admin and not info.is_admin:
+            raise OpenAIError(
+                403, f"key {info.name!r} is not an admin key", type="permission_error"
+            )
+        return info
+
+    async def _json(self, request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise OpenAIError(
+                413,
+                f"request body is {declared} bytes; the limit is {self.max_body_bytes}",
+                code="request_too_large",
+            )
+        raw = await request.body()
+        if len(raw) > self.max_body_bytes:
+            raise OpenAIError(
+                413,
+                f"request body is {len(raw)} bytes; the limit is {self.max_body_bytes}",
+                code="request_too_large",
+            )
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OpenAIError(
+                400,
+                f"could not parse the JSON body of the request ({exc}); send a JSON object",
+                code="invalid_json",
+            ) from None
+
+    def _show_weights(self) -> None:
+        table = self.watcher.table()
+        shown = (table.primary, table.canary, table.weight)
+        if shown != self._weights_shown:
+            weights = {table.primary: 1.0 - table.weight}
+            if table.canary is not None:
+                weights[table.canary] = table.weight
+            self.metrics.set_weights(table.model, weights)
+            self._weights_shown = shown

@@ -1,0 +1,312 @@
+"""The canary endpoint live: router + two model versions on Ray Serve, real HTTP, real keys.
+
+One endpoint for the module: version 1 (@champion) serves first; pointing @canary at version 2
+makes the controller deploy it and split traffic. The official ``openai`` client drives the
+OpenAI routes; httpx drives the rest.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from hybridft.registry.access import User
+from hybridft.registry.client import Registry
+from hybridft.registry.gates import alias_version, promote
+from hybridft.registry.policy import Policy
+from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths
+from hybridft.serve.controller import CanaryController
+from hybridft.serve.endpoint import ServeDeployer, start_endpoint
+from hybridft.serve.keys import KeyStore
+from hybridft.serve.review import FeedbackStore, ReviewQueue
+from hybridft.serve.traffic import model_app_name
+
+pytestmark = pytest.mark.ray
+
+RELEASER = User("dave", ("releaser", "viewer"))
+LOOSE = Policy(
+    name="loose",
+    required_approvals={"count": 0},
+    require_approved_data=False,
+    aliases=["candidate", "canary", "champion"],
+)
+MESSAGES = [{"role": "user", "content": "Ticket 3: my laptop cannot reach the VPN"}]
+LOAD_S = float(os.environ.get("HYBRIDFT_TEST_LOAD_S", "8"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_session, tiny_model_dir, template_db, tmp_path_factory):
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("canary")
+    shutil.copy(template_db, root / "mlflow.db")
+    registry = Registry(f"sqlite:///{root / 'mlflow.db'}")
+    versions = []
+    for _ in range(2):
+        run_id = registry.start_run("tiny", tags={"hybridft.kind": "train"})
+        source = registry.log_dir(run_id, tiny_model_dir, "model")
+        registry.end_run(run_id)
+        versions.append(registry.register("desk", run_id, source, {}).version)
+    assert promote(registry, LOOSE, "desk", versions[0], "champion", user=RELEASER).moved
+    spec = CanarySpec.model_validate(
+        {
+            "model": "desk",
+            "review": {"confidence_threshold": 0.9999},
+            "schedule": {"interval_s": 3600, "step_weight": 0.5, "max_weight": 0.5},
+        }
+    )
+    paths = ServePaths(root / "serve")
+    deployer = ServeDeployer(registry, "desk", cache=root / "served", num_cpus=0.4)
+    port = _free_port()
+    url = start_endpoint(spec, paths.root, registry, port=port, deployer=deployer)
+    keys = KeyStore(paths.keys)
+    ctx = {
+        "url": url,
+        "root": url.removesuffix("/v1"),
+        "registry": registry,
+        "paths": paths,
+        "versions": versions,
+        "key": keys.create("alice"),
+        "admin": keys.create("ops", role="admin"),
+        "controller": CanaryController(spec, paths, registry, LOOSE, RELEASER, deployer),
+    }
+    yield ctx
+    serve.shutdown()
+
+
+def _client(endpoint, key=None):
+    return openai.OpenAI(
+        base_url=endpoint["url"], api_key=key or endpoint["key"], max_retries=0, timeout=60
+    )
+
+
+def _post(endpoint, path, key="user", **kwargs):
+    headers = kwargs.pop("headers", {})
+    if key:
+        headers["authorization"] = f"Bearer {endpoint['key'] if key == 'user' else key}"
+    return httpx.post(f"{endpoint['root']}{path}", headers=headers, timeout=60, **kwargs)
+
+
+def test_keys_are_required(endpoint):
+    with pytest.raises(openai.AuthenticationError):
+        _client(endpoint, key="hft-not-a-real-key").chat.completions.create(
+            model="desk", messages=MESSAGES, max_tokens=2
+        )
+    reply = _post(
+        endpoint, "/v1/chat/completions", key=None, json={"model": "desk", "messages": MESSAGES}
+    )
+    assert reply.status_code == 401 and reply.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_openai_client_plain_and_streaming_agree(endpoint):
+    client = _client(endpoint)
+    raw = client.chat.completions.with_raw_response.create(
+        model="desk", messages=MESSAGES, max_tokens=8
+    )
+    reply = raw.parse()
+    v1 = endpoint["versions"][0]
+    assert raw.headers["x-hybridft-model-version"] == f"desk/{v1}"
+    assert reply.system_fingerprint == f"desk/{v1}"
+    ext = reply.model_extra["hybridft"]
+    assert ext["version"] == v1 and ext["request_id"].startswith("req-")
+    stream = client.chat.completions.create(
+        model="desk", messages=MESSAGES, max_tokens=8, stream=True
+    )
+    chunks = list(stream)
+    assert {c.system_fingerprint for c in chunks} == {f"desk/{v1}"}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        reply.choices[0].message.content
+    )
+    text = client.completions.create(model="desk", prompt="Ticket 9:", max_tokens=4)
+    assert text.system_fingerprint == f"desk/{v1}" and text.usage.completion_tokens >= 1
+
+
+def test_label_probabilities_flag_low_confidence_for_review_and_take_feedback(endpoint):
+    client = _client(endpoint)
+    sure = client.chat.completions.create(
+        model="desk", messages=MESSAGES, max_tokens=3,
+        extra_body={"labels": ["network", "hardware", "identity"]},
+    ).model_extra["hybridft"]
+    assert sure["label"] == "network" and not sure["flagged_for_review"]  # trained on it
+    labels = ["printer", "badge", "wifi"]  # never seen in training: low confidence
+    reply = client.chat.completions.create(
+        model="desk", messages=MESSAGES, max_tokens=3, extra_body={"labels": labels}
+    )
+    ext = reply.model_extra["hybridft"]
+    assert set(ext["label_probs"]) == set(labels)
+    assert abs(sum(ext["label_probs"].values()) - 1) < 1e-6
+    assert ext["confidence"] == max(ext["label_probs"].values())
+    assert ext["flagged_for_review"] is (ext["confidence"] < 0.9999)
+    good = _post(endpoint, "/v1/feedback", json={"request_id": ext["request_id"], "success": True})
+    assert good.status_code == 200 and good.json()["version"] == endpoint["versions"][0]
+    again = _post(endpoint, "/v1/feedback", json={"request_id": ext["request_id"], "success": True})
+    assert again.status_code == 409
+    unknown = _post(endpoint, "/v1/feedback", json={"request_id": "req-nope", "success": False})
+    assert unknown.status_code == 404 and "unknown request" in unknown.json()["error"]["message"]
+    assert ext["flagged_for_review"], ext
+    queue = ReviewQueue(endpoint["paths"].review)
+    deadline = time.monotonic() + 10
+    while ext["flagged_for_review"] and time.monotonic() < deadline:
+        if any(i.request_id == ext["request_id"] for i in queue.list("open")):
+            break
+        time.sleep(0.1)
+    item = queue.get(ext["request_id"])
+    assert item.version == endpoint["versions"][0] and item.label_probs == ext["label_probs"]
+
+
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        (b"{not json", 400, "could not parse the JSON body"),
+        (b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}', 404, "'nope'"),
+        (
+            b'{"model": "desk", "messages": [{"role": "user", "content": "hi"}], '
+            b'"max_tokens": 100000}',
+            400,
+            "max_tokens: expected at most",
+        ),
+        (b'{"model": "desk", "messages": "hi"}', 400, "messages"),
+        (
+            b'{"model": "desk", "messages": [{"role": "user", "content": "hi"}], '
+            b'"temperature": "hot"}',
+            400,
+            "temperature",
+        ),
+        (b"[1, 2]", 400, "expected a JSON object"),
+        (b'{"model": "desk", "prompt": "' + b"x" * 70_000 + b'"}', 413, "limit is"),
+    ],
+)
+def test_bad_requests_get_openai_errors(endpoint, body, status, fragment):
+    path = "/v1/completions" if b'"prompt"' in body else "/v1/chat/completions"
+    reply = _post(endpoint, path, content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert fragment in error["message"] and error["type"]
+    ok = _client(endpoint).chat.completions.create(model="desk", messages=MESSAGES, max_tokens=2)
+    assert ok.choices[0].message.content is not None  # the replicas are still serving
+
+
+def test_canary_split_sticky_force_admin_and_load(endpoint):
+    """@canary starts a canary; users split stickily; a weight change and a killed replica
+    during load lose no request; every answer names its version."""
+    import ray
+
+    registry, v1, v2 = endpoint["registry"], *endpoint["versions"]
+    controller = endpoint["controller"]
+    assert promote(registry, LOOSE, "desk", v2, "canary", user=RELEASER).moved
+    assert controller.tick().decision == "start"  # deploys version 2, weight 0.5
+    client = _client(endpoint)
+
+    def version_for(user):
+        reply = client.chat.completions.create(
+            model="desk", messages=MESSAGES, max_tokens=1, user=user
+        )
+        return reply.model_extra["hybridft"]["version"]
+
+    first = {u: version_for(u) for u in (f"user-{i}" for i in range(12))}
+    assert set(first.values()) == {v1, v2}  # 12 users at 50%: both arms (fails with p=2^-11)
+    assert {u: version_for(u) for u in first} == first  # sticky
+    forced = _post(
+        endpoint,
+        "/v1/chat/completions",
+        headers={"x-hybridft-version": v2},
+        json={"model": "desk", "messages": MESSAGES, "max_tokens": 1},
+    )
+    assert forced.headers["x-hybridft-arm"] == "forced"
+    assert forced.json()["hybridft"]["version"] == v2
+    denied = _post(endpoint, "/admin/canary/weight", json={"weight": 0.2})
+    assert denied.status_code == 403
+
+    results, stop = [], threading.Event()
+
+    def client_loop(i):
+        n = 0
+        while not stop.is_set():
+            started, attempts = time.perf_counter(), 0
+            while True:
+                attempts += 1
+                try:
+                    r = _post(
+                        endpoint,
+                        "/v1/chat/completions",
+                        json={
+                            "model": "desk",
+                            "messages": MESSAGES,
+                            "max_tokens": 2,
+                            "user": f"load-{i}-{n % 5}",
+                        },
+                    )
+                    if r.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert attempts < 20, f"request lost after {attempts} attempts"
+                time.sleep(0.2)
+            results.append(
+                (
+                    r.headers.get("x-hybridft-model-version"),
+                    r.json()["hybridft"]["version"],
+                    time.perf_counter() - started,
+                    attempts,
+                )
+            )
+            n += 1
+
+    with cf.ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(client_loop, i) for i in range(10)]
+        time.sleep(LOAD_S / 3)
+        changed = _post(
+            endpoint,
+            "/admin/canary/weight",
+            key=endpoint["admin"],
+            json={"weight": 0.2, "reason": "load test"},
+        )
+        assert changed.status_code == 200 and changed.json()["weight"] == 0.2
+        time.sleep(LOAD_S / 6)
+        app = model_app_name("desk", v1)
+        replicas = [
+            a
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "SERVE_REPLICA" in a["name"] and app in a["name"]
+        ]
+        assert replicas, ray.util.list_named_actors(all_namespaces=True)
+        ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]))
+        time.sleep(LOAD_S / 2)
+        stop.set()
+        for f in futures:
+            f.result()
+    assert len(results) >= 20
+    for header, version, _, _ in results:
+        assert header == f"desk/{version}" and version in (v1, v2)
+    latencies = np.array([r[2] for r in results])
+    print(
+        f"load: {len(results)} requests, p50 {np.percentile(latencies, 50):.3f}s, "
+        f"p99 {np.percentile(latencies, 99):.3f}s, retried {sum(r[3] > 1 for r in results)}"
+    )
+    state = CanaryStore(endpoint["paths"].state).read()
+    assert state.weight == 0.2 and state.history[-1].reason.endswith("load test")
+    metrics = httpx.get(f"{endpoint['root']}/metrics", timeout=10).text
+    assert f'hybridft_canary_weight{{model="desk",version="{v2}"}} 0.2' in metrics
+    assert f'version="{v2}"' in metrics and "hybridft_requests_total" in metrics
+    logged = FeedbackStore(endpoint["paths"].traffic).window(v2, 0)
+    assert logged and {r["arm"] for r in logged} <= {"canary", "forced"}
+    # the controller's rollback sends everything back to version 1 and frees the @canary alias
+    controller.rollback_now(RELEASER, "end of test")
+    assert alias_version(registry, "desk", "canary") is None
+    time.sleep(0.5)  # routers re-read the state file at most every 0.25 s
+    assert {version_for(u) for u in first} == {v1}
