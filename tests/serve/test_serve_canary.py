@@ -139,7 +139,9 @@ def test_openai_client_plain_and_streaming_agree(endpoint):
 def test_label_probabilities_flag_low_confidence_for_review_and_take_feedback(endpoint):
     client = _client(endpoint)
     sure = client.chat.completions.create(
-        model="desk", messages=MESSAGES, max_tokens=3,
+        model="desk",
+        messages=MESSAGES,
+        max_tokens=3,
         extra_body={"labels": ["network", "hardware", "identity"]},
     ).model_extra["hybridft"]
     assert sure["label"] == "network" and not sure["flagged_for_review"]  # trained on it

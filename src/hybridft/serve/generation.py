@@ -3,7 +3,8 @@
 A hand-written loop rather than ``model.generate``: it gives a per-request seeded
 ``torch.Generator`` (``generate`` samples from the global RNG), exact stop-string truncation and
 token-by-token streaming without a helper thread. It is checked against a full forward pass in
-the tests.
+the tests. ``generate_batch`` runs many requests as one left-padded batch (Serve's dynamic
+batching), each row answering exactly as it would alone.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 from hybridft.errors import UserError
 
@@ -214,6 +213,8 @@ class GenerationEngine:
         Returns:
             ``{label: probability}`` in the order of ``labels``, summing to 1.
         """
+        import numpy as np
+
         from hybridft.evaluate.calibration import apply_temperature
 
         label_ids = self._label_ids(labels)
