@@ -234,7 +234,7 @@ def approve(
 @app.command()
 def promote(
     ref: str = typer.Argument(..., help="NAME@VERSION"),
-    alias: str = typer.Option("candidate", help="candidate | champion"),
+    alias: str = typer.Option("candidate", help="candidate | canary | champion (per policy)"),
     policy: Path = typer.Option(Path("policies/default.yaml"), help="governance policy"),
     reason: str = typer.Option("", help="why (goes into the audit log)"),
     tracking_uri: str = TrackingOpt,
