@@ -215,12 +215,14 @@ def detection(n_runs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="per throughput contender")
+    parser.add_argument("--skip-plain", action="store_true", help="only our side of (b)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--latency-requests", type=int, default=400)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--sim-runs", type=int, default=2000)
+    parser.add_argument("--batch-wait-ms", type=float, default=4.0)
     args = parser.parse_args()
 
     import ray

@@ -391,6 +391,8 @@ class ServeModelArgs(BaseModel):
     # Classification tasks: {task: {"labels": [...], "temperature": T}} (from the eval result).
     tasks: dict[str, dict[str, Any]] = {}
     max_batch_size: Annotated[int, Field(ge=1, le=256)] = 16
+    # How long a first request waits for others to join its batch.
+    batch_wait_s: Annotated[float, Field(ge=0, le=1)] = 0.004
     num_replicas: Annotated[int, Field(ge=1)] = 1
 
     @field_validator("model_dir")
@@ -424,6 +426,7 @@ def build_app(args: ServeModelArgs) -> serve.Application:
         max_tokens_limit=args.max_tokens_limit,
         tasks=args.tasks,
         max_batch_size=args.max_batch_size,
+        batch_wait_s=args.batch_wait_s,
     )
 
 
