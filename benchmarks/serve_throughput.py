@@ -230,9 +230,9 @@ def main() -> None:
 
     from hybridft.registry.client import Registry
     from hybridft.serve.canary import CanarySpec, ServePaths
-    from hybridft.serve.deployment import ServeModelArgs, build_app
     from hybridft.serve.endpoint import ServeDeployer, start_endpoint
     from hybridft.serve.keys import KeyStore
+    from hybridft.serve.launch import ServeModelArgs, build_app
 
     tmp = Path(tempfile.mkdtemp(prefix="hybridft-serve-bench-"))
     results: dict = {"machine": {"cpus": os.cpu_count()}}

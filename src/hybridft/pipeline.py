@@ -325,7 +325,7 @@ def serve_version(
 ) -> str:
     """Resolve a registry reference, fetch its model, deploy it on Ray Serve; returns the base URL."""
     from hybridft.registry.client import Registry
-    from hybridft.serve.deployment import deploy
+    from hybridft.serve.launch import deploy
     from hybridft.train.run import ensure_ray
 
     registry = Registry(tracking_uri)

@@ -16,8 +16,8 @@ import torch
 from hybridft.errors import UserError
 from hybridft.model.hf import load_model, load_tokenizer
 from hybridft.serve import deploy
-from hybridft.serve.deployment import VERSION_HEADER
 from hybridft.serve.generation import GenerationEngine, SamplingParams
+from hybridft.serve.openai_api import VERSION_HEADER
 
 pytestmark = pytest.mark.ray
 

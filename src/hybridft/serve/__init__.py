@@ -1,6 +1,6 @@
 """Serving: OpenAI-compatible Ray Serve deployments of registered model versions.
 
-``deploy`` / ``build_app`` live in :mod:`hybridft.serve.deployment`; they are imported lazily so
+``deploy`` / ``build_app`` live in :mod:`hybridft.serve.launch`; they are imported lazily so
 that importing a light submodule (schemas, engine) does not start importing Ray Serve.
 """
 
@@ -13,7 +13,7 @@ __all__ = ["ServeModelArgs", "build_app", "deploy"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from hybridft.serve import deployment
+        from hybridft.serve import launch
 
-        return getattr(deployment, name)
+        return getattr(launch, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

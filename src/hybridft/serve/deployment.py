@@ -3,9 +3,8 @@
 Every response (errors included) names the version that answered: the ``model`` field, the
 ``system_fingerprint`` field ``<name>/<version>`` and the ``x-hybridft-model-version`` header.
 
-Deploy from Python with :func:`deploy`, or from a Serve config file / ``serve run`` with the
-application builder ``hybridft.serve.deployment:build_app`` and the fields of
-:class:`ServeModelArgs` as ``args``.
+Deploy it with :mod:`hybridft.serve.launch` (``deploy``, or the Serve application builder
+``hybridft.serve.launch:build_app``).
 """
 
 # No `from __future__ import annotations` here: Serve cloudpickles the routes by value with only
@@ -14,22 +13,19 @@ application builder ``hybridft.serve.deployment:build_app`` and the fields of
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hybridft.errors import UserError
 from hybridft.serve.generation import GenerationEngine, SamplingParams
 from hybridft.serve.openai_api import (
+    VERSION_HEADER,
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
@@ -43,14 +39,13 @@ from hybridft.serve.openai_api import (
     Usage,
     chat_chunks,
     completion_chunks,
-    error_from_validation,
+    install_error_handlers,
     parse_request,
     sse_events,
 )
 
 logger = logging.getLogger(__name__)
 
-VERSION_HEADER = "x-hybridft-model-version"
 DEFAULT_MAX_TOKENS_LIMIT = 512
 
 app = FastAPI(title="hybridft model server", docs_url=None, redoc_url=None)
@@ -83,36 +78,6 @@ class _ModelVersionHeader:
         await self.app(scope, receive, send_with_version)
 
 
-def _error_response(err: OpenAIError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
-
-
-async def _on_openai_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, OpenAIError)
-    return _error_response(exc)
-
-
-async def _on_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    return _error_response(error_from_validation(list(exc.errors())))
-
-
-async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
-    # Starlette still re-raises after answering, so Serve logs the traceback; the client gets JSON.
-    err = OpenAIError(500, f"internal error: {type(exc).__name__}", type="server_error")
-    return _error_response(err)
-
-
-async def _on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    message = str(exc.detail)
-    if exc.status_code == 404:
-        message = f"invalid URL ({request.method} {request.url.path})"
-    elif exc.status_code == 405:
-        message = f"method {request.method} not allowed on {request.url.path}"
-    return _error_response(OpenAIError(exc.status_code, message), headers=exc.headers)
-
-
 def _sse(chunks: Iterator[BaseModel]) -> StreamingResponse:
     return StreamingResponse(sse_events(chunks), media_type="text/event-stream")
 
@@ -120,10 +85,7 @@ def _sse(chunks: Iterator[BaseModel]) -> StreamingResponse:
 # Everything the routes use must exist before this point: @serve.ingress pickles the app (routes
 # included, by value, with the module globals defined so far) when the class is decorated.
 app.add_middleware(_ModelVersionHeader)
-app.add_exception_handler(OpenAIError, _on_openai_error)
-app.add_exception_handler(RequestValidationError, _on_validation_error)
-app.add_exception_handler(StarletteHTTPException, _on_http_error)
-app.add_exception_handler(Exception, _on_unexpected_error)
+install_error_handlers(app)
 
 
 async def _in_thread(events: Iterator[str]) -> AsyncIterator[str]:
@@ -376,140 +338,3 @@ class ModelServer:
         # never let one request take the replica down
         logger.error("generation failed: %s: %s", type(exc).__name__, exc)
         raise OpenAIError(500, f"generation failed: {exc}", type="server_error") from exc
-
-
-class ServeModelArgs(BaseModel):
-    """What one model deployment needs; also the ``args`` of a Serve config file."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model_dir: str
-    model_name: Annotated[str, Field(min_length=1)]
-    version: Annotated[str, Field(min_length=1)]
-    num_cpus: Annotated[float, Field(gt=0)] = 0.5
-    max_tokens_limit: Annotated[int, Field(ge=1)] = DEFAULT_MAX_TOKENS_LIMIT
-    # Classification tasks: {task: {"labels": [...], "temperature": T}} (from the eval result).
-    tasks: dict[str, dict[str, Any]] = {}
-    max_batch_size: Annotated[int, Field(ge=1, le=256)] = 16
-    # How long a first request waits for others to join its batch.
-    batch_wait_s: Annotated[float, Field(ge=0, le=1)] = 0.004
-    num_replicas: Annotated[int, Field(ge=1)] = 1
-
-    @field_validator("model_dir")
-    @classmethod
-    def _hf_safetensors_dir(cls, value: str) -> str:
-        path = Path(value).expanduser().resolve()  # replicas do not share the caller's cwd
-        if not (path / "config.json").is_file():
-            raise ValueError(f"expected a Hugging Face model directory, got {value!r}")
-        if not any(path.glob("*.safetensors")):
-            raise ValueError(f"expected *.safetensors weights in {value!r}")
-        return str(path)
-
-
-def build_app(args: ServeModelArgs) -> serve.Application:
-    """The Serve application for one model version (a Serve application builder).
-
-    Args:
-        args: The model directory, served name, version and replica resources.
-
-    Returns:
-        The bound application, for ``serve.run`` or a Serve config's ``import_path``.
-    """
-    if not isinstance(args, ServeModelArgs):  # `serve run ... key=value` passes a dict
-        args = ServeModelArgs.model_validate(args)
-    return ModelServer.options(
-        ray_actor_options={"num_cpus": args.num_cpus}, num_replicas=args.num_replicas
-    ).bind(
-        model_dir=args.model_dir,
-        model_name=args.model_name,
-        version=args.version,
-        max_tokens_limit=args.max_tokens_limit,
-        tasks=args.tasks,
-        max_batch_size=args.max_batch_size,
-        batch_wait_s=args.batch_wait_s,
-    )
-
-
-def deploy(
-    model_dir: str,
-    model_name: str,
-    version: str,
-    *,
-    port: int = 8000,
-    host: str = "127.0.0.1",
-    route_prefix: str = "/",
-    num_cpus: float = 0.5,
-    max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
-    app_name: str = "hybridft",
-    blocking: bool = False,
-) -> str:
-    """Serve a model directory on an already initialised Ray and return its OpenAI base URL.
-
-    Serve's HTTP host and port are cluster-wide: they are set by the first ``serve.start``; a
-    later deploy with another port fails its health check instead of silently answering elsewhere.
-
-    Args:
-        model_dir: Local HF causal-LM directory (safetensors weights, tokenizer, chat template).
-        model_name: The name clients send as ``model``.
-        version: The model version, reported with every response.
-        port: HTTP port of the Serve proxy.
-        host: HTTP host of the Serve proxy.
-        route_prefix: Where the application is mounted.
-        num_cpus: CPUs reserved per replica.
-        max_tokens_limit: Largest ``max_tokens`` a request may ask for.
-        app_name: Serve application name (replaced if it exists).
-        blocking: Keep serving until Ctrl-C, then delete the application.
-
-    Returns:
-        The base URL for OpenAI clients, e.g. ``http://127.0.0.1:8000/v1``.
-    """
-    import ray
-
-    if not ray.is_initialized():
-        raise UserError("serve: Ray is not initialised; call ray.init() before deploy()")
-    try:
-        args = ServeModelArgs(
-            model_dir=model_dir,
-            model_name=model_name,
-            version=version,
-            num_cpus=num_cpus,
-            max_tokens_limit=max_tokens_limit,
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UserError(f"serve: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    # Serve's per-request INFO access lines drown a terminal; warnings and errors still show
-    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
-    serve.run(build_app(args), name=app_name, route_prefix=route_prefix)
-    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    root = f"http://{probe_host}:{port}{route_prefix.rstrip('/')}"
-    _wait_until_answering(f"{root}/health", f"{model_name}/{version}")
-    url = f"{root}/v1"
-    if blocking:
-        logger.info("serving %s/%s at %s (Ctrl-C to stop)", model_name, version, url)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            serve.delete(app_name)
-    return url
-
-
-def _wait_until_answering(health_url: str, version_tag: str, timeout_s: float = 30.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    problem = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            reply = httpx.get(health_url, timeout=5.0)
-            found = reply.headers.get(VERSION_HEADER)
-            if reply.status_code == 200 and found == version_tag:
-                return
-            problem = f"HTTP {reply.status_code}, {VERSION_HEADER}={found!r}"
-        except httpx.HTTPError as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.2)
-    raise UserError(
-        f"serve: {health_url} did not answer as {version_tag} within {timeout_s:.0f}s ({problem}); "
-        "is Serve already running with other HTTP options? (serve.shutdown() to reset)"
-    )

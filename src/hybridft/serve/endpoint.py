@@ -39,6 +39,41 @@ def classification_tasks(registry: Registry, ref: ModelRef) -> dict[str, dict[st
     return tasks
 
 
+def version_app(
+    registry: Registry,
+    model: str,
+    version: str,
+    *,
+    cache: str | Path = ".hybridft/served",
+    num_cpus: float = 0.5,
+    num_replicas: int = 1,
+) -> Any:
+    """The Serve application of ``model`` at ``version`` (a number or an alias), fetched from
+    the registry with its classification tasks' labels and temperatures."""
+    from hybridft.serve.launch import ServeModelArgs, build_app
+
+    ref = registry.resolve(f"{model}@{version}")
+    model_dir = registry.download(ref, Path(cache) / ref.name / ref.version)
+    args = ServeModelArgs(
+        model_dir=str(model_dir.resolve()),
+        model_name=ref.name,
+        version=ref.version,
+        num_cpus=num_cpus,
+        num_replicas=num_replicas,
+        tasks=classification_tasks(registry, ref),
+    )
+    return build_app(args)
+
+
+def router_app(serve_dir: str | Path, review_threshold: float = 0.5, num_cpus: float = 0.25) -> Any:
+    """The router's Serve application over the endpoint state in ``serve_dir``."""
+    from hybridft.serve.router import CanaryRouter
+
+    return CanaryRouter.options(ray_actor_options={"num_cpus": num_cpus}).bind(
+        serve_dir=str(Path(serve_dir).expanduser().resolve()), review_threshold=review_threshold
+    )
+
+
 class ServeDeployer:
     """Deploy / delete the Serve application of one registered version."""
 
@@ -59,20 +94,16 @@ class ServeDeployer:
     def deploy(self, version: str) -> None:
         from ray import serve
 
-        from hybridft.serve.deployment import ServeModelArgs, build_app
-
-        ref = self.registry.resolve(f"{self.model}@{version}")
-        model_dir = self.registry.download(ref, self.cache / ref.name / ref.version)
-        args = ServeModelArgs(
-            model_dir=str(model_dir.resolve()),
-            model_name=self.model,
-            version=ref.version,
+        app = version_app(
+            self.registry,
+            self.model,
+            version,
+            cache=self.cache,
             num_cpus=self.num_cpus,
             num_replicas=self.num_replicas,
-            tasks=classification_tasks(self.registry, ref),
         )
         # No route prefix: versions are reached only through the router (keys, logging).
-        serve.run(build_app(args), name=model_app_name(self.model, version), route_prefix=None)
+        serve.run(app, name=model_app_name(self.model, version), route_prefix=None)
 
     def retire(self, version: str) -> None:
         from ray import serve
@@ -98,8 +129,6 @@ def start_endpoint(
     import ray
     from ray import serve
 
-    from hybridft.serve.router import CanaryRouter
-
     if not ray.is_initialized():
         raise UserError("serve: Ray is not initialised; call ray.init() first")
     paths = ServePaths(serve_dir)
@@ -114,9 +143,7 @@ def start_endpoint(
     deployer = deployer or ServeDeployer(registry, spec.model)
     for version in state.route_table().versions():
         deployer.deploy(version)
-    router = CanaryRouter.options(ray_actor_options={"num_cpus": router_cpus}).bind(
-        serve_dir=str(paths.root), review_threshold=spec.review.confidence_threshold
-    )
+    router = router_app(paths.root, spec.review.confidence_threshold, router_cpus)
     serve.run(router, name=ROUTER_APP, route_prefix="/")
     probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{probe}:{port}/v1"
@@ -128,8 +155,6 @@ def build_version_app(args: dict[str, Any]) -> Any:
     ``args``: ``model``, ``version`` (a number or an alias), optional ``tracking_uri``,
     ``num_cpus``, ``num_replicas``.
     """
-    from hybridft.serve.deployment import ServeModelArgs, build_app
-
     allowed = {"model", "version", "tracking_uri", "num_cpus", "num_replicas", "cache"}
     unknown = sorted(set(args) - allowed)
     if unknown or "model" not in args or "version" not in args:
@@ -137,31 +162,22 @@ def build_version_app(args: dict[str, Any]) -> Any:
             f"serve config args: expected model, version (and {', '.join(sorted(allowed))}); "
             f"got {', '.join(sorted(args))}"
         )
-    registry = Registry(args.get("tracking_uri"))
-    ref = registry.resolve(f"{args['model']}@{args['version']}")
-    cache = Path(args.get("cache", ".hybridft/served"))
-    model_dir = registry.download(ref, cache / ref.name / ref.version)
-    return build_app(
-        ServeModelArgs(
-            model_dir=str(model_dir.resolve()),
-            model_name=ref.name,
-            version=ref.version,
-            num_cpus=float(args.get("num_cpus", 0.5)),
-            num_replicas=int(args.get("num_replicas", 1)),
-            tasks=classification_tasks(registry, ref),
-        )
+    return version_app(
+        Registry(args.get("tracking_uri")),
+        args["model"],
+        str(args["version"]),
+        cache=args.get("cache", ".hybridft/served"),
+        num_cpus=float(args.get("num_cpus", 0.5)),
+        num_replicas=int(args.get("num_replicas", 1)),
     )
 
 
 def build_router_app(args: dict[str, Any]) -> Any:
     """Serve config builder for the router: ``serve_dir`` (required), ``review_threshold``."""
-    from hybridft.serve.router import CanaryRouter
-
     if "serve_dir" not in args:
         raise UserError("serve config args: the router needs serve_dir (its state folder)")
-    return CanaryRouter.options(
-        ray_actor_options={"num_cpus": float(args.get("num_cpus", 0.25))}
-    ).bind(
-        serve_dir=str(Path(args["serve_dir"]).expanduser().resolve()),
-        review_threshold=float(args.get("review_threshold", 0.5)),
+    return router_app(
+        args["serve_dir"],
+        float(args.get("review_threshold", 0.5)),
+        float(args.get("num_cpus", 0.25)),
     )

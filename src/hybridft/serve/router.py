@@ -27,14 +27,20 @@ from hybridft.errors import UserError
 from hybridft.serve.canary import RouteWatcher, ServePaths, manual_action
 from hybridft.serve.keys import KeyInfo, KeyStore, bearer_key
 from hybridft.serve.metrics import Metrics
-from hybridft.serve.openai_api import ModelCard, ModelList, OpenAIError, parse_request
+from hybridft.serve.openai_api import (
+    VERSION_HEADER,
+    ModelCard,
+    ModelList,
+    OpenAIError,
+    install_error_handlers,
+    parse_request,
+)
 from hybridft.serve.review import FeedbackStore, ReviewQueue
 from hybridft.serve.routing import Route, choose_route
 from hybridft.serve.traffic import RequestLogWriter, is_retryable, model_app_name
 
 logger = logging.getLogger(__name__)
 
-VERSION_HEADER = "x-hybridft-model-version"
 ARM_HEADER = "x-hybridft-arm"
 FORCE_HEADER = "x-hybridft-version"
 USER_HEADER = "x-hybridft-user"
@@ -45,33 +51,7 @@ RETRY_BUDGET_S = 20.0  # a request whose replica died is re-sent until a replica
 router_app = FastAPI(title="hybridft canary router", docs_url=None, redoc_url=None)
 
 
-def _router() -> "CanaryRouter":
-    return serve.get_replica_context().servable_object
-
-
-def _error(err: OpenAIError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
-
-
-async def _on_any_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, OpenAIError):
-        return _error(exc)
-    status = getattr(exc, "status_code", 500)
-    if status == 404:
-        return _error(OpenAIError(404, f"invalid URL ({request.method} {request.url.path})"))
-    if status == 405:
-        return _error(
-            OpenAIError(405, f"method {request.method} not allowed on {request.url.path}")
-        )
-    if status < 500:
-        return _error(OpenAIError(status, str(getattr(exc, "detail", exc))))
-    logger.error("router error: %s: %s", type(exc).__name__, exc)
-    return _error(OpenAIError(500, f"internal error: {type(exc).__name__}", type="server_error"))
-
-
-router_app.add_exception_handler(Exception, _on_any_error)
-for _status in (404, 405):
-    router_app.add_exception_handler(_status, _on_any_error)
+install_error_handlers(router_app)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
