@@ -129,6 +129,16 @@ def canary_weight(
     _manual("weight", serve_dir, reason, weight)
 
 
+def _decide_now(
+    action: str, spec_path: Path, serve_dir: Path, reason: str, uri: str | None
+) -> None:
+    controller = _controller(spec_path, serve_dir, uri, deploy=False)
+    decision = controller.decide_now(action, controller.user, reason)
+    console.print(f"{decision.decision}: {decision.reason}")
+    if decision.decision != action:
+        raise typer.Exit(1)
+
+
 @canary_app.command("promote")
 def canary_promote(
     spec_path: Path = typer.Argument(..., help="canary spec"),
@@ -137,11 +147,7 @@ def canary_promote(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Promote the canary now: @champion moves through the policy gates (releaser; audited)."""
-    controller = _controller(spec_path, serve_dir, tracking_uri, deploy=False)
-    decision = controller.promote_now(controller.user, reason)
-    console.print(f"{decision.decision}: {decision.reason}")
-    if decision.decision != "promote":
-        raise typer.Exit(1)
+    _decide_now("promote", spec_path, serve_dir, reason, tracking_uri)
 
 
 @canary_app.command("rollback")
@@ -152,9 +158,7 @@ def canary_rollback(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Send all traffic back to the primary now (releaser; audited)."""
-    controller = _controller(spec_path, serve_dir, tracking_uri, deploy=False)
-    decision = controller.rollback_now(controller.user, reason)
-    console.print(f"{decision.decision}: {decision.reason}")
+    _decide_now("rollback", spec_path, serve_dir, reason, tracking_uri)
 
 
 @keys_app.command("create")

@@ -16,12 +16,10 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
-import numpy as np
-
+from hybridft.errors import UserError
 from hybridft.registry.access import User, require
 from hybridft.registry.audit import AuditRecord, append_audit, default_audit_path
 from hybridft.registry.client import Registry
@@ -29,11 +27,11 @@ from hybridft.registry.gates import alias_version, promote
 from hybridft.registry.policy import Policy
 from hybridft.serve import analysis
 from hybridft.serve.canary import CanarySpec, CanaryState, CanaryStore, Decision, ServePaths
+from hybridft.serve.evidence import interval_checks, success_verdict
 from hybridft.serve.review import FeedbackStore
 
 logger = logging.getLogger(__name__)
 
-CANARY_ARMS = ("canary", "shadow")
 RETIRE_AFTER_S = 5.0  # a retired version keeps serving this long: routers switch, in-flight ends
 
 
@@ -146,8 +144,12 @@ class CanaryController:
 
     def _analyse(self, state: CanaryState, since: float, now: float) -> Decision:
         assert state.canary is not None and state.started_at is not None
-        checks, canary_n = self.interval_checks(state.primary, state.canary, since, now)
-        success = self.success(state.primary, state.canary, state.started_at)
+        checks, canary_n = interval_checks(
+            self.traffic, self.spec.checks, state.primary, state.canary, since, now
+        )
+        success = success_verdict(
+            self.traffic, self.spec.success, state.primary, state.canary, state.started_at
+        )
         schedule = self.spec.schedule
         failed = [c for c in checks if c["status"] == "fail"]
         at_max = state.mode == "shadow" or state.weight >= schedule.max_weight - 1e-9
@@ -200,121 +202,36 @@ class CanaryController:
             self._audit(decision, state.canary, state.primary)
         return decision
 
-    def interval_checks(
-        self, primary: str, canary: str, since: float, until: float
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Error rate, p95 latency, confidence and output drift of the canary vs the primary."""
-        c_rows = [r for r in self.traffic.window(canary, since, until) if r["arm"] in CANARY_ARMS]
-        p_rows = self.traffic.window(primary, since, until, arm="primary")
-        cfg = self.spec.checks
-        n = cfg.min_requests
-        checks = [
-            analysis.error_rate_check(
-                _errors(c_rows),
-                len(c_rows),
-                _errors(p_rows),
-                len(p_rows),
-                cfg.max_error_rate_increase,
-                min_samples=n,
-            ),
-            analysis.latency_check(
-                _ok(c_rows, "latency_s"),
-                _ok(p_rows, "latency_s"),
-                cfg.max_p95_latency_ratio,
-                min_samples=n,
-            ),
-            analysis.confidence_check(
-                _mean(_ok(c_rows, "confidence"), n),
-                _mean(_ok(p_rows, "confidence"), n),
-                cfg.max_confidence_drop,
-            ),
-            self._drift("predicted_label", c_rows, p_rows),
-            self._drift("completion_chars", c_rows, p_rows),
-        ]
-        return [c.to_dict() for c in checks], len(c_rows)
-
-    def _drift(
-        self, column: str, c_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]]
-    ) -> Any:
-        name = "label_drift" if column == "predicted_label" else "length_drift"
-        c_vals, p_vals = _ok(c_rows, column), _ok(p_rows, column)
-        cfg = self.spec.checks
-        if min(len(c_vals), len(p_vals)) < cfg.min_requests:
-            detail = f"{len(c_vals)} canary / {len(p_vals)} primary values (< {cfg.min_requests})"
-            return analysis.Check(name, "insufficient", None, cfg.max_psi, detail)
-        if column == "predicted_label":
-            cats = sorted(set(c_vals) | set(p_vals))
-            pc, cc = Counter(p_vals), Counter(c_vals)
-            expected = np.array([pc[k] for k in cats], float)
-            actual = np.array([cc[k] for k in cats], float)
-        else:
-            expected, actual = analysis.length_bins(p_vals, c_vals)
-        result = analysis.psi_test(expected, actual, alpha=cfg.drift_alpha, max_psi=cfg.max_psi)
-        status = "fail" if result.drifted else "pass"
-        return analysis.Check(name, status, result.psi, cfg.max_psi, result.reason)
-
-    def success(self, primary: str, canary: str, since: float) -> analysis.SequentialDecision:
-        """The sequential test on all feedback and probe outcomes since the canary started."""
-        c = self.traffic.summary(canary, since=since)
-        p = self.traffic.summary(primary, since=since)
-        s = self.spec.success
-        return analysis.success_test(
-            c["successes"],
-            c["n"],
-            p["successes"],
-            p["n"],
-            margin=s.margin,
-            alpha=s.alpha,
-            beta=s.beta,
-            min_samples=s.min_samples,
-        )
-
     # --- decisions ----------------------------------------------------------------------------
 
     def _manual(self, state: CanaryState, now: float) -> Decision | None:
         request = state.requested or {}
-        who = str(request.get("who", "unknown"))
-        reason = f"manual {request.get('action')} by {who}: {request.get('reason') or 'no reason'}"
-        decision = Decision(
-            at=now,
-            decision=request.get("action", "hold"),
-            weight=state.weight,
-            reason=reason,
-            who=who,
-        )
         if state.canary is None or state.status not in ("running", "paused"):
-            self.store.update(lambda s: _clear_request(s))
+            self.store.update(_clear_request)
             return None
+        who = str(request.get("who", "unknown"))
+        decision = _manual_decision(request.get("action", ""), who, request.get("reason"), now)
         if decision.decision == "promote":
             return self._promote(decision, who=self.user)
         return self._rollback(decision)
 
+    def decide_now(self, action: str, who: User, reason: str) -> Decision:
+        """The manual gates: ``promote`` (still through the policy gates) or ``rollback`` now."""
+        decision = _manual_decision(action, who.name, reason, time.time())
+        if action == "promote":
+            return self._promote(decision, who=who)
+        return self._rollback(decision)
+
     def promote_now(self, who: User, reason: str) -> Decision:
-        """The manual gate: promote the running canary now (still through the policy gates)."""
-        state = self.store.read()
-        decision = Decision(
-            at=time.time(),
-            decision="promote",
-            weight=state.weight,
-            reason=f"manual promote by {who.name}: {reason or 'no reason'}",
-            who=who.name,
-        )
-        return self._promote(decision, who=who)
+        return self.decide_now("promote", who, reason)
 
     def rollback_now(self, who: User, reason: str) -> Decision:
-        decision = Decision(
-            at=time.time(),
-            decision="rollback",
-            weight=0.0,
-            reason=f"manual rollback by {who.name}: {reason or 'no reason'}",
-            who=who.name,
-        )
-        return self._rollback(decision)
+        return self.decide_now("rollback", who, reason)
 
     def _promote(self, decision: Decision, who: User) -> Decision:
         state = self.store.read()
         if state.canary is None:
-            raise_no_canary(state)
+            _raise_no_canary(state)
         canary, old = state.canary, state.primary
         outcome = promote(
             self.registry,
@@ -331,6 +248,7 @@ class CanaryController:
             decision = decision.model_copy(
                 update={
                     "decision": "refused",
+                    "weight": state.weight,
                     "reason": f"promotion refused: {outcome.reason}",
                 }
             )
@@ -359,7 +277,7 @@ class CanaryController:
     def _rollback(self, decision: Decision) -> Decision:
         state = self.store.read()
         if state.canary is None:
-            raise_no_canary(state)
+            _raise_no_canary(state)
         canary = state.canary
         decision = decision.model_copy(update={"decision": "rollback", "weight": 0.0})
         self._drop_canary_alias(canary)
@@ -426,27 +344,26 @@ class CanaryController:
         )
 
 
-def raise_no_canary(state: CanaryState) -> None:
-    from hybridft.errors import UserError
+def _manual_decision(action: str, who: str, reason: str | None, at: float) -> Decision:
+    if action not in ("promote", "rollback"):
+        raise UserError(f"canary decision: expected promote or rollback, got {action!r}")
+    # The weight is filled in by _promote / _rollback, which read the state under the lock.
+    return Decision(
+        at=at,
+        decision=action,
+        weight=0.0,
+        who=who,
+        reason=f"manual {action} by {who}: {reason or 'no reason'}",
+    )
 
+
+def _raise_no_canary(state: CanaryState) -> NoReturn:
     raise UserError(f"model {state.model}: no canary running (status {state.status})")
 
 
 def _clear_request(state: CanaryState) -> CanaryState:
     state.requested = None
     return state
-
-
-def _errors(rows: list[dict[str, Any]]) -> int:
-    return sum(1 for r in rows if r["status_code"] >= 500)
-
-
-def _ok(rows: list[dict[str, Any]], column: str) -> list[Any]:
-    return [r[column] for r in rows if r["status_code"] < 400 and r[column] is not None]
-
-
-def _mean(values: list[float], min_n: int) -> float | None:
-    return float(np.mean(values)) if len(values) >= min_n else None
 
 
 def _success_dict(s: analysis.SequentialDecision) -> dict[str, Any]:
