@@ -6,90 +6,24 @@ row holds a random salt and ``sha256(salt + key)``. A high-entropy key needs no 
 only protects guessable passwords), so verification is one indexed lookup and one sha256 per
 request. There is no in-process cache: a revocation by one process takes effect on every
 replica at their next request.
-
-:class:`SqliteDatabase` is the one way the serving stores open their files (also used by
-:mod:`hybridft.serve.review`): WAL, a busy timeout, one connection per process behind a lock.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hybridft.errors import UserError
-from hybridft.registry.audit import exclusive_lock, utc_now
+from hybridft.registry.audit import utc_now
+from hybridft.serve.sqlite_store import SqliteDatabase
 
 KEY_PREFIX = "hft-"
 KEY_ID_CHARS = 8
 ROLES = ("user", "admin")
-BUSY_TIMEOUT_MS = 10_000
-
-
-class SqliteDatabase:
-    """One sqlite file used by many processes: WAL, ``busy_timeout``, explicit write transactions.
-
-    The connection is opened lazily and reopened after a ``fork`` (a sqlite connection must not
-    cross one); within a process one lock serialises threads on it.
-    """
-
-    def __init__(self, path: str | Path, schema: str) -> None:
-        self.path = Path(path)
-        self._schema = schema
-        self._pid = -1
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is not None and self._pid == os.getpid():
-            return self._conn
-        if self._pid != os.getpid():
-            self._lock = threading.Lock()  # a lock copied by fork may be held by a dead thread
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None
-        )
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # Switching to WAL and creating tables race between processes opening a new file at once;
-        # a flock beside the file makes that first setup one at a time.
-        with exclusive_lock(f"{self.path}.lock"):
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(f"BEGIN IMMEDIATE; {self._schema}; COMMIT;")
-        self._conn, self._pid = conn, os.getpid()
-        return conn
-
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
-        conn = self._connection()
-        with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        conn = self._connection()
-        with self._lock:
-            return conn.execute(sql, params).fetchall()
-
-    def close(self) -> None:
-        if self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
-        self._conn = None
 
 
 _SCHEMA = """

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridft.errors import UserError
-from hybridft.serve.keys import SqliteDatabase
+from hybridft.serve.sqlite_store import SqliteDatabase
 
 REVIEW_STATUSES = ("open", "resolved", "all")
 ARMS = ("primary", "canary", "shadow", "forced")
