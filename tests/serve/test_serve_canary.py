@@ -158,6 +158,8 @@ def test_label_probabilities_flag_low_confidence_for_review_and_take_feedback(en
     assert good.status_code == 200 and good.json()["version"] == endpoint["versions"][0]
     again = _post(endpoint, "/v1/feedback", json={"request_id": ext["request_id"], "success": True})
     assert again.status_code == 409
+    not_object = _post(endpoint, "/v1/feedback", json=[ext["request_id"]])
+    assert not_object.status_code == 400 and "expected a JSON object" in not_object.text
     unknown = _post(endpoint, "/v1/feedback", json={"request_id": "req-nope", "success": False})
     assert unknown.status_code == 404 and "unknown request" in unknown.json()["error"]["message"]
     assert ext["flagged_for_review"], ext
@@ -305,6 +307,8 @@ def test_canary_split_sticky_force_admin_and_load(endpoint):
     metrics = httpx.get(f"{endpoint['root']}/metrics", timeout=10).text
     assert f'hybridft_canary_weight{{model="desk",version="{v2}"}} 0.2' in metrics
     assert f'version="{v2}"' in metrics and "hybridft_requests_total" in metrics
+    assert 'hybridft_canary_decisions_total{decision="start",model="desk"} 1.0' in metrics
+    assert 'hybridft_canary_decisions_total{decision="set_weight",model="desk"} 1.0' in metrics
     logged = FeedbackStore(endpoint["paths"].traffic).window(v2, 0)
     assert logged and {r["arm"] for r in logged} <= {"canary", "forced"}
     # the controller's rollback sends everything back to version 1 and frees the @canary alias

@@ -76,6 +76,8 @@ class CanaryRouter:
         self._handles: dict[str, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._weights_shown: tuple[Any, ...] = ()
+        # Decisions are made by the controller; a router counts those it sees after it starts.
+        self._decisions_seen = len(self.watcher.store.read().history)
 
     # --- routes -----------------------------------------------------------------------------
 
@@ -110,6 +112,8 @@ class CanaryRouter:
         """``{"request_id", "success": bool, "score"?: float}``: task success of one answer."""
         self._authorize(request)
         body = await self._json(request)
+        if not isinstance(body, dict):
+            raise OpenAIError(400, f"feedback: expected a JSON object, got {type(body).__name__}")
         request_id, success = body.get("request_id"), body.get("success")
         if not isinstance(request_id, str) or not isinstance(success, bool):
             raise OpenAIError(
@@ -126,7 +130,7 @@ class CanaryRouter:
             version = await asyncio.to_thread(
                 self.feedback.record, request_id, None, success, "user", score
             )
-        except Exception as exc:  # UserError: unknown request, duplicate feedback, ...
+        except UserError as exc:  # unknown request (404); duplicate, failed or shadow-only (409)
             raise OpenAIError(404 if "unknown" in str(exc) else 409, str(exc)) from None
         return JSONResponse({"request_id": request_id, "version": version, "recorded": True})
 
@@ -404,7 +408,12 @@ class CanaryRouter:
             ) from None
 
     def _show_weights(self) -> None:
-        table = self.watcher.table()
+        """Refresh the canary gauges and decision counters from the state (on each scrape)."""
+        state = self.watcher.store.read()
+        for decision in state.history[self._decisions_seen :]:
+            self.metrics.decision(state.model, decision.decision)
+        self._decisions_seen = len(state.history)
+        table = state.route_table()
         shown = (table.primary, table.canary, table.weight)
         if shown != self._weights_shown:
             weights = {table.primary: 1.0 - table.weight}
