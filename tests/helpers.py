@@ -8,6 +8,18 @@ from typing import Any
 
 import yaml
 
+from hybridft.registry.access import User
+from hybridft.registry.policy import Policy
+
+# Canary tests: a releaser, and a policy whose gates pass without approvals or catalog reviews.
+RELEASER = User("dave", ("releaser", "viewer"))
+LOOSE = Policy(
+    name="loose",
+    required_approvals={"count": 0},
+    require_approved_data=False,
+    aliases=["candidate", "canary", "champion"],
+)
+
 TINY = {
     "layers": 2,
     "hidden": 64,

@@ -16,9 +16,9 @@ import sys
 import time
 
 import pytest
+from helpers import LOOSE, RELEASER
 
 from hybridft.errors import UserError
-from hybridft.registry.access import User
 from hybridft.registry.audit import default_audit_path, read_audit
 from hybridft.registry.gates import alias_version, promote
 from hybridft.registry.policy import Policy
@@ -27,13 +27,6 @@ from hybridft.serve.controller import CanaryController
 from hybridft.serve.review import FeedbackStore
 from hybridft.serve.routing import choose_route
 
-RELEASER = User("dave", ("releaser", "viewer"))
-LOOSE = Policy(
-    name="loose",
-    required_approvals={"count": 0},
-    require_approved_data=False,
-    aliases=["candidate", "canary", "champion"],
-)
 METRICS = {"eval/score": 0.9, "eval/ece": 0.05}
 SPEC = {
     "model": "desk",

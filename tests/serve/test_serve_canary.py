@@ -18,11 +18,10 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from helpers import LOOSE, RELEASER
 
-from hybridft.registry.access import User
 from hybridft.registry.client import Registry
 from hybridft.registry.gates import alias_version, promote
-from hybridft.registry.policy import Policy
 from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths
 from hybridft.serve.controller import CanaryController
 from hybridft.serve.endpoint import ServeDeployer, start_endpoint
@@ -32,13 +31,6 @@ from hybridft.serve.traffic import model_app_name
 
 pytestmark = pytest.mark.ray
 
-RELEASER = User("dave", ("releaser", "viewer"))
-LOOSE = Policy(
-    name="loose",
-    required_approvals={"count": 0},
-    require_approved_data=False,
-    aliases=["candidate", "canary", "champion"],
-)
 MESSAGES = [{"role": "user", "content": "Ticket 3: my laptop cannot reach the VPN"}]
 LOAD_S = float(os.environ.get("HYBRIDFT_TEST_LOAD_S", "8"))
 
