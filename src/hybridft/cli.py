@@ -24,6 +24,11 @@ from hybridft.cli_serve import canary_app, keys_app, review_app  # noqa: E402
 app.add_typer(canary_app, name="canary")
 app.add_typer(keys_app, name="keys")
 app.add_typer(review_app, name="review")
+from hybridft import cli_monitor  # noqa: E402
+
+app.command("monitor")(cli_monitor.monitor)
+app.command("retrain")(cli_monitor.retrain)
+app.command("trace")(cli_monitor.trace)
 console = Console(stderr=True)
 
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: sqlite)")
@@ -78,13 +83,21 @@ def train(
     run_name: str = typer.Option(None, help="run name (default: unique per start)"),
     resume: bool = typer.Option(False, "--resume", help="continue RUN_NAME from its checkpoint"),
     output_dir: str = typer.Option(None, help="override the spec's output_dir (shared storage)"),
+    require_approved_data: bool = typer.Option(
+        False, help="refuse to train unless every dataset is approved in the catalog"
+    ),
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Train a job spec on Ray Train and log the run to MLflow."""
     from hybridft.pipeline import train_and_log
 
     record = train_and_log(
-        spec, run_name=run_name, resume=resume, tracking_uri=tracking_uri, output_dir=output_dir
+        spec,
+        run_name=run_name,
+        resume=resume,
+        tracking_uri=tracking_uri,
+        output_dir=output_dir,
+        require_approved_data=require_approved_data,
     )
     console.print(f"[green]run[/] {record.run_name}  mlflow {record.mlflow_run_id}")
     typer.echo(record.run_dir)

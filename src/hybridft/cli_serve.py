@@ -233,13 +233,16 @@ def review_resolve(
     serve_dir: Path = ServeDirOpt,
 ) -> None:
     """Give a flagged answer its correct label (it becomes training data for retraining)."""
+    from hybridft.monitor.traffic_log import TrafficLog
     from hybridft.registry.access import current_user
     from hybridft.serve.canary import ServePaths
     from hybridft.serve.review import ReviewQueue
 
-    item = ReviewQueue(ServePaths(serve_dir).review).resolve(
-        request_id, label, current_user().name, note
-    )
+    paths = ServePaths(serve_dir)
+    item = ReviewQueue(paths.review).resolve(request_id, label, current_user().name, note)
+    log = TrafficLog(paths.traffic_log)  # the outcome joins the answer in the traffic log
+    log.append([log.event("review", request_id=item.request_id, model=item.model,
+                          version=item.version, review_label=item.label, reviewer=item.reviewer)])  # fmt: skip
     console.print(f"resolved {item.request_id}: {item.label!r} by {item.reviewer}")
 
 

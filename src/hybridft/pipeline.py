@@ -19,15 +19,23 @@ def train_and_log(
     resume: bool = False,
     tracking_uri: str | None = None,
     output_dir: str | None = None,
+    require_approved_data: bool = False,
 ) -> RunRecord:
-    """Load the spec, train on Ray Train, log the run (and model) to MLflow."""
+    """Load the spec, train on Ray Train, log the run (and model) to MLflow.
+
+    With ``require_approved_data``, every dataset the run would train on is catalogued (as a
+    draft when new) and training is refused unless each one is approved in the data catalog.
+    """
     from hybridft.registry.client import Registry
     from hybridft.registry.tracking import log_train_run
     from hybridft.train.run import run
 
     spec = load_job(spec_path)
     registry = Registry(tracking_uri)  # opened first: a bad URI fails before training
-    result = run(spec, run_name=run_name, resume=resume, output_dir=output_dir)
+    gate = None
+    if require_approved_data:
+        gate = lambda fps: require_approved(registry, spec, fps)  # noqa: E731
+    result = run(spec, run_name=run_name, resume=resume, output_dir=output_dir, data_gate=gate)
     record = log_train_run(registry, spec, result)
     catalog_run_data(registry, spec, record.fingerprints)
     return record
@@ -71,6 +79,33 @@ def catalog_run_data(registry: Any, spec: JobSpec, fingerprints: dict[str, str])
             )
         )  # fmt: skip
     return entries
+
+
+class UnapprovedData(UserError):
+    """Training refused: ``blocked`` lists ``{source, fingerprint, status}`` not approved."""
+
+    def __init__(self, blocked: list[dict[str, str]]) -> None:
+        self.blocked = blocked
+        listed = "; ".join(f"{b['source']} {b['fingerprint']} is {b['status']}" for b in blocked)
+        super().__init__(
+            f"training refused: unapproved data: {listed}. An approver runs `hybridft catalog "
+            "review FINGERPRINT --status approved` (see `hybridft catalog list`)"
+        )
+
+
+def require_approved(registry: Any, spec: JobSpec, fingerprints: dict[str, str]) -> None:
+    """Catalogue ``fingerprints`` (drafts when new); raise UnapprovedData unless all approved."""
+    from hybridft.registry.catalog import get_dataset
+
+    catalog_run_data(registry, spec, fingerprints)
+    blocked = []
+    for name, fp in sorted(fingerprints.items()):
+        entry = get_dataset(registry, fp)
+        status = entry.status if entry is not None else "not catalogued"
+        if status != "approved":
+            blocked.append({"source": name, "fingerprint": fp, "status": status})
+    if blocked:
+        raise UnapprovedData(blocked)
 
 
 def _manifest_for(paths: list[str]) -> dict[str, Any]:

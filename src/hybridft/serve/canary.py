@@ -68,6 +68,15 @@ class Review(Strict):
     confidence_threshold: Share = 0.5  # below it an answer is flagged and queued for review
 
 
+class TrafficLogSpec(Strict):
+    """The Parquet traffic log the router appends to (``<serve_dir>/traffic``)."""
+
+    text: Literal["drop", "mask", "keep"] = "drop"  # PII-free by default: lengths only
+    mask_patterns: list[str] = []  # extra regexes replaced by [REDACTED] under ``mask``
+    retention_days: Annotated[float, Field(gt=0)] | None = 30.0
+    flush_s: Annotated[float, Field(gt=0)] = 2.0  # a part file at most this often per router
+
+
 class CanarySpec(Strict):
     """``serve/canary.yaml``: the model, the progressive schedule and the analysis."""
 
@@ -78,6 +87,7 @@ class CanarySpec(Strict):
     checks: Checks = Checks()
     success: Success = Success()
     review: Review = Review()
+    traffic_log: TrafficLogSpec = TrafficLogSpec()
     policy: str = "policies/default.yaml"
     canary_alias: str = "canary"
     champion_alias: str = "champion"
@@ -153,6 +163,7 @@ class ServePaths:
         self.keys = self.root / "keys.db"
         self.traffic = self.root / "traffic.db"
         self.review = self.root / "review.db"
+        self.traffic_log = self.root / "traffic"  # Parquet, see monitor.traffic_log
 
 
 class CanaryStore:

@@ -65,12 +65,23 @@ def version_app(
     return build_app(args)
 
 
-def router_app(serve_dir: str | Path, review_threshold: float = 0.5, num_cpus: float = 0.25) -> Any:
-    """The router's Serve application over the endpoint state in ``serve_dir``."""
+def router_app(
+    serve_dir: str | Path,
+    review_threshold: float = 0.5,
+    num_cpus: float = 0.25,
+    traffic_log: dict[str, Any] | None = None,
+) -> Any:
+    """The router's Serve application over the endpoint state in ``serve_dir``.
+
+    ``traffic_log``: a ``TrafficLogSpec`` as a dict (redaction, retention, flush interval).
+    """
+    from hybridft.serve.canary import TrafficLogSpec
     from hybridft.serve.router import CanaryRouter
 
     return CanaryRouter.options(ray_actor_options={"num_cpus": num_cpus}).bind(
-        serve_dir=str(Path(serve_dir).expanduser().resolve()), review_threshold=review_threshold
+        serve_dir=str(Path(serve_dir).expanduser().resolve()),
+        review_threshold=review_threshold,
+        traffic_log=TrafficLogSpec.model_validate(traffic_log or {}).model_dump(),
     )
 
 
@@ -143,7 +154,9 @@ def start_endpoint(
     deployer = deployer or ServeDeployer(registry, spec.model)
     for version in state.route_table().versions():
         deployer.deploy(version)
-    router = router_app(paths.root, spec.review.confidence_threshold, router_cpus)
+    router = router_app(
+        paths.root, spec.review.confidence_threshold, router_cpus, spec.traffic_log.model_dump()
+    )
     serve.run(router, name=ROUTER_APP, route_prefix="/")
     probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{probe}:{port}/v1"
@@ -173,11 +186,13 @@ def build_version_app(args: dict[str, Any]) -> Any:
 
 
 def build_router_app(args: dict[str, Any]) -> Any:
-    """Serve config builder for the router: ``serve_dir`` (required), ``review_threshold``."""
+    """Serve config builder for the router: ``serve_dir`` (required), ``review_threshold``,
+    ``traffic_log`` (as in serve/canary.yaml)."""
     if "serve_dir" not in args:
         raise UserError("serve config args: the router needs serve_dir (its state folder)")
     return router_app(
         args["serve_dir"],
         float(args.get("review_threshold", 0.5)),
         float(args.get("num_cpus", 0.25)),
+        args.get("traffic_log"),
     )

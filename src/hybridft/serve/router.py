@@ -4,7 +4,7 @@ Ray Serve splits traffic only within a deployment, so the split between versions
 router reads the routing table from the canary state file (written by the controller and the
 manual gates), picks a version per request (weighted, sticky by user, forced by header, or
 shadowed), calls that version's ``ModelServer`` through a DeploymentHandle, and records the
-answer (request log, Prometheus metrics, review queue). Every response names the version that
+answer (request log, Parquet traffic log, Prometheus metrics, review queue). Every response names the version that
 answered: the body's ``system_fingerprint`` and ``hybridft.version``, and the
 ``x-hybridft-model-version`` header.
 """
@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from hybridft.errors import UserError
+from hybridft.monitor.traffic_log import Redaction, TrafficLog
 from hybridft.serve.canary import RouteWatcher, ServePaths, manual_action
 from hybridft.serve.keys import KeyInfo, KeyStore, bearer_key
 from hybridft.serve.metrics import Metrics
@@ -63,13 +64,17 @@ class CanaryRouter:
         serve_dir: str,
         max_body_bytes: int = 64 * 1024,
         review_threshold: float = 0.5,
+        traffic_log: dict[str, Any] | None = None,
     ) -> None:
         self.paths = ServePaths(serve_dir)
+        self.traffic = self._traffic_log(traffic_log or {})
         self.watcher = RouteWatcher(self.paths.state)
         self.keys = KeyStore(self.paths.keys)
         self.feedback = FeedbackStore(self.paths.traffic)
         self.review = ReviewQueue(self.paths.review)
-        self.log = RequestLogWriter(self.feedback, self.review)
+        self.log = RequestLogWriter(
+            self.feedback, self.review, self.traffic, float((traffic_log or {}).get("flush_s", 2.0))
+        )
         self.metrics = Metrics()
         self.max_body_bytes = max_body_bytes
         self.review_threshold = review_threshold
@@ -132,6 +137,14 @@ class CanaryRouter:
             )
         except UserError as exc:  # unknown request (404); duplicate, failed or shadow-only (409)
             raise OpenAIError(404 if "unknown" in str(exc) else 409, str(exc)) from None
+        self.log.put_event(
+            "feedback",
+            request_id=request_id,
+            model=self.watcher.table().model,
+            version=version,
+            success=success,
+            feedback_source="user",
+        )
         return JSONResponse({"request_id": request_id, "version": version, "recorded": True})
 
     # --- admin (manual gates; an admin key) ------------------------------------------------
@@ -194,10 +207,11 @@ class CanaryRouter:
         request_id = f"req-{uuid.uuid4().hex}"  # ours: a client-sent id may repeat
         headers = {VERSION_HEADER: f"{table.model}/{route.version}", ARM_HEADER: route.arm}
         headers[REQUEST_ID_HEADER] = request_id
+        prompt = _prompt_text(kind, parsed)
         if route.shadow is not None:
-            self._mirror(kind, body, route.shadow, request_id)
+            self._mirror(kind, body, route.shadow, request_id, prompt)
         if parsed.stream:
-            events = self._stream(kind, body, route, request_id, started)
+            events = self._stream(kind, body, route, request_id, started, prompt)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         reply = await self._call(route.version, kind, body)
         out = reply["body"]
@@ -209,8 +223,8 @@ class CanaryRouter:
             ext.update(request_id=request_id, version=route.version, arm=route.arm)
             ext["flagged_for_review"] = flagged
             if flagged:
-                self._enqueue_review(kind, parsed, out, route.version, request_id, table.model)
-        self._record(route, kind, reply["status"], out, request_id, started)
+                self._enqueue_review(kind, out, route.version, request_id, table.model, prompt)
+        self._record(route, kind, reply["status"], out, request_id, started, prompt)
         return JSONResponse(out, status_code=reply["status"], headers=headers)
 
     async def _call(self, version: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +247,13 @@ class CanaryRouter:
                 await asyncio.sleep(min(1.0, 0.1 * attempt) + random.random() * 0.1)
 
     async def _stream(
-        self, kind: str, body: dict[str, Any], route: Route, request_id: str, started: float
+        self,
+        kind: str,
+        body: dict[str, Any],
+        route: Route,
+        request_id: str,
+        started: float,
+        prompt: str,
     ) -> Any:
         chars, status = 0, 200
         try:
@@ -263,15 +283,34 @@ class CanaryRouter:
             self.log.put(
                 request_id, route.version, route.arm, status, latency, 0, 0, None, None, chars
             )
+            self.log.put_event(
+                "request",
+                request_id=request_id,
+                model=self.watcher.table().model,
+                version=route.version,
+                arm=route.arm,
+                status_code=status,
+                latency_s=latency,
+                completion_chars=chars,
+                prompt=prompt,
+            )
 
-    def _mirror(self, kind: str, body: dict[str, Any], version: str, request_id: str) -> None:
+    def _mirror(
+        self, kind: str, body: dict[str, Any], version: str, request_id: str, prompt: str
+    ) -> None:
         """Shadow: send the request to ``version`` too; record its answer, never return it."""
 
         async def shadow() -> None:
             started = time.perf_counter()
             reply = await self._call(version, kind, {**body, "stream": False})
             self._record(
-                Route(version, "shadow"), kind, reply["status"], reply["body"], request_id, started
+                Route(version, "shadow"),
+                kind,
+                reply["status"],
+                reply["body"],
+                request_id,
+                started,
+                prompt,
             )
 
         task = asyncio.get_running_loop().create_task(shadow())
@@ -286,6 +325,7 @@ class CanaryRouter:
         out: dict[str, Any],
         request_id: str,
         started: float,
+        prompt: str,
     ) -> None:
         latency = time.perf_counter() - started
         usage = out.get("usage") or {}
@@ -319,22 +359,37 @@ class CanaryRouter:
             ext.get("label"),
             len(text),
         )
+        self.log.put_event(
+            "request",
+            request_id=request_id,
+            model=self.watcher.table().model,
+            version=route.version,
+            arm=route.arm,
+            status_code=status,
+            latency_s=latency,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            task=ext.get("task"),
+            predicted_label=ext.get("label"),
+            confidence=confidence,
+            label_probs=ext.get("label_probs"),
+            flagged=bool(ext.get("flagged_for_review", False)),
+            prompt=prompt,
+            completion=text,
+        )
 
     def _enqueue_review(
         self,
         kind: str,
-        parsed: Any,
         out: dict[str, Any],
         version: str,
         request_id: str,
         model: str,
+        prompt: str,
     ) -> None:
         ext = out["hybridft"]
-        if kind == "chat":
-            prompt = "\n".join(m.text() for m in parsed.messages if m.role == "user")
-            answer = out["choices"][0]["message"]["content"]
-        else:
-            prompt, answer = parsed.prompt, out["choices"][0]["text"]
+        choice = out["choices"][0]
+        answer = choice["message"]["content"] if kind == "chat" else choice["text"]
         self.metrics.flagged(version)
         self.log.put_review(
             request_id,
@@ -349,6 +404,18 @@ class CanaryRouter:
         )
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _traffic_log(self, config: dict[str, Any]) -> TrafficLog:
+        log = TrafficLog(
+            self.paths.traffic_log,
+            Redaction(config.get("text", "drop"), tuple(config.get("mask_patterns", ()))),
+            config.get("retention_days", 30.0),
+        )
+        try:
+            log.apply_retention()
+        except OSError as exc:
+            logger.error("traffic log retention: %s", exc)
+        return log
 
     def _handle(self, version: str) -> Any:
         handle = self._handles.get(version)
@@ -421,3 +488,10 @@ class CanaryRouter:
                 weights[table.canary] = table.weight
             self.metrics.set_weights(table.model, weights)
             self._weights_shown = shown
+
+
+def _prompt_text(kind: str, parsed: Any) -> str:
+    """The user's text of a request: the user turns of a chat, or the completion prompt."""
+    if kind == "chat":
+        return "\n".join(m.text() for m in parsed.messages if m.role == "user")
+    return parsed.prompt if isinstance(parsed.prompt, str) else str(parsed.prompt)

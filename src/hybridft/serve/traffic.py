@@ -1,4 +1,4 @@
-"""The router's side effects off the request path: request-log and review writes, retries.
+"""The router's side effects off the request path: request-log, review and traffic-log writes.
 
 Writing a sqlite row costs about as much as routing a request, so the router hands rows to one
 background thread that commits them in order; ``flush`` waits until every row handed so far is
@@ -11,8 +11,10 @@ import logging
 import queue
 import re
 import threading
+import time
 from typing import Any
 
+from hybridft.monitor.traffic_log import TrafficLog
 from hybridft.serve.review import FeedbackStore, ReviewQueue
 
 logger = logging.getLogger(__name__)
@@ -37,11 +39,26 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 class RequestLogWriter:
-    """One thread that writes the request log and review queue, in arrival order."""
+    """One thread that writes the request log, the review queue and the Parquet traffic log.
 
-    def __init__(self, feedback: FeedbackStore, review: ReviewQueue | None = None) -> None:
+    sqlite rows are committed in arrival order; traffic events are buffered and appended as one
+    Parquet file per partition every ``flush_s`` seconds (and on ``flush``/``close``), so the log
+    does not become thousands of one-row files.
+    """
+
+    def __init__(
+        self,
+        feedback: FeedbackStore,
+        review: ReviewQueue | None = None,
+        traffic: TrafficLog | None = None,
+        flush_s: float = 2.0,
+    ) -> None:
         self.feedback = feedback
         self.review = review
+        self.traffic = traffic
+        self.flush_s = flush_s
+        self._events: list[dict[str, Any]] = []
+        self._oldest = 0.0
         self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
@@ -54,7 +71,14 @@ class RequestLogWriter:
         """A ``ReviewQueue.enqueue`` item (positional, same order)."""
         self._queue.put(("review", item))
 
+    def put_event(self, kind: str, **values: Any) -> None:
+        """A traffic-log event (``TrafficLog.event`` arguments); dropped without a traffic log."""
+        if self.traffic is not None:
+            self._queue.put(("event", (kind, values)))
+
     def flush(self) -> None:
+        """Wait until everything handed so far is written (Parquet buffer included)."""
+        self._queue.put(("flush", ()))
         self._queue.join()
 
     def close(self) -> None:
@@ -63,16 +87,44 @@ class RequestLogWriter:
 
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=self.flush_s / 4)
+            except queue.Empty:
+                self._write_events(force=False)
+                continue
             try:
                 if job is None:
+                    self._write_events(force=True)
                     return
-                kind, args = job
-                if kind == "log":
-                    self.feedback.log_request(*args)
-                elif self.review is not None:
-                    self.review.enqueue(*args)
+                self._do(*job)
             except Exception as exc:  # a bad row must not stop the log; say so loudly
                 logger.error("request log: could not write %s: %s", job[0] if job else "", exc)
             finally:
                 self._queue.task_done()
+
+    def _do(self, kind: str, args: tuple[Any, ...]) -> None:
+        if kind == "log":
+            self.feedback.log_request(*args)
+        elif kind == "review":
+            if self.review is not None:
+                self.review.enqueue(*args)
+        elif kind == "event":
+            assert self.traffic is not None
+            event_kind, values = args
+            if not self._events:
+                self._oldest = time.monotonic()
+            self._events.append(self.traffic.event(event_kind, **values))
+            self._write_events(force=False)
+        elif kind == "flush":
+            self._write_events(force=True)
+
+    def _write_events(self, force: bool) -> None:
+        if not self._events or self.traffic is None:
+            return
+        if not force and time.monotonic() - self._oldest < self.flush_s:
+            return
+        events, self._events = self._events, []
+        try:
+            self.traffic.append(events)
+        except Exception as exc:
+            logger.error("traffic log: could not append %d events: %s", len(events), exc)

@@ -11,6 +11,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ def run(
     controller_failure_limit: int = -1,
     output_dir: str | None = None,
     callbacks: list[Any] | None = None,
+    data_gate: Callable[[dict[str, str]], None] | None = None,
 ) -> TrainResult:
     """Train ``spec`` on Ray Train.
 
@@ -123,6 +125,8 @@ def run(
         controller_failure_limit: Ray Train controller failures tolerated (-1: Ray's default).
         output_dir: overrides ``spec.output_dir`` (e.g. a shared mount on a cluster).
         callbacks: Ray Train callbacks for the run (e.g. a caller relaying reported metrics).
+        data_gate: Called with ``{source: fingerprint}`` of exactly the rows about to be trained
+            on, before any worker starts; it raises to refuse them (e.g. unapproved data).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -145,13 +149,15 @@ def run(
         raise UserError(f"run {run_name!r} already exists under {out_root}; pass --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    ensure_ray()
-    check_resources(spec.scaling, spec.source_file)
     base_dir = base_of(spec.model, spec.seed)
     tokenizer = load_tokenizer(base_dir)
     prepared = prepare(
         spec.data, spec.stages, spec.training, tokenizer, spec.scaling.num_workers, spec.seed
     )
+    if data_gate is not None:
+        data_gate({n: s.fingerprint for n, s in prepared.sources.items()})
+    ensure_ray()
+    check_resources(spec.scaling, spec.source_file)
     mixture_path = write_mixture_report(prepared, spec.stages, run_dir / "mixture.json")
     validation = validation_rows(spec, tokenizer)
     (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
