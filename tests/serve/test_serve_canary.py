@@ -20,6 +20,10 @@ import openai
 import pytest
 from helpers import LOOSE, RELEASER
 
+from hybridft.monitor.trace import trace_request, trace_tree
+from hybridft.monitor.traffic_log import TrafficLog
+from hybridft.registry.access import User
+from hybridft.registry.catalog import register_dataset
 from hybridft.registry.client import Registry
 from hybridft.registry.gates import alias_version, promote
 from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths
@@ -48,12 +52,21 @@ def endpoint(ray_session, tiny_model_dir, template_db, tmp_path_factory):
     root = tmp_path_factory.mktemp("canary")
     shutil.copy(template_db, root / "mlflow.db")
     registry = Registry(f"sqlite:///{root / 'mlflow.db'}")
+    # lineage to trace: each version names a catalogued dataset with a real source file
+    rows = root / "desk_train.jsonl"
+    rows.write_text(
+        "".join(f'{{"prompt": "Ticket {i}", "completion": "network"}}\n' for i in range(7))
+    )
+    fingerprint = "sha256:" + "ab" * 32
+    register_dataset(registry, fingerprint, name="it_desk", sources=[rows], rows=7,
+                     format="task", user=User("erin", ("trainer",)))  # fmt: skip
     versions = []
     for _ in range(2):
         run_id = registry.start_run("tiny", tags={"hybridft.kind": "train"})
         source = registry.log_dir(run_id, tiny_model_dir, "model")
         registry.end_run(run_id)
-        versions.append(registry.register("desk", run_id, source, {}).version)
+        tags = {"hybridft.fingerprint.it_desk": fingerprint}
+        versions.append(registry.register("desk", run_id, source, tags).version)
     assert promote(registry, LOOSE, "desk", versions[0], "champion", user=RELEASER).moved
     spec = CanarySpec.model_validate(
         {
@@ -76,6 +89,8 @@ def endpoint(ray_session, tiny_model_dir, template_db, tmp_path_factory):
         "key": keys.create("alice"),
         "admin": keys.create("ops", role="admin"),
         "controller": CanaryController(spec, paths, registry, LOOSE, RELEASER, deployer),
+        "rows": rows,
+        "fingerprint": fingerprint,
     }
     yield ctx
     serve.shutdown()
@@ -163,6 +178,54 @@ def test_label_probabilities_flag_low_confidence_for_review_and_take_feedback(en
         time.sleep(0.1)
     item = queue.get(ext["request_id"])
     assert item.version == endpoint["versions"][0] and item.label_probs == ext["label_probs"]
+
+
+def _logged(paths, request_id, kinds, timeout=15.0):
+    """The traffic-log events of ``request_id`` once ``kinds`` are there (the router flushes
+    its Parquet buffer every couple of seconds)."""
+    log = TrafficLog(paths.traffic_log)
+    deadline = time.monotonic() + timeout
+    while True:
+        events = log.lookup(request_id).rows()
+        if sorted(e["kind"] for e in events) == sorted(kinds) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.2)
+
+
+def test_a_live_answer_is_logged_to_parquet_and_traced_to_its_source_rows(endpoint):
+    """The answer -> traffic log (text redacted) -> version -> dataset -> file and rows."""
+    from rich.console import Console
+
+    content = "Ticket 12: jane.doe@example.com cannot print"
+    reply = _client(endpoint).chat.completions.create(
+        model="desk",
+        messages=[{"role": "user", "content": content}],
+        max_tokens=3,
+        extra_body={"labels": ["network", "hardware"]},
+    )
+    ext = reply.model_extra["hybridft"]
+    rid = ext["request_id"]
+    assert _post(endpoint, "/v1/feedback", json={"request_id": rid, "success": False}).is_success
+    events = _logged(endpoint["paths"], rid, ["request", "feedback"])
+    request = next(e for e in events if e["kind"] == "request")
+    assert request["version"] == ext["version"] and request["model"] == "desk"
+    assert dict(request["label_probs"]) == pytest.approx(ext["label_probs"])
+    assert request["predicted_label"] == ext["label"] and request["confidence"] == ext["confidence"]
+    assert request["prompt"] is None and request["prompt_chars"] == len(content)  # PII-free
+    assert request["completion"] is None
+    assert request["completion_tokens"] == reply.usage.completion_tokens
+    assert [e["success"] for e in events if e["kind"] == "feedback"] == [False]
+
+    info = trace_request(rid, endpoint["paths"].root, endpoint["registry"])
+    (answer,) = info["answers"]
+    assert answer["version"] == ext["version"] and answer["feedback"][0]["success"] is False
+    lineage = info["versions"][f"desk@{ext['version']}"]
+    dataset = lineage["datasets"][endpoint["fingerprint"]]
+    assert dataset["file_rows"] == [{"path": str(endpoint["rows"]), "exists": True, "rows": 7}]
+    console = Console(width=200, record=True)
+    console.print(trace_tree(info))
+    text = console.export_text()
+    assert rid in text and f"{endpoint['rows']}: rows 1-7" in text
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,11 @@ def _baseline_stats(
     values: Sequence[float | None], counts: Sequence[int], baseline: int, kind: ChartKind
 ) -> tuple[float, float, float] | None:
     """(center, per-observation variance, typical count) of the baseline buckets, or None."""
-    pairs = [(v, n) for v, n in zip(values[:baseline], counts[:baseline]) if v is not None and n]
+    pairs = [
+        (v, n)
+        for v, n in zip(values[:baseline], counts[:baseline], strict=True)
+        if v is not None and n
+    ]
     if not pairs or (kind == "mean" and len(pairs) < 2):
         return None  # a mean's spread needs two baseline buckets
     x = np.array([v for v, _ in pairs], dtype=float)
@@ -135,7 +139,7 @@ def ewma_limits(
     lower, upper, ewma = list(none), list(none), list(none)
     anomalies: list[int] = []
     z, var = center, 0.0
-    for i, (x, n) in enumerate(zip(values, counts)):
+    for i, (x, n) in enumerate(zip(values, counts, strict=True)):
         if x is None or not n:
             continue
         z = lam * x + (1 - lam) * z
@@ -154,19 +158,29 @@ def holt_forecast(
     horizon: int,
     alpha: float = 0.5,
     beta: float = 0.3,
+    step: float | None = None,
 ) -> tuple[list[float], list[float]]:
     """Holt's linear trend over the non-empty buckets, ``horizon`` buckets past the last one.
 
     The trend is per bucket; a gap of ``k`` empty buckets advances the level by ``k`` trends.
 
+    Args:
+        times: Bucket starts.
+        values: Bucket values (``None``: empty, skipped).
+        horizon: Buckets to forecast after the last one.
+        alpha: Smoothing weight of the level.
+        beta: Smoothing weight of the trend.
+        step: Bucket width; default: the median spacing of ``times`` (1 with a single bucket).
+
     Returns:
-        ``(forecast times, forecast values)``; empty with fewer than one value.
+        ``(forecast times, forecast values)``; empty when no bucket has a value.
     """
-    pts = [(t, v) for t, v in zip(times, values) if v is not None]
+    pts = [(t, v) for t, v in zip(times, values, strict=True) if v is not None]
     if not pts or horizon < 1:
         return [], []
-    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
-    # statsmodels is not a dependency and Holt with uneven gaps is a few lines
+    if step is None:
+        step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+    # hand-written: statsmodels is not a dependency, and Holt with gaps is a few lines
     (t0, level), trend = pts[0], 0.0
     if len(pts) > 1:
         trend = (pts[1][1] - level) / ((pts[1][0] - t0) / step)
@@ -191,7 +205,7 @@ def forecast_crossing(
     direction: Direction,
 ) -> float | None:
     """First forecast time whose value is beyond ``threshold`` (below or above it), or None."""
-    for t, v in zip(forecast_times, forecast_values):
+    for t, v in zip(forecast_times, forecast_values, strict=True):
         if _beyond(v, threshold, direction):
             return float(t)
     return None
@@ -237,7 +251,7 @@ def kpi_series(
         bucket_values, counts, baseline=baseline, kind=kind
     )
     bad = [i for i in anomalies if _beyond(ewma[i], center, direction)]  # type: ignore[arg-type]
-    f_times, f_values = holt_forecast(starts, bucket_values, horizon=horizon)
+    f_times, f_values = holt_forecast(starts, bucket_values, horizon=horizon, step=bucket_s)
     crossing = None
     if threshold is not None:
         crossing = forecast_crossing(f_times, f_values, threshold, direction)
@@ -274,10 +288,10 @@ def kpi_alerts(series: KpiSeries) -> list[Alert]:
     filled = [i for i, v in enumerate(series.values) if v is not None]
     if not filled:
         return []
-    i = filled[-1]
-    value, at = float(series.values[i]), series.times[i]  # type: ignore[arg-type]
-    s, side = series, series.direction
-    unit, out = series.unit, []
+    s, i = series, filled[-1]
+    value = float(s.values[i])  # type: ignore[arg-type]
+    at, side, unit = s.times[i], s.direction, s.unit
+    out: list[Alert] = []
     if i in s.anomalies:
         limit = s.lower[i] if side == "below" else s.upper[i]
         word = "lower" if side == "below" else "upper"
@@ -299,9 +313,7 @@ def kpi_alerts(series: KpiSeries) -> list[Alert]:
             f"{s.name} of {s.version} is {_fmt(value, unit)} now and forecast to go {side} "
             f"the threshold {_fmt(s.threshold, unit)} in about {ahead:.0f} min"
         )
-        out.append(
-            Alert(f"forecast.{s.name}", "warning", s.version, msg, value, s.threshold, at)
-        )
+        out.append(Alert(f"forecast.{s.name}", "warning", s.version, msg, value, s.threshold, at))
     return out
 
 

@@ -31,7 +31,9 @@ def trace_request(request_id: str, serve_dir: str | Path, registry: Registry) ->
     paths = ServePaths(serve_dir)
     read = TrafficLog(paths.traffic_log).lookup(request_id)
     events = read.rows()
-    answers = [e for e in events if e["kind"] == "request"]
+    answers = [
+        {k: v for k, v in e.items() if k != "kind"} for e in events if e["kind"] == "request"
+    ]
     if not answers:
         answers = _from_request_log(paths, request_id)
     if not answers:
@@ -40,7 +42,6 @@ def trace_request(request_id: str, serve_dir: str | Path, registry: Registry) ->
             f"request log ({paths.traffic}); is --serve-dir the endpoint's folder?"
         )
     for answer in answers:
-        answer.pop("kind", None)
         answer["feedback"] = [
             {"success": e["success"], "source": e["feedback_source"], "at": e["ts"]}
             for e in events

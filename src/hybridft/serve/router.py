@@ -54,6 +54,13 @@ router_app = FastAPI(title="hybridft canary router", docs_url=None, redoc_url=No
 install_error_handlers(router_app)
 
 
+def _prompt_text(kind: str, parsed: Any) -> str:
+    """The user's text of a request: the user turns of a chat, or the completion prompt."""
+    if kind == "chat":
+        return "\n".join(m.text() for m in parsed.messages if m.role == "user")
+    return parsed.prompt if isinstance(parsed.prompt, str) else str(parsed.prompt)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 @serve.ingress(router_app)
 class CanaryRouter:
@@ -488,10 +495,3 @@ class CanaryRouter:
                 weights[table.canary] = table.weight
             self.metrics.set_weights(table.model, weights)
             self._weights_shown = shown
-
-
-def _prompt_text(kind: str, parsed: Any) -> str:
-    """The user's text of a request: the user turns of a chat, or the completion prompt."""
-    if kind == "chat":
-        return "\n".join(m.text() for m in parsed.messages if m.role == "user")
-    return parsed.prompt if isinstance(parsed.prompt, str) else str(parsed.prompt)
