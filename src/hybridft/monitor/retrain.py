@@ -200,7 +200,12 @@ def retrain(
     aliases = ["candidate", "canary"] if rules.start_canary else ["candidate"]
     for alias in aliases:
         move = promote(
-            registry, gates, policy.model, version.version, alias, reason="retrain: " + out.reasons[0]
+            registry,
+            gates,
+            policy.model,
+            version.version,
+            alias,
+            reason="retrain: " + out.reasons[0],
         )
         if not move.moved:
             out.status = "refused"
