@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint clean venv browser
+.PHONY: demo demo-full test test-fast bench lint clean venv browser
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/hybridft demo
+
+# The whole loop (about 20 minutes on 2 cores): the demo, then canary -> drift -> alert ->
+# review -> retrain on reviewed data -> new canary -> trace.
+demo-full: $(STAMP)
+	$(BIN)/hybridft demo --full
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q

@@ -334,11 +334,15 @@ def demo(
     port: int = typer.Option(8000),
     data_dir: Path = typer.Option(Path("data/demo")),
     sweep: bool = typer.Option(True, help="end with the demo sweep and its decision report"),
+    full: bool = typer.Option(
+        False, help="go round the loop: canary, drift, alerts, review, retrain, new canary"
+    ),
 ) -> None:
-    """data -> train -> eval -> register -> govern -> serve -> answer -> sweep -> report."""
+    """data -> train -> eval -> register -> govern -> serve -> answer -> sweep -> report
+    (--full: -> canary -> drift -> alert -> review -> retrain -> new canary -> trace)."""
     from hybridft.demo import run_demo
 
-    run_demo(port=port, data_dir=data_dir, sweep=sweep)
+    run_demo(port=port, data_dir=data_dir, sweep=sweep, full=full)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ MODEL_NAME = "hybridft-demo"
 POLICY = Path("policies/default.yaml")
 SWEEP_SPACE = Path("search_spaces/demo.yaml")
 STEPS = 10
+LOOP_STEPS = 16  # make demo-full: six more
 
 
 def _step(console: Console, n: int, text: str) -> float:
@@ -45,9 +46,15 @@ def acting_as(user: str) -> Iterator[None]:
 
 
 def run_demo(
-    port: int = 8000, data_dir: Path = Path("data/demo"), sweep: bool = True
+    port: int = 8000, data_dir: Path = Path("data/demo"), sweep: bool = True, full: bool = False
 ) -> dict[str, str]:
-    """Run the whole skeleton on the demo data and print a summary table."""
+    """Run the whole skeleton on the demo data and print a summary table.
+
+    ``full`` goes on round the loop (``demo_loop``): canary, drift, alerts, review, retraining
+    on the reviewed data, a new canary, and a trace of one of its answers.
+    """
+    global STEPS
+    STEPS = LOOP_STEPS if full else 10
     from hybridft.data.synth import synthesize
     from hybridft.pipeline import (
         eval_table,
@@ -147,7 +154,7 @@ def run_demo(
             swept.sweep_dir,
             seeds=3,
             eval_examples=100,
-            register_as=f"{MODEL_NAME}-hybrid",
+            register_as=MODEL_NAME,  # a new version of the demo model: the loop's canary
             policy_path=POLICY,
             on_event=lambda m: console.print(m, highlight=False),
             score="prob",  # at demo scale accuracy is still ~0; the gold-label prob. separates arms
@@ -156,6 +163,13 @@ def run_demo(
         console.print(f"[b]{verdict['text']}[/]", highlight=False)
         console.print(f"report: {page}  ({time.perf_counter() - t:.0f}s)", highlight=False)
         report_page = str(page)
+
+    loop: dict[str, str] = {}
+    if full:
+        from hybridft.demo_loop import run_loop
+
+        loop = run_loop(console, MODEL_NAME, data_dir, port, POLICY, first_step=11, steps=STEPS)
+        serve.shutdown()
 
     summary = {
         "run id": record.mlflow_run_id,
@@ -172,6 +186,7 @@ def run_demo(
         "answered by": reply.model + " / " + (reply.system_fingerprint or ""),
         "MLflow store": record.tracking_uri,
         "decision report": report_page or "(skipped: --no-sweep)",
+        **{f"loop: {k}": v for k, v in loop.items()},
         "total time": f"{time.perf_counter() - t_start:.0f}s",
     }
     table = Table(title="hybridft demo", show_header=False)

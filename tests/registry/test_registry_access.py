@@ -58,6 +58,12 @@ def test_every_shipped_policy_and_users_file_parses():
     for path in policies:
         if path.name == "users.yaml":
             assert load_users(path)
+        elif path.name == "monitor.yaml":  # the monitoring / retraining policy
+            from hybridft.monitor.policy import load_monitor_policy
+
+            rules = load_monitor_policy(path).retrain
+            assert rules is not None and (REPO / rules.job).is_file()
+            assert load_policy(REPO / rules.gate_policy).aliases
         else:
             assert load_policy(path).aliases
 

@@ -36,3 +36,28 @@ def test_serve_config_files_validate_against_ray_serve(path):
     for app in config.applications:
         module, _, attr = app.import_path.partition(":")
         assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_classification_tasks_come_from_the_versions_eval_json(registry, tmp_path):
+    """`{"task": T}` requests find T's labels and temperature in the version's logged eval.json."""
+    from hybridft.serve.endpoint import classification_tasks
+
+    run_id = registry.start_run("r", tags={"hybridft.kind": "train"})
+    doc = {"tasks": {"it_desk": {"calibration": {"labels": ["network high", "hardware low"],
+                                                 "temperature": 1.7}},
+                     "gen": {"calibration": None}}}  # fmt: skip
+    registry.log_dict(run_id, doc, "eval.json")
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    source = registry.log_dir(run_id, model_dir, "model")
+    registry.end_run(run_id)
+    ref = registry.resolve(f"desk@{registry.register('desk', run_id, source, {}).version}")
+    assert classification_tasks(registry, ref) == {
+        "it_desk": {"labels": ["network high", "hardware low"], "temperature": 1.7}
+    }
+    bare = registry.start_run("bare")
+    source = registry.log_dir(bare, model_dir, "model")
+    registry.end_run(bare)
+    ref = registry.resolve(f"desk@{registry.register('desk', bare, source, {}).version}")
+    assert classification_tasks(registry, ref) == {}

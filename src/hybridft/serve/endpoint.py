@@ -18,19 +18,21 @@ from hybridft.serve.traffic import model_app_name
 
 logger = logging.getLogger(__name__)
 
+# Replicas log warnings and errors only (the request log and /metrics hold the traffic).
+QUIET = {"log_level": "WARNING", "enable_access_log": False}
 ROUTER_APP = "hybridft-router"
 
 
 def classification_tasks(registry: Registry, ref: ModelRef) -> dict[str, dict[str, Any]]:
     """``{task: {"labels", "temperature"}}`` from the version's eval result (empty if none)."""
-    import mlflow.artifacts
+    import tempfile
 
-    try:
-        text = mlflow.artifacts.load_text(
-            f"runs:/{ref.run_id}/eval.json", tracking_uri=registry.tracking_uri
-        )
-    except Exception:  # no eval logged for this run: label probabilities need explicit labels
-        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = registry.client.download_artifacts(ref.run_id, "eval.json", tmp)
+            text = Path(path).read_text(encoding="utf-8")
+        except Exception:  # no eval logged for this run: label probabilities need explicit labels
+            return {}
     tasks: dict[str, dict[str, Any]] = {}
     for task, score in json.loads(text).get("tasks", {}).items():
         cal = (score or {}).get("calibration") or {}
@@ -114,7 +116,9 @@ class ServeDeployer:
             num_replicas=self.num_replicas,
         )
         # No route prefix: versions are reached only through the router (keys, logging).
-        serve.run(app, name=model_app_name(self.model, version), route_prefix=None)
+        serve.run(
+            app, name=model_app_name(self.model, version), route_prefix=None, logging_config=QUIET
+        )
 
     def retire(self, version: str) -> None:
         from ray import serve
@@ -157,7 +161,7 @@ def start_endpoint(
     router = router_app(
         paths.root, spec.review.confidence_threshold, router_cpus, spec.traffic_log.model_dump()
     )
-    serve.run(router, name=ROUTER_APP, route_prefix="/")
+    serve.run(router, name=ROUTER_APP, route_prefix="/", logging_config=QUIET)
     probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{probe}:{port}/v1"
 

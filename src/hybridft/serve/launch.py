@@ -124,7 +124,12 @@ def deploy(
         raise UserError(f"serve: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     # Serve's per-request INFO access lines drown a terminal; warnings and errors still show
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
-    serve.run(build_app(args), name=app_name, route_prefix=route_prefix)
+    serve.run(
+        build_app(args),
+        name=app_name,
+        route_prefix=route_prefix,
+        logging_config={"log_level": "WARNING", "enable_access_log": False},
+    )
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     root = f"http://{probe_host}:{port}{route_prefix.rstrip('/')}"
     _wait_until_answering(f"{root}/health", f"{model_name}/{version}")
