@@ -64,6 +64,19 @@ def test_reviewed_dataset_is_the_resolved_items_named_by_content(tmp_path):
     assert build_reviewed_dataset(queue, tmp_path / "out")["path"] != first["path"]
 
 
+def test_reviewed_rows_that_repeat_evaluation_rows_are_held_out(tmp_path):
+    """Live traffic can repeat a test question: training on it would contaminate the eval."""
+    queue = _reviews(tmp_path / "serve", 6)
+    evals = ["Ticket 1: the VPN drops\nnetwork", "Printer jam on floor 3\nfacilities"]
+    built = build_reviewed_dataset(queue, tmp_path / "out", eval_texts=evals)
+    assert [h["request_id"] for h in built["held_out"]] == ["req-1"]
+    assert built["rows"] == 3 and "req-1" not in built["request_ids"]
+    rows = Path(built["path"]).read_text().splitlines()
+    assert len(rows) == 3 and not any('"req-1"' in r for r in rows)
+    manifest = json.loads((Path(built["path"]).parent / "manifest.json").read_text())
+    assert manifest["held_out_eval_overlap"] == built["held_out"]
+
+
 @pytest.fixture
 def loop(tmp_path, small_demo_data, registry, monkeypatch):
     """A monitor policy whose retrain job is a tiny SFT job on the demo data."""
@@ -134,3 +147,35 @@ def test_train_refuses_data_changed_after_approval(loop, registry, tmp_path, sma
     with pytest.raises(UserError, match="unapproved data: it_desk sha256:.* is draft"):
         train_and_log(job, require_approved_data=True, tracking_uri=registry.tracking_uri)
     assert _no_training_started(tmp_path)
+
+
+def test_retraining_from_a_sweep_takes_its_best_completed_trial(tmp_path, small_demo_data):
+    """`retrain.sweep`: the best completed trial's job, plus the reviewed rows in its last stage."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "sweep"))
+    from sweep_helpers import space_dict, write_hybrid, write_space
+
+    from hybridft.monitor.retrain import retrain_job
+    from hybridft.specs import load_job
+
+    space = write_space(tmp_path, space_dict(write_hybrid(tmp_path, small_demo_data)))
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"space_file": str(space)}))
+    params = [(0.7, 2e-3, 0.5), (0.2, 1e-3, 0.3), (0.4, 4e-3, 0.9)]  # share, lr, val_loss
+    trials = [{"trial_id": f"t{i}", "status": "completed" if i < 2 else "stopped",
+               "params": {"instruction_share": share, "replay_ratio": 0.1, "lr.sft": lr,
+                          "method": "full"},
+               "objectives": {"val_loss": loss}} for i, (share, lr, loss) in enumerate(params)]  # fmt: skip
+    (sweep / "trials.json").write_text(json.dumps(trials))
+    rules = RetrainPolicy(sweep=str(sweep))
+    dataset = {"path": str(tmp_path / "reviewed.jsonl")}
+    Path(dataset["path"]).write_text('{"prompt": "Ticket", "completion": "network"}\n')
+    job = load_job(retrain_job(rules, dataset, tmp_path / "out", base=""))
+    # the stopped trial had the lowest loss; the best *completed* one is t1 (0.3)
+    assert job.stages[-1].lr == pytest.approx(1e-3)
+    assert job.stages[-1].mix[-1].source == "reviewed"
+    assert job.data.sources["reviewed"].paths == [dataset["path"]]
+    with pytest.raises(ValueError, match="exactly one of job"):
+        RetrainPolicy(job="j.yaml", sweep=str(sweep))

@@ -63,12 +63,21 @@ class RetrainPolicy(Strict):
     on_alerts: list[str] = ["drift.intent", "threshold.task_success"]
     schedule_days: PosFloat | None = None  # also retrain when the champion is older than this
     min_reviewed_rows: Annotated[int, Field(ge=1)] = 20
-    job: str  # the job spec retraining runs; the reviewed rows join its last stage
+    # What trains: a job spec, or the best completed trial of a sweep (one of the two); the
+    # reviewed rows join its last stage.
+    job: str | None = None
+    sweep: str | None = None
     reviewed_source: str = "reviewed"  # the source name the reviewed rows are added under
     reviewed_weight: PosFloat = 0.5  # their mixture weight in the last stage
     from_champion: bool = True  # start from the champion's weights (else the job's base)
     gate_policy: str = "policies/default.yaml"  # registration, gates and @canary
     start_canary: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RetrainPolicy:
+        if (self.job is None) == (self.sweep is None):
+            raise ValueError("set exactly one of job (a job spec) or sweep (a sweep directory)")
+        return self
 
 
 class MonitorPolicy(Strict):

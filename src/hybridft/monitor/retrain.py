@@ -16,6 +16,7 @@ carries ``hybridft.retrain.*`` tags (trigger, reviewed rows, parent).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -85,40 +86,108 @@ def evaluate_trigger(
     return TriggerVerdict(bool(reasons), reasons)
 
 
-def build_reviewed_dataset(queue: ReviewQueue, out_root: str | Path) -> dict[str, Any]:
+def build_reviewed_dataset(
+    queue: ReviewQueue, out_root: str | Path, eval_texts: list[str] | None = None
+) -> dict[str, Any]:
     """Export resolved review items to ``out_root/<digest>/train.jsonl`` with a manifest.
 
-    The folder is named by the rows' content, so the same reviews give the same dataset (and
-    the same catalog entry) however often a blocked retrain is re-run.
+    Rows the leakage shield finds in ``eval_texts`` (the job's evaluation rows: live traffic can
+    repeat a test question) are held out, listed in the manifest with their rule: training on
+    them would contaminate the evaluation the gates read. The folder is named by the rows'
+    content, so the same reviews give the same dataset (and catalog entry) on every re-run.
     """
+    from hybridft.evaluate.leakage import check_leakage
+
     out_root = Path(out_root)
     staging = out_root / ".staging.jsonl"
-    rows = queue.export_labelled(staging)
-    text = staging.read_text(encoding="utf-8")
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    folder = out_root / digest
+    queue.export_labelled(staging)
+    lines = [x for x in staging.read_text(encoding="utf-8").splitlines() if x.strip()]
+    staging.unlink()
+    docs = [json.loads(x) for x in lines]
+    held: dict[int, str] = {}
+    if eval_texts and docs:
+        texts = [f"{d['prompt']}\n{d['completion']}" for d in docs]
+        report = check_leakage(eval_texts, texts)
+        for rule, indices in report.by_rule.items():
+            for i in indices:
+                held.setdefault(i, rule)
+    kept = [x for i, x in enumerate(lines) if i not in held]
+    text = "".join(x + "\n" for x in kept)
+    folder = out_root / hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train.jsonl"
-    staging.replace(path)
-    request_ids = [json.loads(line)["meta"]["request_id"] for line in text.splitlines()]
-    labels = sorted({json.loads(line)["label"] for line in text.splitlines()})
+    tmp = folder / ".train.jsonl.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    request_ids = [d["meta"]["request_id"] for i, d in enumerate(docs) if i not in held]
+    held_out = [{"request_id": docs[i]["meta"]["request_id"], "rule": r} for i, r in held.items()]
     manifest = {
         "generator": GENERATOR,
         "seed": None,
-        "files": {"train.jsonl": {"rows": rows, "request_ids": request_ids}},
+        "files": {"train.jsonl": {"rows": len(kept), "request_ids": request_ids}},
+        "held_out_eval_overlap": held_out,
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    return {"path": str(path), "rows": rows, "labels": labels, "request_ids": request_ids}
+    labels = sorted({d["label"] for i, d in enumerate(docs) if i not in held})
+    return {"path": str(path), "rows": len(kept), "labels": labels, "request_ids": request_ids,
+            "held_out": held_out}  # fmt: skip
 
 
-def retrain_job(rules: RetrainPolicy, dataset: dict[str, Any], out_dir: Path, base: str) -> Path:
-    """The policy's job with the reviewed rows as one more source of its last stage."""
-    job = yaml.safe_load(Path(rules.job).read_text(encoding="utf-8"))
+def eval_texts(job: dict[str, Any]) -> list[str]:
+    """Prompt + completion of every evaluation row the job names (``data.eval``)."""
+    from hybridft.data.reader import read_examples
+    from hybridft.evaluate.leakage import example_text
+
+    paths = [p for ps in (job.get("data", {}).get("eval") or {}).values() for p in ps]
+    return [example_text(e) for e in read_examples(paths)] if paths else []
+
+
+def base_job(rules: RetrainPolicy) -> dict[str, Any]:
+    """The job retraining starts from: the policy's job file or the sweep's best trial."""
+    if rules.job is not None:
+        return yaml.safe_load(Path(rules.job).read_text(encoding="utf-8"))
+    return best_sweep_job(str(rules.sweep))
+
+
+def best_sweep_job(sweep_dir: str | Path) -> dict[str, Any]:
+    """The concrete job of a sweep's best completed trial (its first objective)."""
+    from hybridft.sweep.params import apply_params
+    from hybridft.sweep.record import read_trials
+    from hybridft.sweep.space import load_space
+    from hybridft.sweep.tune import SWEEP_FILE
+
+    info_path = Path(sweep_dir) / SWEEP_FILE
+    if not info_path.is_file():
+        raise UserError(f"retrain.sweep: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
+    space = load_space(json.loads(info_path.read_text(encoding="utf-8"))["space_file"])
+    objective, direction = space.objective_names[0], space.directions[0]
+    done = [
+        t
+        for t in read_trials(sweep_dir)
+        if t.get("status") == "completed" and objective in t.get("objectives", {})
+    ]
+    if not done:
+        raise UserError(f"retrain.sweep: {sweep_dir} has no completed trial")
+    sign = -1.0 if direction == "minimize" else 1.0
+    best = max(done, key=lambda t: sign * float(t["objectives"][objective]))
+    job = apply_params(space.base_job, best["params"], total_tokens=space.budget.tokens)
+    return job.model_dump(mode="json")
+
+
+def retrain_job(
+    rules: RetrainPolicy,
+    dataset: dict[str, Any],
+    out_dir: Path,
+    base: str,
+    job: dict[str, Any] | None = None,
+) -> Path:
+    """The policy's job (or sweep's best) with the reviewed rows as one more last-stage source."""
+    job = copy.deepcopy(job) if job is not None else base_job(rules)
     sources = job["data"]["sources"]
     if rules.reviewed_source in sources:
         raise UserError(
-            f"{rules.job}: data.sources.{rules.reviewed_source}: retraining adds this source; "
-            "rename it or set retrain.reviewed_source"
+            f"{rules.job or rules.sweep}: data.sources.{rules.reviewed_source}: retraining adds "
+            "this source; rename it or set retrain.reviewed_source"
         )
     sources[rules.reviewed_source] = {"paths": [dataset["path"]], "format": "task", "kind": "task"}
     job["stages"][-1]["mix"].append(
@@ -161,9 +230,14 @@ def retrain(
         return _done(out, history, on_event, "no alert rule fired; nothing to retrain")
     _step(out, on_event, "trigger", "; ".join(verdict.reasons))
 
-    dataset = build_reviewed_dataset(ReviewQueue(paths.review), paths.root / "retrain" / "data")
+    job_doc = base_job(rules)
+    dataset = build_reviewed_dataset(
+        ReviewQueue(paths.review), paths.root / "retrain" / "data", eval_texts(job_doc)
+    )
     out.dataset = dataset
-    _step(out, on_event, "dataset", f"{dataset['rows']} reviewed rows -> {dataset['path']}")
+    held = f"; {len(dataset['held_out'])} held out (they repeat evaluation rows)"
+    _step(out, on_event, "dataset", f"{dataset['rows']} reviewed rows -> {dataset['path']}"
+          + (held if dataset["held_out"] else ""))  # fmt: skip
     if dataset["rows"] < rules.min_reviewed_rows:
         out.status = "too_few_rows"
         return _done(out, history, on_event, f"needs {rules.min_reviewed_rows} reviewed rows")
@@ -172,8 +246,9 @@ def retrain(
     if rules.from_champion and champion is not None:
         ref = registry.resolve(f"{policy.model}@champion")
         base = str(registry.download(ref, paths.root / "retrain" / "base" / ref.version))
-    job = retrain_job(rules, dataset, Path(dataset["path"]).parent, base)
-    _step(out, on_event, "job", f"{job} (from {rules.job}, base {base or 'as in the job'})")
+    job = retrain_job(rules, dataset, Path(dataset["path"]).parent, base, job_doc)
+    origin = rules.job or f"the best trial of {rules.sweep}"
+    _step(out, on_event, "job", f"{job} (from {origin}, base {base or 'as in the job'})")
     try:
         record = train_and_log(job, require_approved_data=True)
     except UnapprovedData as exc:
@@ -185,7 +260,11 @@ def retrain(
     _step(out, on_event, "train", f"run {record.run_name}")
 
     evaluate_run(record.run_dir)
-    version = register_version(record.run_dir, policy.model, rules.gate_policy)
+    try:
+        version = register_version(record.run_dir, policy.model, rules.gate_policy)
+    except UserError as exc:  # e.g. the leakage shield: audited by register_version
+        out.status = "refused"
+        return _done(out, history, on_event, str(exc))
     out.version = version.version
     tags = {
         "hybridft.retrain.trigger": "; ".join(verdict.reasons)[:5000],
