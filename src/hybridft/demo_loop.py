@@ -216,7 +216,9 @@ def run_loop(
         with acting_as("dave"):
             outcome = retrain(monitor, registry, alerts=status.alerts, force=not status.alerts,
                               on_event=lambda m: console.print(f"  {m}", highlight=False))  # fmt: skip
-    summary["retrain"] = f"{outcome.status} {model}@{outcome.version or '-'}"
+    summary["retrain"] = f"{outcome.status}: {outcome.dataset.get('rows', 0)} reviewed rows" + (
+        f" -> {model}@{outcome.version}" if outcome.version else ""
+    )
     if outcome.status == "refused" and outcome.version:
         with acting_as("carol"):
             approve(registry, model, outcome.version, comment="retrained version reviewed")
