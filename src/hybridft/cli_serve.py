@@ -37,6 +37,23 @@ def _controller(spec_path: Path, serve_dir: Path, tracking_uri: str | None, depl
     )
 
 
+def _prober(controller, url: str, serve_dir: Path):
+    """Labelled probes with a fresh key of their own (keys are stored hashed: a new one per run)."""
+    from hybridft.serve.canary import ServePaths
+    from hybridft.serve.keys import KeyStore
+    from hybridft.serve.probes import PROBE_KEY_NAME, Prober, load_probe_rows
+
+    cfg = controller.spec.probes
+    keys = KeyStore(ServePaths(serve_dir).keys)
+    if any(k.name == PROBE_KEY_NAME for k in keys.list()):
+        keys.revoke(PROBE_KEY_NAME)
+    return Prober(
+        load_probe_rows(cfg.path), url, keys.create(PROBE_KEY_NAME), controller.spec.model,
+        controller.traffic, per_interval=cfg.per_interval, task=cfg.task,
+        max_tokens=cfg.max_tokens,
+    )  # fmt: skip
+
+
 @canary_app.command("run")
 def canary_run(
     spec_path: Path = typer.Argument(..., help="canary spec (serve/canary.yaml)"),
@@ -59,6 +76,8 @@ def canary_run(
         ensure_ray()
         url = start_endpoint(controller.spec, serve_dir, controller.registry, host=host, port=port)
         console.print(f"[green]serving[/] {controller.spec.model} at {url}")
+        if controller.spec.probes is not None:
+            controller.prober = _prober(controller, url, serve_dir)
     else:
         store = CanaryStore(ServePaths(serve_dir).state)
         if not store.exists():

@@ -8,6 +8,7 @@ OpenAI routes; httpx drives the rest.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import shutil
 import socket
@@ -30,6 +31,7 @@ from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths
 from hybridft.serve.controller import CanaryController
 from hybridft.serve.endpoint import ServeDeployer, start_endpoint
 from hybridft.serve.keys import KeyStore
+from hybridft.serve.probes import Prober, load_probe_rows
 from hybridft.serve.review import FeedbackStore, ReviewQueue
 from hybridft.serve.traffic import model_app_name
 
@@ -260,7 +262,36 @@ def test_bad_requests_get_openai_errors(endpoint, body, status, fragment):
     assert ok.choices[0].message.content is not None  # the replicas are still serving
 
 
-def test_canary_split_sticky_force_admin_and_load(endpoint):
+def _probe_rows(endpoint, tmp_path):
+    """Two labelled rows: one whose gold is the model's own answer, one it cannot get right."""
+    answer = _client(endpoint).chat.completions.create(
+        model="desk", messages=MESSAGES, max_tokens=4, temperature=0
+    )
+    path = tmp_path / "probes.jsonl"
+    rows = [
+        {"prompt": MESSAGES[0]["content"], "completion": answer.choices[0].message.content},
+        {"prompt": "Ticket 5: the badge reader is dead", "completion": "no model says this"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return load_probe_rows(str(path))
+
+
+def test_labelled_probes_are_forced_scored_and_kept_out_of_review(endpoint, tmp_path):
+    paths, v1 = endpoint["paths"], endpoint["versions"][0]
+    traffic = FeedbackStore(paths.traffic)
+    before = traffic.summary(v1, source="probe")
+    open_before = ReviewQueue(paths.review).counts()["open"]
+    prober = Prober(_probe_rows(endpoint, tmp_path), endpoint["url"], endpoint["key"], "desk",
+                    traffic, per_interval=2, max_tokens=4)  # fmt: skip
+    assert prober.run([v1]) == {v1: {"n": 2, "successes": 1}}
+    after = traffic.summary(v1, source="probe")
+    assert (after["n"] - before["n"], after["successes"] - before["successes"]) == (2, 1)
+    probes = [r for r in traffic.window(v1, 0) if r["arm"] == "forced"]
+    assert len(probes) >= 2  # forced: outside the interval checks and the traffic monitors
+    assert ReviewQueue(paths.review).counts()["open"] == open_before
+
+
+def test_canary_split_sticky_force_admin_and_load(endpoint, tmp_path):
     """@canary starts a canary; users split stickily; a weight change and a killed replica
     during load lose no request; every answer names its version."""
     import ray
@@ -366,6 +397,16 @@ def test_canary_split_sticky_force_admin_and_load(endpoint):
     assert 'hybridft_canary_decisions_total{decision="set_weight",model="desk"} 1.0' in metrics
     logged = FeedbackStore(endpoint["paths"].traffic).window(v2, 0)
     assert logged and {r["arm"] for r in logged} <= {"canary", "forced"}
+    # an interval with labelled probes: the controller sends them to both arms first
+    controller.prober = Prober(_probe_rows(endpoint, tmp_path), endpoint["url"], endpoint["key"],
+                               "desk", controller.traffic, per_interval=2, max_tokens=4)  # fmt: skip
+    probed = {v: controller.traffic.summary(v, source="probe")["n"] for v in (v1, v2)}
+    decision = controller.tick(now=time.time() + 3600)
+    assert decision is not None and decision.decision in ("hold", "advance")
+    assert {v: controller.traffic.summary(v, source="probe")["n"] - probed[v] for v in probed} == {
+        v1: 2,
+        v2: 2,
+    }
     # the controller's rollback sends everything back to version 1 and frees the @canary alias
     controller.rollback_now(RELEASER, "end of test")
     assert alias_version(registry, "desk", "canary") is None

@@ -23,6 +23,7 @@ from hybridft.monitor.traffic_log import TrafficLog, joined_requests
 from hybridft.serve.canary import CanaryStore, ServePaths
 from hybridft.serve.review import ReviewQueue
 
+USER_ARMS_OUT = ("shadow", "forced")
 CONFIDENCE_BANDS = ("<0.5", "0.5-0.7", "0.7-0.9", ">=0.9")
 KPI_UNITS = {
     "task_success": ("", "rate"),
@@ -151,7 +152,8 @@ def gather_status(
     aliases = _aliases(registry, policy.model, data.problems)
     live = _live_versions(state, aliases, rows)
     for version, arm, weight in live:
-        vrows = [r for r in rows if r["version"] == version and r["arm"] != "shadow"]
+        # users' answers: shadows were never returned, forced requests are tests and probes
+        vrows = [r for r in rows if r["version"] == version and r["arm"] not in USER_ARMS_OUT]
         row = version_row(vrows, version)
         row.update(model=policy.model, arm=arm, weight=weight)
         row["aliases"] = sorted(a for a, v in aliases.items() if v == version)

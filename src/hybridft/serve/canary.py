@@ -68,6 +68,15 @@ class Review(Strict):
     confidence_threshold: Share = 0.5  # below it an answer is flagged and queued for review
 
 
+class Probes(Strict):
+    """Labelled probes sent to both arms every interval (``serve.probes``)."""
+
+    path: Annotated[str, Field(min_length=1)]  # task-format rows: prompt + gold completion
+    task: str | None = None  # compare the answer's label for this task (else the answer text)
+    per_interval: Annotated[int, Field(ge=1)] = 10
+    max_tokens: Annotated[int, Field(ge=1)] = 8
+
+
 class TrafficLogSpec(Strict):
     """The Parquet traffic log the router appends to (``<serve_dir>/traffic``)."""
 
@@ -88,6 +97,7 @@ class CanarySpec(Strict):
     success: Success = Success()
     review: Review = Review()
     traffic_log: TrafficLogSpec = TrafficLogSpec()
+    probes: Probes | None = None
     policy: str = "policies/default.yaml"
     canary_alias: str = "canary"
     champion_alias: str = "champion"

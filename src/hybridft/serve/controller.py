@@ -65,8 +65,10 @@ class CanaryController:
         user: User,
         deployer: Deployer | None = None,
         audit_path: str | Path | None = None,
+        prober: Any | None = None,
     ) -> None:
         self.spec = spec
+        self.prober = prober  # serve.probes.Prober: labelled probes to both arms per interval
         self.paths = paths
         self.store = CanaryStore(paths.state)
         self.traffic = FeedbackStore(paths.traffic)
@@ -108,6 +110,11 @@ class CanaryController:
         since = state.last_tick if state.last_tick is not None else state.started_at or now
         if now - since < self.spec.schedule.interval_s:
             return None
+        if self.prober is not None:
+            try:
+                self.prober.run([state.primary, state.canary])
+            except Exception:  # probes add evidence; without them the analysis still runs
+                logger.exception("labelled probes failed")
         return self._analyse(state, since, now)
 
     # --- starting -----------------------------------------------------------------------------

@@ -229,7 +229,7 @@ class CanaryRouter:
             flagged = confidence is not None and confidence < self.review_threshold
             ext.update(request_id=request_id, version=route.version, arm=route.arm)
             ext["flagged_for_review"] = flagged
-            if flagged:
+            if flagged and route.arm != "forced":  # forced: tests and probes, not users
                 self._enqueue_review(kind, out, route.version, request_id, table.model, prompt)
         self._record(route, kind, reply["status"], out, request_id, started, prompt)
         return JSONResponse(out, status_code=reply["status"], headers=headers)
