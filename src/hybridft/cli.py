@@ -178,12 +178,22 @@ def serve(
     ref: str = typer.Argument(..., help="NAME@VERSION or NAME@ALIAS (or models:/NAME@ALIAS)"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
+    adapter: list[str] = typer.Option(
+        [], "--adapter", help="NAME=DIR: a LoRA adapter, served as model id MODEL:NAME (repeat)"
+    ),
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Serve a registered version behind an OpenAI-compatible API (Ctrl-C to stop)."""
+    from hybridft.errors import UserError
     from hybridft.pipeline import serve_version
 
-    url = serve_version(ref, host=host, port=port, tracking_uri=tracking_uri)
+    adapters = {}
+    for item in adapter:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--adapter {item!r}: expected NAME=DIR")
+        adapters[name] = path
+    url = serve_version(ref, host=host, port=port, tracking_uri=tracking_uri, adapters=adapters)
     console.print(f"[green]serving[/] {ref} at {url}  (Ctrl-C to stop)")
     import time
 

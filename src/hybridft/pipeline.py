@@ -357,8 +357,12 @@ def serve_version(
     port: int = 8000,
     tracking_uri: str | None = None,
     cache: str | Path = ".hybridft/served",
+    adapters: dict[str, str] | None = None,
 ) -> str:
-    """Resolve a registry reference, fetch its model, deploy it on Ray Serve; returns the base URL."""
+    """Resolve a registry reference, fetch its model, deploy it on Ray Serve; returns the base URL.
+
+    ``adapters``: LoRA adapter directories on that base, served as model ids ``NAME:ADAPTER``.
+    """
     from hybridft.registry.client import Registry
     from hybridft.serve.launch import deploy
     from hybridft.train.run import ensure_ray
@@ -367,4 +371,11 @@ def serve_version(
     version = registry.resolve(ref)
     model_dir = registry.download(version, Path(cache) / version.name / version.version)
     ensure_ray()
-    return deploy(str(model_dir.resolve()), version.name, version.version, host=host, port=port)
+    return deploy(
+        str(model_dir.resolve()),
+        version.name,
+        version.version,
+        host=host,
+        port=port,
+        adapters=adapters,
+    )

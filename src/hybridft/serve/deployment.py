@@ -11,6 +11,7 @@ Deploy it with :mod:`hybridft.serve.launch` (``deploy``, or the Serve applicatio
 # the globals their bytecode uses, so string annotations (the request models) would not resolve in
 # the replica and FastAPI would read the body parameter as a query parameter.
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from pydantic import BaseModel
 from ray import serve
 
 from hybridft.errors import UserError
+from hybridft.serve.adapters import AdapterHandle, AdapterSet
 from hybridft.serve.generation import GenerationEngine, SamplingParams
 from hybridft.serve.openai_api import (
     VERSION_HEADER,
@@ -47,6 +49,7 @@ from hybridft.serve.openai_api import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS_LIMIT = 512
+MAX_ADAPTERS_PER_REPLICA = 4  # LoRA adapters one replica keeps loaded (Serve unloads by LRU)
 
 app = FastAPI(title="hybridft model server", docs_url=None, redoc_url=None)
 
@@ -107,6 +110,10 @@ class ModelServer:
     through a DeploymentHandle (``answer`` / ``answer_stream``), which is how the canary router
     calls it. Non-streamed generations from concurrent requests are decoded together in one
     batched, KV-cached loop (``serve.batch``).
+
+    With ``adapters`` (name -> peft LoRA directory), model id ``<name>:<adapter>`` answers with
+    that adapter on the shared base (``serve.multiplexed``: loaded on first use, LRU-unloaded;
+    callers that set the multiplexed model id reach a replica that has it loaded).
     """
 
     def __init__(
@@ -118,8 +125,10 @@ class ModelServer:
         tasks: dict[str, dict[str, Any]] | None = None,
         max_batch_size: int = 16,
         batch_wait_s: float = 0.004,
+        adapters: dict[str, str] | None = None,
     ) -> None:
         self.engine = GenerationEngine.from_dir(model_dir)
+        self.adapters = AdapterSet(self.engine.model, adapters) if adapters else None
         self.model_name = model_name
         self.version = version
         self.version_tag = f"{model_name}/{version}"
@@ -159,6 +168,7 @@ class ModelServer:
             "version": self.version,
             "created": self.created,
             "tasks": {k: v.get("labels", []) for k, v in self.tasks.items()},
+            "adapters": self.adapters.names() if self.adapters else [],
         }
 
     # --- HTTP routes ----------------------------------------------------------------------------
@@ -169,12 +179,13 @@ class ModelServer:
 
     @app.get("/v1/models")
     def list_models(self) -> dict[str, Any]:
-        return ModelList(data=[self._card()]).model_dump()
+        names = [f"{self.model_name}:{a}" for a in (self.adapters.names() if self.adapters else [])]
+        return ModelList(data=[self._card(), *(self._card(n) for n in names)]).model_dump()
 
     @app.get("/v1/models/{model_id:path}")
     def get_model(self, model_id: str) -> dict[str, Any]:
         self._check_model(model_id)
-        return self._card().model_dump()
+        return self._card(model_id).model_dump()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: ChatCompletionRequest) -> Response:
@@ -191,10 +202,12 @@ class ModelServer:
     # --- helpers ------------------------------------------------------------------------------
 
     async def _complete(self, kind: str, request: Any) -> dict[str, Any]:
-        self._check_model(request.model)
+        adapter = self._check_model(request.model)
+        if adapter is not None:
+            await self._adapter(adapter)  # Serve's multiplexed cache (LRU per replica)
         prompt_ids = self._prompt_ids(kind, request)
         scoring = self._label_set(request)
-        out = await self._generate_batched((prompt_ids, self._sampling(request)))
+        out = await self._generate_batched((prompt_ids, self._sampling(request), adapter))
         if isinstance(out, Exception):
             self._raise(out)
         usage = Usage.of(out.prompt_tokens, out.completion_tokens)
@@ -217,7 +230,7 @@ class ModelServer:
             labels, temperature, task = scoring
             try:
                 probs = await asyncio.to_thread(
-                    self.engine.label_probs, prompt_ids, labels, temperature
+                    self._label_probs, adapter, prompt_ids, labels, temperature
                 )
             except Exception as exc:
                 self._raise(exc)
@@ -232,7 +245,7 @@ class ModelServer:
         return body
 
     def _stream_steps(self, kind: str, request: Any) -> Iterator[BaseModel]:
-        self._check_model(request.model)
+        adapter = self._check_model(request.model)
         if request.labels or request.task:
             raise OpenAIError(
                 400,
@@ -241,28 +254,64 @@ class ModelServer:
             )
         prompt_ids = self._prompt_ids(kind, request)
         steps = self.engine.stream(prompt_ids, self._sampling(request))
+        if self.adapters is not None:
+            steps = self.adapters.stepwise(steps, adapter)
         chunks = chat_chunks if kind == "chat" else completion_chunks
         return chunks(steps, self._ids(), request.include_usage())
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.004)
-    async def _generate_batched(self, items: list[tuple[list[int], SamplingParams]]) -> list[Any]:
-        # One decode loop for every request that arrived within the wait window.
-        return await asyncio.to_thread(self.engine.generate_batch, items)
+    async def _generate_batched(
+        self, items: list[tuple[list[int], SamplingParams, str | None]]
+    ) -> list[Any]:
+        # One decode loop for every request that arrived within the wait window (one per
+        # adapter when several adapters' requests share the window).
+        return await asyncio.to_thread(self._generate_groups, items)
+
+    def _generate_groups(self, items: list[tuple[list[int], SamplingParams, str | None]]) -> list:
+        out: list[Any] = [None] * len(items)
+        for adapter in dict.fromkeys(a for _, _, a in items):
+            idx = [i for i, item in enumerate(items) if item[2] == adapter]
+            with self._using(adapter):
+                results = self.engine.generate_batch([items[i][:2] for i in idx])
+            for i, result in zip(idx, results, strict=True):
+                out[i] = result
+        return out
+
+    def _label_probs(self, adapter: str | None, *args: Any) -> dict[str, float]:
+        with self._using(adapter):
+            return self.engine.label_probs(*args)
+
+    def _using(self, adapter: str | None) -> Any:
+        return self.adapters.using(adapter) if self.adapters else contextlib.nullcontext()
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_ADAPTERS_PER_REPLICA)
+    async def _adapter(self, adapter: str) -> AdapterHandle:
+        assert self.adapters is not None
+        await asyncio.to_thread(self.adapters.load, adapter)
+        return AdapterHandle(self.adapters, adapter)
 
     def _ids(self) -> dict[str, str]:
         return {"model": self.model_name, "system_fingerprint": self.version_tag}
 
-    def _card(self) -> ModelCard:
-        return ModelCard(id=self.model_name, created=self.created)
+    def _card(self, model_id: str | None = None) -> ModelCard:
+        return ModelCard(id=model_id or self.model_name, created=self.created)
 
-    def _check_model(self, requested: str) -> None:
-        if requested != self.model_name:
-            raise OpenAIError(
-                404,
-                f"model {requested!r} does not exist here; this server serves {self.model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
+    def _check_model(self, requested: str) -> str | None:
+        """The adapter a model id names (None: the base model); 404 for anything else."""
+        if requested == self.model_name:
+            return None
+        base, _, adapter = requested.partition(":")
+        if base == self.model_name and self.adapters is not None and adapter in self.adapters.paths:
+            return adapter
+        served = [self.model_name] + [
+            f"{self.model_name}:{a}" for a in (self.adapters.names() if self.adapters else [])
+        ]
+        raise OpenAIError(
+            404,
+            f"model {requested!r} does not exist here; this server serves {', '.join(served)}",
+            param="model",
+            code="model_not_found",
+        )
 
     def _label_set(self, request: Any) -> tuple[list[str], float, str | None] | None:
         if request.task is not None:

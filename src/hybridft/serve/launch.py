@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ray import serve
 
 from hybridft.errors import UserError
+from hybridft.serve.adapters import check_adapter_dir
 from hybridft.serve.deployment import DEFAULT_MAX_TOKENS_LIMIT, ModelServer
 from hybridft.serve.openai_api import VERSION_HEADER
 
@@ -38,6 +39,16 @@ class ServeModelArgs(BaseModel):
     # How long a first request waits for others to join its batch.
     batch_wait_s: Annotated[float, Field(ge=0, le=1)] = 0.004
     num_replicas: Annotated[int, Field(ge=1)] = 1
+    # LoRA adapters on this base, served as model ids "<model_name>:<adapter>" (multiplexed).
+    adapters: dict[str, str] = {}
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_dirs(cls, value: dict[str, str]) -> dict[str, str]:
+        try:
+            return {name: check_adapter_dir(name, path) for name, path in value.items()}
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("model_dir")
     @classmethod
@@ -71,6 +82,7 @@ def build_app(args: ServeModelArgs) -> serve.Application:
         tasks=args.tasks,
         max_batch_size=args.max_batch_size,
         batch_wait_s=args.batch_wait_s,
+        adapters=args.adapters or None,
     )
 
 
@@ -86,6 +98,7 @@ def deploy(
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
     app_name: str = "hybridft",
     blocking: bool = False,
+    adapters: dict[str, str] | None = None,
 ) -> str:
     """Serve a model directory on an already initialised Ray and return its OpenAI base URL.
 
@@ -103,6 +116,7 @@ def deploy(
         max_tokens_limit: Largest ``max_tokens`` a request may ask for.
         app_name: Serve application name (replaced if it exists).
         blocking: Keep serving until Ctrl-C, then delete the application.
+        adapters: LoRA adapter directories by name, served as ``<model_name>:<name>``.
 
     Returns:
         The base URL for OpenAI clients, e.g. ``http://127.0.0.1:8000/v1``.
@@ -118,10 +132,12 @@ def deploy(
             version=version,
             num_cpus=num_cpus,
             max_tokens_limit=max_tokens_limit,
+            adapters=adapters or {},
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise UserError(f"serve: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        where = ".".join(map(str, first["loc"]))
+        raise UserError(f"serve: {where}: {first['msg'].removeprefix('Value error, ')}") from None
     # Serve's per-request INFO access lines drown a terminal; warnings and errors still show
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
     serve.run(

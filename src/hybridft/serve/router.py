@@ -193,7 +193,9 @@ class CanaryRouter:
         body = await self._json(request)
         parsed = parse_request(kind, body)
         table = self.watcher.table()
-        if parsed.model != table.model:
+        # "<model>:<adapter>": a LoRA adapter of the version (the version checks it exists)
+        base, _, adapter = parsed.model.partition(":")
+        if base != table.model:
             raise OpenAIError(
                 404,
                 f"model {parsed.model!r} does not exist here; this endpoint serves {table.model!r}",
@@ -218,9 +220,9 @@ class CanaryRouter:
         if route.shadow is not None:
             self._mirror(kind, body, route.shadow, request_id, prompt)
         if parsed.stream:
-            events = self._stream(kind, body, route, request_id, started, prompt)
+            events = self._stream(kind, body, route, request_id, started, prompt, adapter)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        reply = await self._call(route.version, kind, body)
+        reply = await self._call(route.version, kind, body, adapter)
         out = reply["body"]
         flagged = False
         if reply["status"] == 200:
@@ -234,13 +236,18 @@ class CanaryRouter:
         self._record(route, kind, reply["status"], out, request_id, started, prompt)
         return JSONResponse(out, status_code=reply["status"], headers=headers)
 
-    async def _call(self, version: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _call(
+        self, version: str, kind: str, body: dict[str, Any], adapter: str = ""
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + RETRY_BUDGET_S
         attempt = 0
+        handle = self._handle(version)
+        if adapter:  # Serve routes to a replica that has the adapter loaded, when one has
+            handle = handle.options(multiplexed_model_id=adapter)
         while True:
             attempt += 1
             try:
-                return await self._handle(version).answer.remote(kind, body)
+                return await handle.answer.remote(kind, body)
             except Exception as exc:
                 if time.monotonic() > deadline or not is_retryable(exc):
                     logger.error("version %s failed: %s: %s", version, type(exc).__name__, exc)
@@ -261,10 +268,13 @@ class CanaryRouter:
         request_id: str,
         started: float,
         prompt: str,
+        adapter: str = "",
     ) -> Any:
         chars, status = 0, 200
         try:
             handle = self._handle(route.version).options(stream=True)
+            if adapter:
+                handle = handle.options(multiplexed_model_id=adapter)
             async for event in handle.answer_stream.remote(kind, body):
                 if event.startswith("data: {"):
                     chunk = json.loads(event[6:])
