@@ -38,7 +38,7 @@ from hybridft.serve.openai_api import (
 )
 from hybridft.serve.review import FeedbackStore, ReviewQueue
 from hybridft.serve.routing import Route, choose_route
-from hybridft.serve.traffic import RequestLogWriter, is_retryable, model_app_name
+from hybridft.serve.traffic import Answer, RequestLogWriter, is_retryable, model_app_name
 
 logger = logging.getLogger(__name__)
 
@@ -297,19 +297,17 @@ class CanaryRouter:
         finally:
             latency = time.perf_counter() - started
             self.metrics.observe_request(route.version, route.arm, kind, status, latency)
-            self.log.put(
-                request_id, route.version, route.arm, status, latency, 0, 0, None, None, chars
-            )
-            self.log.put_event(
-                "request",
-                request_id=request_id,
-                model=self.watcher.table().model,
-                version=route.version,
-                arm=route.arm,
-                status_code=status,
-                latency_s=latency,
-                completion_chars=chars,
-                prompt=prompt,
+            self.log.log_answer(
+                Answer(
+                    request_id=request_id,
+                    model=self.watcher.table().model,
+                    version=route.version,
+                    arm=route.arm,
+                    status_code=status,
+                    latency_s=latency,
+                    prompt=prompt,
+                    completion_chars=chars,
+                )
             )
 
     def _mirror(
@@ -349,51 +347,30 @@ class CanaryRouter:
         ext = out.get("hybridft") or {}
         choices = out.get("choices") or [{}]
         text = choices[0].get("text") or (choices[0].get("message") or {}).get("content") or ""
-        prompt_tokens, completion_tokens = (
-            usage.get("prompt_tokens", 0),
-            usage.get("completion_tokens", 0),
-        )
-        confidence = ext.get("confidence")
-        self.metrics.observe_request(
-            route.version,
-            route.arm,
-            kind,
-            status,
-            latency,
-            prompt_tokens,
-            completion_tokens,
-            confidence,
-        )
-        self.log.put(
-            request_id,
-            route.version,
-            route.arm,
-            status,
-            latency,
-            prompt_tokens,
-            completion_tokens,
-            confidence,
-            ext.get("label"),
-            len(text),
-        )
-        self.log.put_event(
-            "request",
+        answer = Answer(
             request_id=request_id,
             model=self.watcher.table().model,
             version=route.version,
             arm=route.arm,
             status_code=status,
             latency_s=latency,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            task=ext.get("task"),
-            predicted_label=ext.get("label"),
-            confidence=confidence,
-            label_probs=ext.get("label_probs"),
-            flagged=bool(ext.get("flagged_for_review", False)),
             prompt=prompt,
             completion=text,
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            ext=ext,
         )
+        self.metrics.observe_request(
+            route.version,
+            route.arm,
+            kind,
+            status,
+            latency,
+            answer.prompt_tokens,
+            answer.completion_tokens,
+            ext.get("confidence"),
+        )
+        self.log.log_answer(answer)
 
     def _enqueue_review(
         self,

@@ -12,6 +12,7 @@ import queue
 import re
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from hybridft.monitor.traffic_log import TrafficLog
@@ -36,6 +37,24 @@ def is_retryable(exc: BaseException) -> bool:
     )
     names = {"RequestCancelledError", "DeploymentUnavailableError", "BackPressureError"}
     return isinstance(exc, retryable) or type(exc).__name__ in names
+
+
+@dataclass
+class Answer:
+    """One answer the router returned (or mirrored), as both logs record it."""
+
+    request_id: str
+    model: str
+    version: str
+    arm: str
+    status_code: int
+    latency_s: float
+    prompt: str
+    completion: str | None = None  # None for streams: only their length is known here
+    completion_chars: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ext: dict[str, Any] = field(default_factory=dict)  # the body's "hybridft" extension
 
 
 class RequestLogWriter:
@@ -66,6 +85,23 @@ class RequestLogWriter:
     def put(self, *row: Any) -> None:
         """A ``FeedbackStore.log_request`` row (positional, same order)."""
         self._queue.put(("log", row))
+
+    def log_answer(self, a: Answer) -> None:
+        """The answer's request-log row (the controller's input) and traffic event (the monitor's)."""
+        chars = len(a.completion) if a.completion is not None else (a.completion_chars or 0)
+        ext = a.ext
+        self.put(
+            a.request_id, a.version, a.arm, a.status_code, a.latency_s, a.prompt_tokens,
+            a.completion_tokens, ext.get("confidence"), ext.get("label"), chars,
+        )  # fmt: skip
+        self.put_event(
+            "request", request_id=a.request_id, model=a.model, version=a.version, arm=a.arm,
+            status_code=a.status_code, latency_s=a.latency_s, prompt_tokens=a.prompt_tokens,
+            completion_tokens=a.completion_tokens, completion_chars=chars, task=ext.get("task"),
+            predicted_label=ext.get("label"), confidence=ext.get("confidence"),
+            label_probs=ext.get("label_probs"), flagged=bool(ext.get("flagged_for_review", False)),
+            prompt=a.prompt, completion=a.completion,
+        )  # fmt: skip
 
     def put_review(self, *item: Any) -> None:
         """A ``ReviewQueue.enqueue`` item (positional, same order)."""
