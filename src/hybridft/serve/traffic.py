@@ -19,6 +19,7 @@ from hybridft.monitor.traffic_log import TrafficLog
 from hybridft.serve.review import FeedbackStore, ReviewQueue
 
 logger = logging.getLogger(__name__)
+RETENTION_EVERY_S = 3600.0  # the router also applies the traffic log's retention at start
 
 
 def model_app_name(model: str, version: str) -> str:
@@ -78,6 +79,7 @@ class RequestLogWriter:
         self.flush_s = flush_s
         self._events: list[dict[str, Any]] = []
         self._oldest = 0.0
+        self._retained = time.monotonic()
         self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
@@ -164,3 +166,9 @@ class RequestLogWriter:
             self.traffic.append(events)
         except Exception as exc:
             logger.error("traffic log: could not append %d events: %s", len(events), exc)
+        if time.monotonic() - self._retained > RETENTION_EVERY_S:  # a long-running router
+            self._retained = time.monotonic()
+            try:
+                self.traffic.apply_retention()
+            except OSError as exc:
+                logger.error("traffic log retention: %s", exc)
