@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -161,3 +162,40 @@ def test_many_flushes_read_back_every_row(tmp_path: Path) -> None:
         n += 7
     read = log.read()
     assert read.files == 20 and read.table.num_rows == n and not read.skipped
+
+
+def test_the_routers_writer_logs_each_answer_to_sqlite_and_parquet(tmp_path: Path) -> None:
+    """One Answer -> the controller's request-log row and the monitor's Parquet event, written
+    off the request path: buffered, then flushed as one file per partition."""
+    from hybridft.serve.review import FeedbackStore
+    from hybridft.serve.traffic import Answer, RequestLogWriter
+
+    store = FeedbackStore(tmp_path / "traffic.db")
+    log = TrafficLog(tmp_path / "traffic", retention_days=30)
+    writer = RequestLogWriter(store, None, log, flush_s=3600)  # only an explicit flush writes
+    ext = {"label": "network", "confidence": 0.8, "label_probs": {"network": 0.8, "other": 0.2},
+           "task": "it_desk", "flagged_for_review": True}  # fmt: skip
+    for i in range(3):
+        writer.log_answer(
+            Answer(f"r{i}", "desk", "2", "canary", 200, 0.1, "my e-mail is a@b.c", "network",
+                   prompt_tokens=7, completion_tokens=1, ext=ext)
+        )  # fmt: skip
+    writer.log_answer(Answer("s0", "desk", "1", "primary", 200, 0.2, "hi", completion_chars=12))
+    writer.put_event("feedback", request_id="r0", model="desk", version="2", success=True,
+                     feedback_source="user")  # fmt: skip
+    time.sleep(0.2)
+    assert len(store.window("2", 0)) == 3 and not log.files()  # sqlite now, Parquet buffered
+    writer.flush()
+    assert len(log.files()) == 2  # one file per version partition
+    rows = {(r["kind"], r["request_id"]): r for r in log.read().rows()}
+    r0 = rows[("request", "r0")]
+    assert (r0["arm"], r0["predicted_label"], r0["flagged"], r0["task"]) == (
+        "canary",
+        "network",
+        True,
+        "it_desk",
+    )
+    assert r0["prompt"] is None and r0["prompt_chars"] == len("my e-mail is a@b.c")
+    assert rows[("request", "s0")]["completion_chars"] == 12
+    assert rows[("feedback", "r0")]["success"] is True
+    writer.close()
