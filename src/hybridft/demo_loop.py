@@ -160,16 +160,20 @@ def run_loop(
             approve(registry, model, candidate, comment="report recommendation reviewed")
         with acting_as("dave"):
             move = promote(registry, gates, model, candidate, "canary", reason="report")
-        console.print(f"@canary -> v{candidate}: {'moved' if move.moved else move.reason}")
-        decision = _canary_rounds(console, controller, traffic, rounds=16, per_round=64)
-        summary["canary"] = f"v{candidate}: {decision}"
+        console.print(f"@canary -> v{candidate}: {'moved' if move.moved else move.reason}",
+                      highlight=False)  # fmt: skip
+        if move.moved:
+            decision = _canary_rounds(console, controller, traffic, rounds=16, per_round=64)
+            summary["canary"] = f"v{candidate}: {decision}"
+        else:
+            summary["canary"] = f"v{candidate}: the gates refused @canary"
     else:
         summary["canary"] = "skipped (no second version)"
     primary = CanaryStore(paths.state).read().primary
 
     n += 1
     _step(console, n, "drift injected: long tickets for one team flood in")
-    traffic.send(traffic.sample(120))  # the primary's reference traffic, if it has little yet
+    traffic.send(traffic.sample(200))  # the primary's usual traffic: its reference window
     lengths = sorted(len(r["prompt"]) for r in rows)
     long = lengths[len(lengths) * 3 // 4]
     shifted = traffic.sample(
@@ -230,12 +234,15 @@ def run_loop(
                 )
 
     n += 1
-    _step(console, n, "the new canary starts; one of its answers traced to its training rows")
-    decision = controller.tick()
-    console.print(f"controller: {decision.decision if decision else 'no decision'}"
-                  + (f" ({decision.reason})" if decision else ""), highlight=False)  # fmt: skip
+    _step(console, n, "the new canary: traffic, labelled probes, the controller decides; a trace")
     new = outcome.version or primary
-    answered = traffic.send(traffic.sample(4), workers=2, force=new)
+    if outcome.version and CanaryStore(paths.state).read().primary != new:
+        controller.prober = _prober(paths, url, model, controller.traffic, data_dir)
+        decision = _canary_rounds(console, controller, traffic, rounds=20, per_round=48)
+        summary["new canary"] = f"v{new}: {decision}"
+    answered = [a for a in traffic.answers if a["version"] == new and a["request_id"]]
+    if not answered:
+        answered = traffic.send(traffic.sample(2), workers=2, force=new)
     rid = next((a["request_id"] for a in answered if a["request_id"]), None)
     time.sleep(3)
     if rid:
@@ -243,6 +250,16 @@ def run_loop(
         summary["traced request"] = rid
     summary["endpoint"] = url
     return summary
+
+
+def _prober(paths: Any, url: str, model: str, feedback: Any, data_dir: Path) -> Any:
+    """Labelled probes (the validation tickets) to both arms every interval."""
+    from hybridft.serve.keys import KeyStore
+    from hybridft.serve.probes import Prober, load_probe_rows
+
+    rows = load_probe_rows(str(data_dir / "sft/it_desk/validation.jsonl"))
+    key = KeyStore(paths.keys).create("canary-probes")
+    return Prober(rows, url, key, model, feedback, per_interval=8, task=TASK)
 
 
 def _canary_rounds(

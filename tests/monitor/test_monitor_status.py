@@ -139,3 +139,26 @@ def test_monitor_policy_errors_name_file_line_and_key(tmp_path):
     path.write_text("model: desk\ndrift:\n  alpah: 0.1\n")
     with pytest.raises(Exception, match=r"monitor.yaml:3.*drift.alpah"):
         load_monitor_policy(path)
+
+
+def test_a_shift_late_in_a_long_window_is_caught_in_the_latest_answers(tmp_path):
+    """1,000 unshifted answers before the shift must not average it away."""
+    rng = np.random.default_rng(3)
+    log = TrafficLog(ServePaths(tmp_path / "serve").traffic_log)
+    CanaryStore(ServePaths(tmp_path / "serve").state).init("desk", "1")
+    n = 300 + 1000 + 250
+    events = []
+    for i, ts in enumerate(np.linspace(NOW - 3000, NOW - 1, n)):
+        label = LABELS[rng.choice(4, p=SHIFTED if i >= 1300 else BASE_MIX)]
+        events.append(
+            log.event("request", request_id=f"r{i}", ts=float(ts), model="desk", version="1",
+                      arm="primary", status_code=200, latency_s=0.2, prompt_tokens=12,
+                      confidence=0.7, label_probs={lab: 0.1 for lab in LABELS} | {label: 0.7})
+        )  # fmt: skip
+    log.append(events)
+    doc = yaml.safe_load(_policy(tmp_path).read_text())
+    doc["drift"]["current_requests"] = 300
+    (tmp_path / "late.yaml").write_text(yaml.safe_dump(doc))
+    data = gather_status(load_monitor_policy(tmp_path / "late.yaml"), None, now=NOW)
+    intent = next(d for d in data.drift if d.monitor == "intent")
+    assert intent.n_current == 300 and intent.drifted

@@ -23,6 +23,9 @@ class DriftPolicy(Strict):
     monitors: list[Literal["intent", "input_length", "prediction"]] = list(DRIFT_MONITORS)
     reference_requests: Annotated[int, Field(ge=20)] = 300  # the version's first answers
     current_window_s: PosFloat = 3600.0  # answers after the reference, within this window
+    # ... and at most this many, the latest: a shift that began late in a long window is not
+    # averaged away by the answers before it. Each run's test is always-valid over its window.
+    current_requests: Annotated[int, Field(ge=1)] | None = 500
     alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.01  # false alarms per test, all looks
     min_psi: Annotated[float, Field(ge=0)] = 0.1  # and at least this much shift to alert
     min_requests: Annotated[int, Field(ge=1)] = 50  # in the current window, before testing

@@ -3,7 +3,7 @@ collect alerts, and gather what the status page shows (``StatusData``).
 
 Windows per version: the *reference* is the version's first ``drift.reference_requests``
 answers; the *current* window is the answers after those within the last
-``drift.current_window_s``. KPIs are bucketed over ``kpis.lookback_s``; the first
+``drift.current_window_s``, at most the latest ``drift.current_requests`` of them. KPIs are bucketed over ``kpis.lookback_s``; the first
 ``kpis.baseline_buckets`` buckets set the control limits.
 """
 
@@ -53,6 +53,8 @@ def drift_reports(
     cfg = policy.drift
     reference = list(rows[: cfg.reference_requests])
     current = [r for r in rows[cfg.reference_requests :] if r["ts"] >= now - cfg.current_window_s]
+    if cfg.current_requests is not None:
+        current = current[-cfg.current_requests :]
     if len(reference) < cfg.reference_requests or len(current) < cfg.min_requests:
         return []
     kw = {"version": version, "alpha": cfg.alpha, "min_psi": cfg.min_psi}
