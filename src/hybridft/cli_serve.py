@@ -49,7 +49,7 @@ def _prober(controller, url: str, serve_dir: Path):
         keys.revoke(PROBE_KEY_NAME)
     return Prober(
         load_probe_rows(cfg.path), url, keys.create(PROBE_KEY_NAME), controller.spec.model,
-        controller.traffic, per_interval=cfg.per_interval, task=cfg.task,
+        controller.traffic, per_interval=cfg.per_interval, task=cfg.task, labels=cfg.labels,
         max_tokens=cfg.max_tokens,
     )  # fmt: skip
 

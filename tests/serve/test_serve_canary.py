@@ -262,15 +262,16 @@ def test_bad_requests_get_openai_errors(endpoint, body, status, fragment):
     assert ok.choices[0].message.content is not None  # the replicas are still serving
 
 
+PROBE_LABELS = ["network", "hardware", "identity"]
+
+
 def _probe_rows(endpoint, tmp_path):
-    """Two labelled rows: one whose gold is the model's own answer, one it cannot get right."""
-    answer = _client(endpoint).chat.completions.create(
-        model="desk", messages=MESSAGES, max_tokens=4, temperature=0
-    )
+    """Two labelled rows: the ticket the model labels "network" (as another test checks), once
+    with that gold and once with a wrong one: one success, one failure, by construction."""
     path = tmp_path / "probes.jsonl"
     rows = [
-        {"prompt": MESSAGES[0]["content"], "completion": answer.choices[0].message.content},
-        {"prompt": "Ticket 5: the badge reader is dead", "completion": "no model says this"},
+        {"prompt": MESSAGES[0]["content"], "completion": "network"},
+        {"prompt": MESSAGES[0]["content"], "completion": "hardware"},
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return load_probe_rows(str(path))
@@ -282,7 +283,7 @@ def test_labelled_probes_are_forced_scored_and_kept_out_of_review(endpoint, tmp_
     before = traffic.summary(v1, source="probe")
     open_before = ReviewQueue(paths.review).counts()["open"]
     prober = Prober(_probe_rows(endpoint, tmp_path), endpoint["url"], endpoint["key"], "desk",
-                    traffic, per_interval=2, max_tokens=4)  # fmt: skip
+                    traffic, per_interval=2, max_tokens=4, labels=PROBE_LABELS)  # fmt: skip
     assert prober.run([v1]) == {v1: {"n": 2, "successes": 1}}
     after = traffic.summary(v1, source="probe")
     assert (after["n"] - before["n"], after["successes"] - before["successes"]) == (2, 1)
@@ -399,7 +400,8 @@ def test_canary_split_sticky_force_admin_and_load(endpoint, tmp_path):
     assert logged and {r["arm"] for r in logged} <= {"canary", "forced"}
     # an interval with labelled probes: the controller sends them to both arms first
     controller.prober = Prober(_probe_rows(endpoint, tmp_path), endpoint["url"], endpoint["key"],
-                               "desk", controller.traffic, per_interval=2, max_tokens=4)  # fmt: skip
+                               "desk", controller.traffic, per_interval=2, max_tokens=4,
+                               labels=PROBE_LABELS)  # fmt: skip
     probed = {v: controller.traffic.summary(v, source="probe")["n"] for v in (v1, v2)}
     decision = controller.tick(now=time.time() + 3600)
     assert decision is not None and decision.decision in ("hold", "advance")

@@ -73,6 +73,7 @@ class Probes(Strict):
 
     path: Annotated[str, Field(min_length=1)]  # task-format rows: prompt + gold completion
     task: str | None = None  # compare the answer's label for this task (else the answer text)
+    labels: list[str] | None = None  # or the label among these (without a task)
     per_interval: Annotated[int, Field(ge=1)] = 10
     max_tokens: Annotated[int, Field(ge=1)] = 8
 

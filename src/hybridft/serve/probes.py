@@ -57,12 +57,14 @@ class Prober:
         *,
         per_interval: int = 10,
         task: str | None = None,
+        labels: list[str] | None = None,
         max_tokens: int = 8,
         seed: int = 0,
         timeout_s: float = 60.0,
     ) -> None:
         self.rows, self.model, self.feedback = rows, model, feedback
         self.per_interval, self.task, self.max_tokens = per_interval, task, max_tokens
+        self.labels = labels
         self.rng = random.Random(seed)
         self.client = httpx.Client(
             base_url=base_url.rstrip("/"),
@@ -89,6 +91,8 @@ class Prober:
         }
         if self.task:
             body["task"] = self.task
+        if self.labels:
+            body["labels"] = self.labels
         try:
             reply = self.client.post(
                 "/chat/completions", json=body, headers={"x-hybridft-version": version}
@@ -103,7 +107,8 @@ class Prober:
             return None
         doc = reply.json()
         ext = doc.get("hybridft", {})
-        answer = ext.get("label") if self.task else doc["choices"][0]["message"]["content"]
+        scored = self.task or self.labels
+        answer = ext.get("label") if scored else doc["choices"][0]["message"]["content"]
         success = (answer or "").strip() == row.gold.strip()
         self._record(ext["request_id"], version, success)
         return success
