@@ -222,7 +222,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--sim-runs", type=int, default=2000)
-    parser.add_argument("--batch-wait-ms", type=float, default=4.0)
+    parser.add_argument(
+        "--batch-wait-ms",
+        default="4",
+        help="serve.batch wait of our deployment; a comma list measures each in this run",
+    )
     args = parser.parse_args()
 
     import ray
@@ -249,25 +253,33 @@ def main() -> None:
             spec, paths.root, registry, port=port, deployer=deployer
         ).removesuffix("/v1")
         key = KeyStore(paths.keys).create("bench")
-        direct = ServeModelArgs(
-            model_dir=str(model_dir),
-            model_name="bench",
-            version="direct",
-            num_cpus=0.5,
-            max_batch_size=args.clients,
-        )
-        serve.run(build_app(direct), name="direct", route_prefix="/direct")
-        direct_url = f"http://127.0.0.1:{port}/direct"
+        waits = [float(w) for w in str(args.batch_wait_ms).split(",")]
 
+        def direct_app(wait_ms: float) -> str:
+            direct = ServeModelArgs(
+                model_dir=str(model_dir),
+                model_name="bench",
+                version="direct",
+                num_cpus=0.5,
+                max_batch_size=args.clients,
+                batch_wait_s=wait_ms / 1000,
+            )
+            serve.run(build_app(direct), name="direct", route_prefix="/direct")
+            return f"http://127.0.0.1:{port}/direct"
+
+        direct_url = direct_app(waits[0])
         print("(a) router overhead ...", flush=True)
         results["router"] = router_overhead(root_url, direct_url, key, args.latency_requests)
         print(json.dumps(results["router"]), flush=True)
 
-        print("(b) throughput: batched deployment ...", flush=True)
-        results["batched"] = load(
-            f"{direct_url}/v1/completions", {}, args.clients, args.seconds, args.max_tokens
-        )
-        print(json.dumps(results["batched"]), flush=True)
+        results["batched_by_wait_ms"] = {}
+        for wait_ms in waits:
+            print(f"(b) throughput: batched deployment, batch wait {wait_ms:g} ms ...", flush=True)
+            url = direct_app(wait_ms)
+            got = load(f"{url}/v1/completions", {}, args.clients, args.seconds, args.max_tokens)
+            results["batched_by_wait_ms"][f"{wait_ms:g}"] = got
+            print(json.dumps(got), flush=True)
+        results["batched"] = results["batched_by_wait_ms"][f"{waits[0]:g}"]
         serve.shutdown()
         ray.shutdown()
         print("(b) throughput: one-at-a-time HF generate behind FastAPI ...", flush=True)
@@ -290,6 +302,10 @@ def main() -> None:
             2,
         ),
         "batched_tokens_per_s": round(results["batched"]["completion_tokens_per_s"], 1),
+        "batched_vs_plain_by_wait_ms": {
+            w: round(r["completion_tokens_per_s"] / results["plain"]["completion_tokens_per_s"], 2)
+            for w, r in results["batched_by_wait_ms"].items()
+        },
         "plain_tokens_per_s": round(results["plain"]["completion_tokens_per_s"], 1),
         "detect_median_canary_requests": {
             "sequential": seq.get("median_requests"),
