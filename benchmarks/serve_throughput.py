@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--sim-runs", type=int, default=2000)
     parser.add_argument(
         "--batch-wait-ms",
-        default="4",
+        default="40,4",
         help="serve.batch wait of our deployment; a comma list measures each in this run",
     )
     args = parser.parse_args()

@@ -17,7 +17,7 @@ from ray import serve
 
 from hybridft.errors import UserError
 from hybridft.serve.adapters import check_adapter_dir
-from hybridft.serve.deployment import DEFAULT_MAX_TOKENS_LIMIT, ModelServer
+from hybridft.serve.deployment import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_TOKENS_LIMIT, ModelServer
 from hybridft.serve.openai_api import VERSION_HEADER
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class ServeModelArgs(BaseModel):
     tasks: dict[str, dict[str, Any]] = {}
     max_batch_size: Annotated[int, Field(ge=1, le=256)] = 16
     # How long a first request waits for others to join its batch.
-    batch_wait_s: Annotated[float, Field(ge=0, le=1)] = 0.004
+    batch_wait_s: Annotated[float, Field(ge=0, le=1)] = DEFAULT_BATCH_WAIT_S
     num_replicas: Annotated[int, Field(ge=1)] = 1
     # LoRA adapters on this base, served as model ids "<model_name>:<adapter>" (multiplexed).
     adapters: dict[str, str] = {}
