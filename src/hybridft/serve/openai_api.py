@@ -402,3 +402,10 @@ def install_error_handlers(app: Any) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected_error)
+
+
+def prompt_text(kind: str, parsed: Any) -> str:
+    """The user's text of a request: the user turns of a chat, or the completion prompt."""
+    if kind == "chat":
+        return "\n".join(m.text() for m in parsed.messages if m.role == "user")
+    return parsed.prompt if isinstance(parsed.prompt, str) else str(parsed.prompt)

@@ -24,7 +24,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from hybridft.errors import UserError
-from hybridft.monitor.traffic_log import Redaction, TrafficLog
 from hybridft.serve.canary import RouteWatcher, ServePaths, manual_action
 from hybridft.serve.keys import KeyInfo, KeyStore, bearer_key
 from hybridft.serve.metrics import Metrics
@@ -35,10 +34,17 @@ from hybridft.serve.openai_api import (
     OpenAIError,
     install_error_handlers,
     parse_request,
+    prompt_text,
 )
 from hybridft.serve.review import FeedbackStore, ReviewQueue
 from hybridft.serve.routing import Route, choose_route
-from hybridft.serve.traffic import Answer, RequestLogWriter, is_retryable, model_app_name
+from hybridft.serve.traffic import (
+    Answer,
+    RequestLogWriter,
+    is_retryable,
+    model_app_name,
+    open_traffic_log,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +60,6 @@ router_app = FastAPI(title="hybridft canary router", docs_url=None, redoc_url=No
 install_error_handlers(router_app)
 
 
-def _prompt_text(kind: str, parsed: Any) -> str:
-    """The user's text of a request: the user turns of a chat, or the completion prompt."""
-    if kind == "chat":
-        return "\n".join(m.text() for m in parsed.messages if m.role == "user")
-    return parsed.prompt if isinstance(parsed.prompt, str) else str(parsed.prompt)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 @serve.ingress(router_app)
 class CanaryRouter:
@@ -74,7 +73,7 @@ class CanaryRouter:
         traffic_log: dict[str, Any] | None = None,
     ) -> None:
         self.paths = ServePaths(serve_dir)
-        self.traffic = self._traffic_log(traffic_log or {})
+        self.traffic = open_traffic_log(self.paths.traffic_log, traffic_log or {})
         self.watcher = RouteWatcher(self.paths.state)
         self.keys = KeyStore(self.paths.keys)
         self.feedback = FeedbackStore(self.paths.traffic)
@@ -216,7 +215,7 @@ class CanaryRouter:
         request_id = f"req-{uuid.uuid4().hex}"  # ours: a client-sent id may repeat
         headers = {VERSION_HEADER: f"{table.model}/{route.version}", ARM_HEADER: route.arm}
         headers[REQUEST_ID_HEADER] = request_id
-        prompt = _prompt_text(kind, parsed)
+        prompt = prompt_text(kind, parsed)
         if route.shadow is not None:
             self._mirror(kind, body, route.shadow, request_id, prompt)
         if parsed.stream:
@@ -295,20 +294,10 @@ class CanaryRouter:
             yield f"data: {json.dumps(err.body())}\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            latency = time.perf_counter() - started
-            self.metrics.observe_request(route.version, route.arm, kind, status, latency)
-            self.log.log_answer(
-                Answer(
-                    request_id=request_id,
-                    model=self.watcher.table().model,
-                    version=route.version,
-                    arm=route.arm,
-                    status_code=status,
-                    latency_s=latency,
-                    prompt=prompt,
-                    completion_chars=chars,
-                )
-            )
+            model, latency = self.watcher.table().model, time.perf_counter() - started
+            answer = Answer(request_id, model, route.version, route.arm, status, latency, prompt,
+                            completion_chars=chars)  # fmt: skip
+            self._observe(kind, answer)
 
     def _mirror(
         self, kind: str, body: dict[str, Any], version: str, request_id: str, prompt: str
@@ -343,34 +332,17 @@ class CanaryRouter:
         prompt: str,
     ) -> None:
         latency = time.perf_counter() - started
-        usage = out.get("usage") or {}
-        ext = out.get("hybridft") or {}
-        choices = out.get("choices") or [{}]
-        text = choices[0].get("text") or (choices[0].get("message") or {}).get("content") or ""
-        answer = Answer(
-            request_id=request_id,
-            model=self.watcher.table().model,
-            version=route.version,
-            arm=route.arm,
-            status_code=status,
-            latency_s=latency,
-            prompt=prompt,
-            completion=text,
-            prompt_tokens=usage.get("prompt_tokens", 0),
-            completion_tokens=usage.get("completion_tokens", 0),
-            ext=ext,
-        )
+        model = self.watcher.table().model
+        answer = Answer.from_body(request_id, model, route, status, latency, prompt, out)
+        self._observe(kind, answer)
+
+    def _observe(self, kind: str, a: Answer) -> None:
+        """Metrics now; the request log and the traffic log off the request path."""
         self.metrics.observe_request(
-            route.version,
-            route.arm,
-            kind,
-            status,
-            latency,
-            answer.prompt_tokens,
-            answer.completion_tokens,
-            ext.get("confidence"),
-        )
-        self.log.log_answer(answer)
+            a.version, a.arm, kind, a.status_code, a.latency_s, a.prompt_tokens,
+            a.completion_tokens, a.ext.get("confidence"),
+        )  # fmt: skip
+        self.log.log_answer(a)
 
     def _enqueue_review(
         self,
@@ -398,18 +370,6 @@ class CanaryRouter:
         )
 
     # --- helpers ------------------------------------------------------------------------------
-
-    def _traffic_log(self, config: dict[str, Any]) -> TrafficLog:
-        log = TrafficLog(
-            self.paths.traffic_log,
-            Redaction(config.get("text", "drop"), tuple(config.get("mask_patterns", ()))),
-            config.get("retention_days", 30.0),
-        )
-        try:
-            log.apply_retention()
-        except OSError as exc:
-            logger.error("traffic log retention: %s", exc)
-        return log
 
     def _handle(self, version: str) -> Any:
         handle = self._handles.get(version)

@@ -13,9 +13,10 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from hybridft.monitor.traffic_log import TrafficLog
+from hybridft.monitor.traffic_log import Redaction, TrafficLog
 from hybridft.serve.review import FeedbackStore, ReviewQueue
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,42 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ext: dict[str, Any] = field(default_factory=dict)  # the body's "hybridft" extension
+
+    @classmethod
+    def from_body(
+        cls,
+        request_id: str,
+        model: str,
+        route: Any,
+        status: int,
+        latency_s: float,
+        prompt: str,
+        out: dict[str, Any],
+    ) -> Answer:
+        """The answer a version returned: an OpenAI body (or error body) for ``route``."""
+        usage = out.get("usage") or {}
+        choices = out.get("choices") or [{}]
+        text = choices[0].get("text") or (choices[0].get("message") or {}).get("content") or ""
+        return cls(
+            request_id, model, route.version, route.arm, status, latency_s, prompt, text,
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            ext=out.get("hybridft") or {},
+        )  # fmt: skip
+
+
+def open_traffic_log(root: str | Path, config: dict[str, Any]) -> TrafficLog:
+    """The router's traffic log (a ``TrafficLogSpec`` as a dict), its retention applied once."""
+    log = TrafficLog(
+        root,
+        Redaction(config.get("text", "drop"), tuple(config.get("mask_patterns", ()))),
+        config.get("retention_days", 30.0),
+    )
+    try:
+        log.apply_retention()
+    except OSError as exc:
+        logger.error("traffic log retention: %s", exc)
+    return log
 
 
 class RequestLogWriter:
