@@ -220,7 +220,7 @@ def retrain(
         raise UserError(f"{policy.source_file or 'monitor policy'}: retrain: section missing")
     paths = ServePaths(policy.serve_dir)
     history = paths.root / "retrain" / "history.jsonl"
-    champion = _champion(registry, policy.model)
+    champion = champion_version(registry, policy.model)
     created = champion.creation_timestamp / 1000 if champion is not None else None
     verdict = evaluate_trigger(rules, alerts or [], created)
     if force:
@@ -294,7 +294,10 @@ def retrain(
     return _done(out, history, on_event, f"version {version.version} holds @{aliases[-1]}")
 
 
-def _champion(registry: Registry, model: str) -> Any | None:
+def champion_version(registry: Registry | None, model: str) -> Any | None:
+    """The MLflow version holding ``model@champion``, or None (no registry, model or champion)."""
+    if registry is None:
+        return None
     try:
         return registry.client.get_model_version_by_alias(model, "champion")
     except Exception:  # no model or no champion yet: nothing to age or start from

@@ -197,14 +197,10 @@ def _aliases(registry: Any | None, model: str, problems: list[str]) -> dict[str,
 
 
 def _champion_created(registry: Any | None, model: str) -> float | None:
-    if registry is None:
-        return None
-    try:
-        return (
-            registry.client.get_model_version_by_alias(model, "champion").creation_timestamp / 1000
-        )
-    except Exception:  # no champion yet: the schedule rule has nothing to age
-        return None
+    from hybridft.monitor.retrain import champion_version
+
+    champion = champion_version(registry, model)
+    return champion.creation_timestamp / 1000 if champion is not None else None
 
 
 def _live_versions(
