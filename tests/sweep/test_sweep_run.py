@@ -17,7 +17,7 @@ from sweep_helpers import BUDGET, space_dict, write_hybrid, write_space
 from hybridft.sweep.params import sample_sequence
 from hybridft.sweep.space import load_space
 from hybridft.sweep.trial import ATTEMPTS_FILE, OUTCOME_FILE
-from hybridft.sweep.tune import max_concurrent_trials, run_sweep
+from hybridft.sweep.tune import max_concurrent_trials, run_sweep, trial_resources
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -34,19 +34,32 @@ def test_concurrency_fits_the_cluster() -> None:
     assert max_concurrent_trials(whole, {"CPU": 2.0}) == 0  # run_sweep refuses it up front
     gpu = ScalingSpec(num_workers=2, use_gpu=True, resources_per_worker={"CPU": 1})
     assert max_concurrent_trials(gpu, {"CPU": 16.0, "GPU": 4.0}) == 2
+    # in process a trial holds its one worker's resources and nothing more
+    assert max_concurrent_trials(one_half, {"CPU": 2.0}, in_process=True) == 4
+    one_gpu = ScalingSpec(num_workers=1, use_gpu=True, resources_per_worker={"CPU": 2})
+    assert max_concurrent_trials(one_gpu, {"CPU": 16.0, "GPU": 4.0}, in_process=True) == 4
+    assert trial_resources(one_half, in_process=True) == {"CPU": 0.5}
+    assert trial_resources(one_half) == {"CPU": 0.6}
 
 
+@pytest.mark.parametrize("runner", ["auto", "worker_group"])
 def test_sweep_trains_trials_and_asha_sees_intermediate_results(
-    ray_session, small_demo_data, tmp_path
+    ray_session, small_demo_data, tmp_path, runner
 ) -> None:
     job = write_hybrid(tmp_path, small_demo_data)
-    space_path = write_space(tmp_path, space_dict(job))
+    spec = space_dict(job, trial_runner=runner)
+    if runner == "auto":  # one worker: in process; 2 at a time, so a trial actor is reused
+        spec["budget"]["max_concurrent"] = 2
+    space_path = write_space(tmp_path, spec)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_sweep(
         space_path, storage_dir=tmp_path / "sweeps", tracking_uri=tracking, verbose=0
     )
 
-    assert result.max_concurrent == 3  # 2 CPUs / (0.1 trial + 0.5 worker)
+    if runner == "auto":
+        assert result.max_concurrent == 2
+    else:
+        assert result.max_concurrent == 3  # 2 CPUs / (0.1 trial + 0.5 worker)
     trials = json.loads((result.sweep_dir / "trials.json").read_text())
     assert len(trials) == 3 and {t["status"] for t in trials} <= {"completed", "stopped"}
     for t in trials:
@@ -58,12 +71,16 @@ def test_sweep_trains_trials_and_asha_sees_intermediate_results(
         outcome = result.sweep_dir / "runs" / f"{t['trial_id']}-seed0" / OUTCOME_FILE
         if t["status"] == "completed":
             measured = json.loads(outcome.read_text())
+            assert measured["in_process"] is (runner == "auto")
             assert t["objectives"] == {"val_loss": measured["objectives"]["val_loss"]}
             assert measured["trained_tokens"] >= BUDGET  # rounded up to whole steps
             assert len(points) > 1  # several results reached Tune while it trained
         else:  # stopped early by ASHA: killed before its run finished
             assert not t["objectives"] and not outcome.exists()
     assert any(t["status"] == "completed" for t in trials)
+    if runner == "auto":  # 3 trials on 2 trial actors: one actor trained twice
+        pids = [json.loads(x)["pid"] for x in (result.sweep_dir / ATTEMPTS_FILE).open()]
+        assert len(pids) == 3 and len(set(pids)) == 2
     # same seed -> same sequence: the trials are the space's first sampled points, in order
     expected = sample_sequence(load_space(space_path), 3)
     assert [t["params"] for t in sorted(trials, key=lambda t: t["optuna_number"])] == expected
@@ -101,12 +118,18 @@ def _attempts(sweep_dir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
 
+def _tune_knows(sweep_dir: Path, trial_id: str) -> bool:
+    states = sorted((sweep_dir / "tune").glob("experiment_state-*.json"))
+    return bool(states) and trial_id in states[-1].read_text()
+
+
 def test_killed_driver_resumes_without_rerunning_finished_trials(
     ray_session, small_demo_data, tmp_path
 ) -> None:
     job = write_hybrid(tmp_path, small_demo_data)
     spec = space_dict(job)
-    spec["budget"] = {"trials": 2, "tokens": BUDGET, "seeds": [0], "max_concurrent": 1}
+    # twice the usual budget: trial 2 runs long enough to be killed mid-way
+    spec["budget"] = {"trials": 2, "tokens": 2 * BUDGET, "seeds": [0], "max_concurrent": 1}
     spec["job_overrides"] = {"training": {"checkpoint_every": 2, "validate_every": 2}}
     spec.pop("asha")  # no early stopping: the kill lands in a trial that would finish
     space_path = write_space(tmp_path, spec)
@@ -123,7 +146,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
     )
     try:
         # kill the driver (and the Ray it started) once trial 1 finished and trial 2 has a
-        # checkpoint of its own
+        # checkpoint of its own, and Tune's saved experiment state lists trial 2 (Tune saves
+        # it every second during a sweep: a trial younger than that would start afresh)
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             started = _attempts(sweep_dir)
@@ -133,7 +157,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
                 ckpts = list(
                     (sweep_dir / "runs" / "ray" / second).glob("checkpoint_*/train_state.pt")
                 )
-                if done and len(ckpts) >= 2:  # a second one written: the first is complete
+                # a second one written: the first is complete
+                if done and len(ckpts) >= 2 and _tune_knows(sweep_dir, started[1]["trial_id"]):
                     break
             time.sleep(0.2)
         assert proc.poll() is None, "the driver finished before it could be killed"

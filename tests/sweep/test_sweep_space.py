@@ -136,6 +136,27 @@ def test_more_space_mistakes(
     assert error_of(path).startswith(f"{path}:{line_with(path, line_text)}: {key}: {expected}")
 
 
+def test_trial_runner_resolves_and_checks_the_worker_count(tmp_path: Path) -> None:
+    one = write_hybrid(tmp_path, tmp_path / "data")  # scaling.num_workers: 1
+    space = load_space(write_space(tmp_path, one))
+    assert space.trial_runner == "auto" and space.in_process
+    path = write_space(tmp_path, one, "seed: 0\n", "seed: 0\ntrial_runner: worker_group\n")
+    assert not load_space(path).in_process
+
+    spec = hybrid_job(tmp_path, tmp_path / "data")
+    spec["scaling"] = {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}}
+    two = write_job(tmp_path, spec, "two.yaml")
+    assert not load_space(write_space(tmp_path, two)).in_process  # auto: a worker group
+    spec["scaling"] = {"num_workers": 1, "max_failures": 2}
+    restarts = write_job(tmp_path, spec, "restarts.yaml")
+    assert not load_space(write_space(tmp_path, restarts)).in_process  # worker restarts asked
+    path = write_space(tmp_path, two, "seed: 0\n", "seed: 0\ntrial_runner: in_process\n")
+    assert error_of(path) == (
+        f"{path}:{line_with(path, 'trial_runner: ')}: trial_runner: expected worker_group or auto "
+        "for a job with scaling.num_workers 2 (in_process trains one worker), got in_process"
+    )
+
+
 def test_val_loss_needs_validation_files(tmp_path: Path) -> None:
     spec = hybrid_job(tmp_path, tmp_path / "data")
     del spec["data"]["validation"]

@@ -74,6 +74,12 @@ def full_eval(spec: JobSpec, result: Any) -> Any:
     return _EVALS[key]
 
 
+def forget_eval(result: Any) -> float:
+    """Drop a run's cached evaluation; the seconds it took (0 when it was never evaluated)."""
+    _EVALS.pop(str(result.run_dir), None)
+    return EVAL_SECONDS.pop(str(result.run_dir), 0.0)
+
+
 def _target_score(spec: JobSpec, result: Any) -> float:
     """Mean score (label accuracy, else exact match) of the final model on the target tasks."""
     scored = full_eval(spec, result)

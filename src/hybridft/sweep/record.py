@@ -7,9 +7,10 @@ parallel trials never race on either. Each trial's MLflow run is nested under th
 
 ``trials.json``: a list, in the order the searcher proposed the trials, of
 ``{trial_id, index, optuna_number, params, status (running | completed | stopped | error),
-starts, intermediate: [{sweep_tokens, sweep_steps, iteration, seed, stage, val_loss, loss}],
+starts, intermediate: [{sweep_tokens, sweep_steps, iteration, seed, stage, val_loss, loss,
+window_s, time/...}],
 objectives: {name: mean over seeds}, per_seed: {seed: outcome.json of that run (run_name,
-run_dir, objectives, trained_tokens, global_steps, wall_s)}, trained_tokens, mlflow_run_id,
+run_dir, objectives, trained_tokens, global_steps, wall_s, timings)}, trained_tokens, mlflow_run_id,
 finished_at}``. ``stopped`` means early-stopped (ASHA): no objectives.
 """
 
@@ -26,6 +27,10 @@ from ray.tune import Callback
 TRIALS_FILE = "trials.json"
 COMPLETE_KEY = "trial_complete"  # in a trial's final report: every seed trained and measured
 OPTUNA_NUMBER = "optuna_number"  # the Optuna trial number, carried in each trial's config
+# Kept with each intermediate point: the seconds of work behind it (training steps since the
+# last point; the run's set-up, validation and checkpoint seconds so far): what a stopped
+# trial did, for accounting (benchmarks/sweep_efficiency.py).
+WORK_KEYS = ("window_s", "time/setup_s", "time/validation_s", "time/checkpoint_s")
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -103,7 +108,7 @@ class SweepRecorder(Callback):
             "seed": result.get("seed"),
             "stage": result.get("stage"),
         }
-        for key in ("val_loss", "loss", self.metric):
+        for key in ("val_loss", "loss", self.metric, *WORK_KEYS):
             if key and key in result:
                 point[key] = result[key]
         entry = self._entry(trial)

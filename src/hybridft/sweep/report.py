@@ -91,23 +91,46 @@ def _job(space: Any, params: dict[str, Any], seed: int, name: str, eval_examples
     return job.model_copy(update={"seed": seed, "name": name, "eval": ev})
 
 
-def _remote_run() -> Any:
+def train_and_evaluate(job: JobSpec, run_name: str, runs_dir: str, in_process: bool) -> Any:
+    """Train one report run (resuming an interrupted one) and evaluate it (writes eval.json)."""
+    from hybridft.sweep.objectives import forget_eval, full_eval
+    from hybridft.train.run import run
+
+    resume = (Path(runs_dir) / run_name / "run.json").is_file() or (
+        Path(runs_dir) / "ray" / run_name
+    ).is_dir()
+    result = run(job, run_name=run_name, resume=resume, output_dir=runs_dir, in_process=in_process)
+    full_eval(job, result)  # writes the run's eval.json
+    forget_eval(result)
+    return result
+
+
+def _launcher(job: JobSpec, width: int, in_process: bool) -> Any:
+    """``launch(job, name, runs_dir) -> ObjectRef`` and ``done(ref)``: report runs on ``width``
+    warm in-process runner actors (as the space's trials run), else each in a zero-CPU task
+    whose Ray Train worker group holds the CPUs."""
     import ray
 
-    @ray.remote(num_cpus=0, max_retries=0)
-    def train_and_evaluate(job: JobSpec, run_name: str, runs_dir: str) -> Any:
-        """Train (Ray Train workers hold the CPUs; this task only waits) and evaluate."""
-        from hybridft.sweep.objectives import full_eval
-        from hybridft.train.run import run
+    from hybridft.train.in_process import InProcessRunner, runner_options
 
-        resume = (Path(runs_dir) / run_name / "run.json").is_file() or (
-            Path(runs_dir) / "ray" / run_name
-        ).is_dir()
-        result = run(job, run_name=run_name, resume=resume, output_dir=runs_dir)
-        full_eval(job, result)  # writes the run's eval.json
-        return result
+    scaling = job.scaling
+    if in_process:
+        actor = ray.remote(**runner_options(scaling.resources_per_worker, scaling.use_gpu))
+        idle = [actor(InProcessRunner).remote() for _ in range(width)]
+        busy: dict[Any, Any] = {}
 
-    return train_and_evaluate
+        def launch(job: JobSpec, name: str, runs_dir: str) -> Any:
+            runner = idle.pop()
+            ref = runner.call.remote(train_and_evaluate, job, name, runs_dir, True)
+            busy[ref] = runner
+            return ref
+
+        def done(ref: Any) -> None:
+            idle.append(busy.pop(ref))
+
+        return launch, done
+    task = ray.remote(num_cpus=0, max_retries=0)(train_and_evaluate)
+    return (lambda job, name, runs_dir: task.remote(job, name, runs_dir, False)), (lambda ref: None)
 
 
 def _log(registry: Any, job: JobSpec, result: Any, tags: dict[str, str]) -> str:
@@ -238,8 +261,13 @@ def build_report(
             plan.append((arm, 0, n, job.model_copy(update={"data": data})))
 
     ensure_ray()
-    width = max(1, max_concurrent_trials(space.base_job.scaling, ray.cluster_resources()))
-    remote = _remote_run()
+    width = max(
+        1,
+        max_concurrent_trials(space.base_job.scaling, ray.cluster_resources(), None, True)
+        if space.in_process
+        else max_concurrent_trials(space.base_job.scaling, ray.cluster_resources()),
+    )
+    launch, release = _launcher(space.base_job, width, space.in_process)
     done: dict[str, dict[str, Any]] = {}
     pending = []
     for arm, seed, labels, job in plan:
@@ -255,10 +283,11 @@ def build_report(
     while pending or inflight:
         while pending and len(inflight) < width:
             arm, seed, labels, job = pending.pop(0)
-            ref = remote.remote(job, job.name, str(runs_dir))
+            ref = launch(job, job.name, str(runs_dir))
             inflight[ref] = (arm, seed, labels, job, time.time())
         ready, _ = ray.wait(list(inflight), num_returns=1)
         arm, seed, labels, job, started = inflight.pop(ready[0])
+        release(ready[0])
         result = ray.get(ready[0])
         tags = {"hybridft.kind": "report-run", "hybridft.sweep": info["name"],
                 "hybridft.arm": arm, "hybridft.seed": str(seed),

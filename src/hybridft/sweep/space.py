@@ -88,6 +88,10 @@ class SearchSpace(Strict):
     budget: SweepBudgetSpec
     asha: AshaSpec | None = None
     sampler: SamplerSpec = SamplerSpec()
+    # Where a trial trains. in_process: in the Tune trial's own process, reused from trial to
+    # trial (Ray Train's local mode; one worker). worker_group: a Ray Train worker group per
+    # trial (several workers, DeepSpeed, worker restarts). auto: in_process for one-worker jobs.
+    trial_runner: Literal["auto", "in_process", "worker_group"] = "auto"
     source_file: str = Field(default="", exclude=True)
     _base_job: JobSpec | None = PrivateAttr(default=None)
 
@@ -101,6 +105,14 @@ class SearchSpace(Strict):
     @property
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
+
+    @property
+    def in_process(self) -> bool:
+        """Whether trials train in process (``trial_runner``, ``auto`` resolved)."""
+        if self.trial_runner == "auto":
+            job = self.base_job
+            return job.scaling.num_workers == 1 and job.scaling.max_failures == 0
+        return self.trial_runner == "in_process"
 
     @property
     def objective_names(self) -> list[str]:
@@ -265,6 +277,16 @@ def _grid_problems(space: SearchSpace) -> list[tuple[Loc, str]]:
     return problems
 
 
+def _runner_problems(space: SearchSpace, job: JobSpec) -> list[tuple[Loc, str]]:
+    if space.trial_runner == "in_process" and job.scaling.num_workers != 1:
+        return [
+            (("trial_runner",), "expected worker_group or auto for a job with "
+             f"scaling.num_workers {job.scaling.num_workers} (in_process trains one worker), "
+             "got in_process")
+        ]  # fmt: skip
+    return []
+
+
 def _goal_problems(space: SearchSpace, job: JobSpec) -> list[tuple[Loc, str]]:
     """Objectives and the early-stopping metric: produced, and with the data they need."""
     problems: list[tuple[Loc, str]] = []
@@ -327,7 +349,12 @@ def load_space(path: str | Path) -> SearchSpace:
     space = load_yaml_model(path, SearchSpace)
     space.source_file = str(path)
     job = _job_with_overrides(space, path)
-    problems = _parameter_problems(space, job) + _goal_problems(space, job) + _grid_problems(space)
+    problems = (
+        _parameter_problems(space, job)
+        + _goal_problems(space, job)
+        + _grid_problems(space)
+        + _runner_problems(space, job)
+    )
     if not problems:
         try:
             space.sampling_order()

@@ -1,23 +1,30 @@
 """One trial of a sweep: a sampled configuration trained once per seed by ``train.run``.
 
-The trial function runs inside Tune; the training runs in a zero-CPU task beside it (see
-``sweep.tune`` for why), and the training loop's validation records reach Tune through
-``MetricsRelay``. Each finished seed leaves ``outcome.json`` in its run directory: a trial
-restarted after a driver kill reuses it instead of training that seed again.
+The trial function runs inside Tune. With ``plan.in_process`` it trains right there (Ray Train's
+local mode, in a trial actor Tune reuses from trial to trial); otherwise the training's worker
+group is launched from a zero-CPU task beside it (see ``sweep.tune`` for why). Either way the
+training loop's validation records reach Tune through ``MetricsRelay``. Each finished seed leaves
+``outcome.json`` in its run directory: a trial restarted after a driver kill reuses it instead
+of training that seed again.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import queue
 import shutil
 import statistics
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.train import UserCallback
+from ray.tune import Trainable
 
 from hybridft.specs import JobSpec
 from hybridft.sweep.params import apply_params
@@ -36,6 +43,7 @@ class TrialPlan:
     sweep_dir: Path
     measures: list[str]  # measured for every seed: the objectives + the cheap training measures
     relay_metric: str  # records carrying it are forwarded to Tune while training
+    in_process: bool = False  # train in the trial's own process (see the module doc)
 
     @property
     def runs_dir(self) -> Path:
@@ -51,11 +59,17 @@ class MetricsRelay(UserCallback):
     """
 
     def __init__(
-        self, metric: str, tokens_before: int, steps_before: int, seed: int, budget: int
+        self,
+        metric: str,
+        tokens_before: int,
+        steps_before: int,
+        seed: int,
+        budget: int,
+        sink: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        self._tune = TuneReportCallback()  # binds to the current trial's report queue
+        # In process, records go to the trial's own ``sink``. From a worker group, through
+        # Ray's callback, which binds to the trial's report queue (it is built in the trial).
+        self._sink = sink or _tune_report_callback_sink()
         self.metric = metric
         self.tokens_before, self.steps_before, self.seed = tokens_before, steps_before, seed
         self.budget = budget
@@ -80,31 +94,58 @@ class MetricsRelay(UserCallback):
         out["sweep_tokens"] = tokens
         out["sweep_steps"] = self.steps_before + int(record.get("global_step", 0))
         out["seed"] = self.seed
-        self._tune.after_report(run_context, [out], None)
+        self._sink(out)
 
 
-@ray.remote(num_cpus=0, max_retries=0)
+def _tune_report_callback_sink() -> Callable[[dict[str, Any]], None]:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    callback = TuneReportCallback()
+    return lambda record: callback.after_report(None, [record], None)
+
+
 def train_and_measure(
-    job: JobSpec, run_name: str, resume: bool, runs_dir: str, measures: list[str], callbacks: list
+    job: JobSpec,
+    run_name: str,
+    resume: bool,
+    runs_dir: str,
+    measures: list[str],
+    callbacks: list,
+    in_process: bool = False,
 ) -> dict[str, Any]:
     """One seed of one trial: ``train.run``, the measures, ``outcome.json``; then drop the
     intermediate checkpoints (the final and stage models were copied out by ``train.run``)."""
-    from hybridft.sweep.objectives import EVAL_SECONDS, measure
+    from hybridft.sweep.objectives import forget_eval, measure
     from hybridft.train.run import run
 
-    result = run(job, run_name=run_name, resume=resume, output_dir=runs_dir, callbacks=callbacks)
+    result = run(
+        job,
+        run_name=run_name,
+        resume=resume,
+        output_dir=runs_dir,
+        callbacks=callbacks,
+        in_process=in_process,
+    )
     last = result.final_metrics
+    t0 = time.perf_counter()
+    objectives = measure(job, result, measures)
+    eval_s = forget_eval(result)  # this process may train more trials: keep no eval around
+    timings = result.extra.get("timings", {})
     outcome = {
         "run_name": run_name,
         "run_dir": str(result.run_dir),
         "seed": job.seed,
-        "objectives": measure(job, result, measures),
+        "objectives": objectives,
         "trained_tokens": int(last.get("trained_tokens", 0)),
         "global_steps": int(last.get("global_step", 0)),
         "wall_s": result.wall_s,
-        # inside wall_s: the training steps themselves (the rest is start-up, data, checkpoints)
-        "loop_s": sum(float(h.get("window_s", 0.0)) for h in result.history),
-        "eval_s": EVAL_SECONDS.get(str(result.run_dir), 0.0),
+        # inside wall_s: the training steps themselves and the validation (ASHA's signal)
+        "loop_s": float(timings.get("steps_s", 0.0)),
+        "validation_s": float(timings.get("validation_s", 0.0)),
+        "eval_s": eval_s,
+        "measure_s": time.perf_counter() - t0,  # the objectives, evaluation included
+        "in_process": in_process,
+        "timings": timings,
     }
     write_json(result.run_dir / OUTCOME_FILE, outcome)
     for ckpt in (Path(runs_dir) / "ray" / run_name).glob("checkpoint_*"):
@@ -112,17 +153,25 @@ def train_and_measure(
     return outcome
 
 
+# From a trial that launches a worker group: a zero-CPU task outside the trial's placement group
+train_and_measure_task = ray.remote(num_cpus=0, max_retries=0)(train_and_measure)
+
+
 def _read_outcome(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / OUTCOME_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
-    """Tune function: the sampled configuration, trained once per seed, then its final report."""
-    from ray import tune
+def trial_body(
+    config: dict[str, Any], plan: TrialPlan, trial_id: str, sink: Callable | None = None
+) -> dict[str, Any]:
+    """The sampled configuration, trained once per seed; returns the trial's final result.
+
+    ``sink`` receives the relayed validation records (in process); ``None`` relays them through
+    Ray's ``TuneReportCallback`` from the worker group's controller.
+    """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    trial_id = tune.get_context().get_trial_id()
     params = {k: v for k, v in config.items() if k in plan.space.parameters}
     job = apply_params(plan.space.base_job, params, plan.space.budget.tokens)
     node = ray.get_runtime_context().get_node_id()
@@ -135,22 +184,19 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
             resume = (plan.runs_dir / "ray" / run_name).exists()
             with open(plan.sweep_dir / ATTEMPTS_FILE, "a") as fh:
                 fh.write(json.dumps({"trial_id": trial_id, "run_name": run_name, "seed": seed,
-                                     "resume": resume, "time": time.time()}) + "\n")  # fmt: skip
+                                     "resume": resume, "time": time.time(),
+                                     "pid": os.getpid()}) + "\n")  # fmt: skip
             budget = plan.space.budget.tokens * len(plan.space.budget.seeds)
-            relay = MetricsRelay(plan.relay_metric, tokens, steps, seed, budget)
-            task = train_and_measure.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
-            )
-            outcome = ray.get(
-                task.remote(
-                    job.model_copy(update={"seed": seed}),
-                    run_name,
-                    resume,
-                    str(plan.runs_dir),
-                    plan.measures,
-                    [relay],
+            relay = MetricsRelay(plan.relay_metric, tokens, steps, seed, budget, sink)
+            args = (job.model_copy(update={"seed": seed}), run_name, resume, str(plan.runs_dir),
+                    plan.measures, [relay])  # fmt: skip
+            if plan.in_process:
+                outcome = train_and_measure(*args, in_process=True)
+            else:
+                task = train_and_measure_task.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
                 )
-            )
+                outcome = ray.get(task.remote(*args))
         per_seed[str(seed)] = outcome
         tokens += outcome["trained_tokens"]
         steps += outcome["global_steps"]
@@ -158,13 +204,82 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
         name: statistics.fmean(o["objectives"][name] for o in per_seed.values())
         for name in plan.space.objective_names
     }
-    tune.report(
-        {
-            COMPLETE_KEY: True,
-            **objectives,
-            "objectives": objectives,
-            "per_seed": per_seed,
-            "trial_tokens": tokens,
-            "trial_steps": steps,
-        }
-    )
+    return {
+        COMPLETE_KEY: True,
+        **objectives,
+        "objectives": objectives,
+        "per_seed": per_seed,
+        "trial_tokens": tokens,
+        "trial_steps": steps,
+    }
+
+
+def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
+    """Tune function trainable (worker-group trials): the trial, then its final report."""
+    from ray import tune
+
+    tune.report(trial_body(config, plan, tune.get_context().get_trial_id()))
+
+
+class TrialStopped(BaseException):
+    """Raised in an in-process trial's training thread once Tune has stopped the trial (ASHA):
+    a request to stop, like ``SystemExit`` in Tune's function trainables, not a failure (so
+    ``train.run`` lets it through instead of reporting a failed run)."""
+
+
+class InProcessTrial(Trainable):
+    """Tune class trainable for in-process trials: the trial trains in a thread of this actor.
+
+    Not a function trainable: those install Tune's process-wide session, and Ray Train refuses
+    ``ray.train.report`` / ``get_context`` in a process that has one, local mode included. Here
+    ``step()`` hands Tune the relayed records one at a time and the final result last; Tune
+    reuses the actor for the next trial (``reset_config``), with everything already imported.
+    """
+
+    def setup(self, config: dict[str, Any], plan: TrialPlan) -> None:
+        self.plan = plan
+        self._start(config)
+
+    def _start(self, config: dict[str, Any]) -> None:
+        self._events: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._train, args=(config,), daemon=True)
+        self._thread.start()
+
+    def _train(self, config: dict[str, Any]) -> None:
+        try:
+            final = trial_body(config, self.plan, self.trial_id, sink=self._emit)
+            self._events.put(("final", {**final, "done": True}))
+        except TrialStopped:
+            self._events.put(("stopped", {"done": True}))
+        except BaseException as exc:  # noqa: BLE001 - raised in step(), on Tune's thread
+            self._events.put(("error", exc))
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if self._stop.is_set():
+            raise TrialStopped
+        self._events.put(("record", record))
+
+    def step(self) -> dict[str, Any]:
+        kind, payload = self._events.get()
+        if kind == "error":
+            raise payload
+        return payload
+
+    def _halt(self) -> bool:
+        """Stop the training thread at its next report; whether it ended in time."""
+        self._stop.set()
+        self._thread.join(timeout=HALT_TIMEOUT_S)
+        return not self._thread.is_alive()
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        if not self._halt():
+            return False  # Tune then starts a fresh actor
+        self._start(new_config)
+        return True
+
+    def cleanup(self) -> None:
+        self._halt()
+
+
+HALT_TIMEOUT_S = 120.0  # a stopped trial ends at its next validation record

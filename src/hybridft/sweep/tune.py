@@ -1,6 +1,14 @@
 """``run_sweep``: a search space swept with Ray Tune + Optuna (TPE) + ASHA around ``train.run``.
 
-How a trial runs (Ray Train V2 inside a Tune function):
+How a trial runs in process (``trial_runner: auto`` for one-worker jobs, the demo's case):
+the trial (``trial.InProcessTrial``, a class trainable) holds the worker's resources and calls
+``train.run(in_process=True)`` in a thread of its own actor: Ray Train's local mode, checkpoints
+persisted, validation records handed to Tune by ``step()``. Tune reuses trial actors
+(``reuse_actors``), so a trial after the first starts in a process that has Ray Train, torch and
+transformers imported: a worker group would start two processes and import them again for every
+trial (~12 s here, more than a demo trial trains).
+
+How a trial runs with a worker group (Ray Train V2 inside a Tune function):
 
 1. Tune starts the trial function with a fraction of a CPU, in a placement group that captures
    child tasks. The trial does not call ``train.run`` itself: it launches it in a zero-CPU task
@@ -47,12 +55,11 @@ from hybridft.sweep.objectives import NEEDS_VALIDATION
 from hybridft.sweep.params import make_sampler, suggest_params
 from hybridft.sweep.record import OPTUNA_NUMBER, SweepRecorder, read_trials, write_json
 from hybridft.sweep.space import SearchSpace, load_space
-from hybridft.sweep.trial import TrialPlan, run_trial
+from hybridft.sweep.trial import InProcessTrial, TrialPlan, run_trial
 
 TRIAL_DRIVER_CPU = 0.1  # the trial function only waits and relays; training runs in its workers
 SWEEP_FILE = "sweep.json"
 STUDY_FILE = "optuna.db"
-STRICT_CHECK_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 
 
 @dataclass
@@ -69,14 +76,25 @@ class SweepResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def max_concurrent_trials(
-    scaling: ScalingSpec, cluster: dict[str, float], cap: int | None = None
-) -> int:
-    """How many trials fit at once: each holds its driver's CPU fraction and a worker group."""
+def trial_resources(scaling: ScalingSpec, in_process: bool = False) -> dict[str, float]:
+    """What one trial holds: in process, its one worker's resources; with a worker group, the
+    group's plus the trial driver's CPU fraction (the group is scheduled outside the trial)."""
     need = {r: n * scaling.num_workers for r, n in scaling.resources_per_worker.items()}
     if scaling.use_gpu:
         need.setdefault("GPU", float(scaling.num_workers))
-    need["CPU"] = need.get("CPU", 0.0) + TRIAL_DRIVER_CPU
+    if not in_process:
+        need["CPU"] = need.get("CPU", 0.0) + TRIAL_DRIVER_CPU
+    return need
+
+
+def max_concurrent_trials(
+    scaling: ScalingSpec,
+    cluster: dict[str, float],
+    cap: int | None = None,
+    in_process: bool = False,
+) -> int:
+    """How many trials fit at once (``trial_resources`` each)."""
+    need = trial_resources(scaling, in_process)
     fits = min(int(cluster.get(r, 0.0) / n + 1e-9) for r, n in need.items() if n > 0)
     return min(fits, cap) if cap else fits
 
@@ -151,29 +169,43 @@ def asha_milestones(space: SearchSpace) -> list[int]:
 
 
 @contextlib.contextmanager
-def _objectives_only_in_final_reports() -> Iterator[None]:
-    """Tune's strict check wants every searcher metric in every result; ours arrive last."""
-    old = os.environ.get(STRICT_CHECK_ENV)
-    os.environ[STRICT_CHECK_ENV] = "1"
+def _tune_environment() -> Iterator[None]:
+    """Environment Tune reads on the driver (and passes to trial actors) while a sweep runs."""
+    wanted = {
+        # Tune's strict check wants every searcher metric in every result; ours arrive last
+        "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+        # trials keep the driver's working directory: job specs name data by relative paths
+        # (in-process trials read them in the trial actor itself)
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",
+        # Tune's experiment state (which trials exist, for --resume) saved every second: its
+        # default waits >= 10 s, longer than a warm in-process trial takes to start and
+        # checkpoint, and a driver killed in that gap would lose the trial's place to resume
+        "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    }
+    old = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(STRICT_CHECK_ENV, None)
-        else:
-            os.environ[STRICT_CHECK_ENV] = old
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _concurrency(space: SearchSpace) -> int:
     job = space.base_job
     cluster = ray.cluster_resources()
-    fits = max_concurrent_trials(job.scaling, cluster, space.budget.max_concurrent)
+    fits = max_concurrent_trials(
+        job.scaling, cluster, space.budget.max_concurrent, space.in_process
+    )
     if fits < 1:
-        need = {r: n * job.scaling.num_workers for r, n in job.scaling.resources_per_worker.items()}
+        need = trial_resources(job.scaling, space.in_process)
         raise UserError(
             f"{space.source_file}:{line_of(space.source_file, ('job',))}: job: expected a trial "
-            f"that fits the cluster ({TRIAL_DRIVER_CPU:g} CPU for the trial + {need} for its "
-            f"workers; the cluster has {dict(cluster)}), got scaling {job.scaling.model_dump()}"
+            f"that fits the cluster ({need} per trial; the cluster has {dict(cluster)}), "
+            f"got scaling {job.scaling.model_dump()}"
         )
     return min(fits, space.budget.trials)
 
@@ -271,9 +303,15 @@ def run_sweep(
         measures=list(dict.fromkeys(space.objective_names + extra)),
         # ASHA's metric; without ASHA the validation loss still gives every trial its curve
         relay_metric=space.asha.metric if space.asha else "val_loss",
+        in_process=space.in_process,
     )
+    # in process the trial actor holds the worker's resources; with a worker group it holds a
+    # fraction of a CPU, and the group is scheduled on the cluster beside it
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPU}
+        tune.with_parameters(InProcessTrial if space.in_process else run_trial, plan=plan),
+        trial_resources(space.base_job.scaling, True)
+        if space.in_process
+        else {"CPU": TRIAL_DRIVER_CPU},
     )
     tune_dir = sweep_dir / "tune"
     if resume:
@@ -297,12 +335,18 @@ def run_sweep(
                 scheduler=_scheduler(space),
                 num_samples=space.budget.trials,
                 max_concurrent_trials=concurrent,
+                reuse_actors=space.in_process,  # warm processes: the point of in-process trials
             ),
             run_config=tune.RunConfig(
-                name="tune", storage_path=str(sweep_dir), callbacks=[recorder], verbose=verbose
+                name="tune",
+                storage_path=str(sweep_dir),
+                callbacks=[recorder],
+                verbose=verbose,
+                # trials resume by run name from their Train checkpoints, not Tune's
+                checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             ),
         )
-    with _objectives_only_in_final_reports():
+    with _tune_environment():
         tuner.fit()
 
     trials = read_trials(sweep_dir)

@@ -29,6 +29,10 @@ from hybridft.train.packing import PackedRows, shift_loss_mask
 from hybridft.train.strategy import Engine, make_engine
 from hybridft.train.throughput import measure_matmul_peak, mfu, non_embedding_params
 
+# Seconds of our own work inside trainer.fit(), in every record (cumulative): model set-up (load,
+# adapters, the MFU peak), validation, checkpoint writes. Training steps are each record's
+# window_s. What fit() takes beyond these is Ray's (train.run.run_timings).
+PHASES = ("time/setup_s", "time/validation_s", "time/checkpoint_s")
 STATE_FILE = "train_state.pt"
 MODEL_STATE_FILE = "train_model.pt"
 HISTORY_FILE = "metrics.jsonl"
@@ -81,6 +85,14 @@ def micro_batches(
             }
         )
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def matmul_peak(dtype: torch.dtype, threads: int | None = None) -> float:
+    """The MFU denominator, measured once per process, dtype and thread count (0.3 s each: a
+    process that trains run after run, in process, measures it once)."""
+    del threads  # part of the cache key: the peak depends on it
+    return measure_matmul_peak(dtype)
 
 
 @functools.lru_cache(maxsize=4)
@@ -186,6 +198,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if validation is not None:
         validation = {**validation, "rows": ray.get(validation["rows"])}
 
+    entered = time.perf_counter()
     # 1) where to start: a fresh run, or this run's last checkpoint
     state: dict[str, Any] = {"stage": 0, "step": 0, "tokens": 0}
     history: list[dict[str, Any]] = []
@@ -205,10 +218,14 @@ def train_loop(config: dict[str, Any]) -> None:
             say(f"resuming at stage {state['stage']} step {state['step']}")
     _seed_all(config["seed"])
     lm = rebuild(config["base_dir"], recipe, weights)
-    peak = measure_matmul_peak(torch.bfloat16 if use_bf16 else torch.float32)
+    peak = matmul_peak(torch.bfloat16 if use_bf16 else torch.float32, torch.get_num_threads())
     n_params = non_embedding_params(merged(copy.deepcopy(lm)) if is_peft(lm) else lm)
+    # our phases' seconds, summed over attempts (a resumed run continues its checkpoint's sums)
+    timings = {k: float(history[-1].get(k, 0.0)) if history else 0.0 for k in PHASES}
+    timings["time/setup_s"] += time.perf_counter() - entered
 
     for s_idx in range(state["stage"], len(stages)):
+        stage_setup = time.perf_counter()
         stage = stages[s_idx]
         rows: PackedRows = (
             stage["rows"] if isinstance(stage["rows"], PackedRows) else ray.get(stage["rows"])
@@ -223,6 +240,7 @@ def train_loop(config: dict[str, Any]) -> None:
             engine.load(ckpt_dir, state)
             torch.set_rng_state(state["rng_torch"])
             start = state["step"]
+        timings["time/setup_s"] += time.perf_counter() - stage_setup
         window = Window(len(stage["sources"]))
         for step in range(start, stage["steps"]):
             # 2) the step's rows: the loss normaliser counts every worker's rows, no all_reduce
@@ -255,9 +273,12 @@ def train_loop(config: dict[str, Any]) -> None:
                     )
                 )
                 if validate:
+                    t_val = time.perf_counter()
                     history[-1].update(
                         validation_loss(engine, validation, rank, world, training, device)
                     )
+                    timings["time/validation_s"] += time.perf_counter() - t_val
+                history[-1].update(timings)
                 if rank == 0:
                     r = history[-1]
                     say(
@@ -265,16 +286,18 @@ def train_loop(config: dict[str, Any]) -> None:
                         f"lr {r['lr']:.2e} tok/s {r['tokens_per_s']:.0f} MFU {r['mfu']:.1%}",
                     )
             if last or done % training["checkpoint_every"] == 0:
-                _checkpoint(config, engine, state, history, s_idx, done, last, rank)
+                _checkpoint(config, engine, state, history, s_idx, done, last, rank, timings)
             elif logged:
                 ray.train.report(dict(history[-1]))
             if logged:
                 window = Window(len(stage["sources"]))  # after the checkpoint: timing excludes it
+        stage_end = time.perf_counter()
         lm = (
             engine.lm
             if strategy == "ddp"
             else rebuild(config["base_dir"], recipe_of(engine.lm, lora), engine.full_state())
         )
+        timings["time/setup_s"] += time.perf_counter() - stage_end
 
 
 def validation_loss(
@@ -369,11 +392,13 @@ def _checkpoint(
     done: int,
     last: bool,
     rank: int,
+    timings: dict[str, float],
 ) -> None:
     """Every rank calls this (it gathers state and reports); rank 0 writes the model files."""
     import ray.train
     from ray.train import Checkpoint
 
+    started = time.perf_counter()
     weights = engine.full_state()  # collective under ZeRO-3
     stages = config["stages"]
     next_state = {
@@ -400,6 +425,11 @@ def _checkpoint(
                 out / MODEL_STATE_FILE,
             )
             torch.save(next_state, out / STATE_FILE)
+        timings["time/checkpoint_s"] += time.perf_counter() - started
+        if history:  # the run's record of its own time, up to this report
+            history[-1].update(timings)
+            metrics.update(timings)
+        if rank == 0:
             (out / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
             attach = True
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if attach else None)

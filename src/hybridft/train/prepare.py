@@ -4,6 +4,8 @@ every stage's packed rows. Runs before any worker starts, so bad data fails fast
 from __future__ import annotations
 
 import json
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from hybridft.data.fingerprint import fingerprint_examples
-from hybridft.data.reader import read_examples
+from hybridft.data.reader import expand_paths, read_examples
 from hybridft.data.render import render_examples
 from hybridft.specs import DataSpec, StageSpec, TrainingSpec
 from hybridft.train.mixture import RenderedSource, StagePlan, plan_stage
@@ -24,8 +26,42 @@ class PreparedData:
     read_reports: dict[str, Any]
 
 
+# Rendered sources kept in this process, by everything the rendering depends on (the source's
+# spec, the data-level rendering settings, the tokenizer and each file's path, size and mtime):
+# a process that prepares run after run (sweep trials) renders each source once.
+_RENDERED: OrderedDict[str, tuple[RenderedSource, Any]] = OrderedDict()
+RENDER_CACHE_SIZE = 16
+
+
+def _render_key(name: str, data: DataSpec, tokenizer: Any) -> str:
+    spec = data.sources[name]
+    files = []
+    for path in expand_paths(spec.paths):
+        st = os.stat(path)
+        files.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
+    settings = data.model_dump(include={"on_bad_rows", "rejects_dir", "loss", "max_len"})
+    return json.dumps(
+        [name, spec.model_dump(mode="json"), settings, files,
+         str(getattr(tokenizer, "name_or_path", "")), len(tokenizer)],
+        sort_keys=True, default=str,
+    )  # fmt: skip
+
+
 def render_source(name: str, data: DataSpec, tokenizer: Any) -> tuple[RenderedSource, Any]:
-    """Read + validate + render + fingerprint one source (examples are held once, in memory)."""
+    """Read + validate + render + fingerprint one source (examples are held once, in memory);
+    a source rendered before in this process, from unchanged files, comes from the cache."""
+    key = _render_key(name, data, tokenizer)
+    if key in _RENDERED:
+        _RENDERED.move_to_end(key)
+        return _RENDERED[key]
+    rendered = _render_source(name, data, tokenizer)
+    _RENDERED[key] = rendered
+    while len(_RENDERED) > RENDER_CACHE_SIZE:
+        _RENDERED.popitem(last=False)
+    return rendered
+
+
+def _render_source(name: str, data: DataSpec, tokenizer: Any) -> tuple[RenderedSource, Any]:
     spec = data.sources[name]
     stream = read_examples(
         spec.paths,

@@ -26,6 +26,9 @@ LOCAL_RUNTIME_ENV = {
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
         # worker start imports torch + transformers: on 2 busy cores that can pass Ray's 60 s
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
+        # a reused Tune trial actor waits this long for a stopped in-process trial to reach its
+        # next report and end (past it, Tune starts a fresh actor: correct, just slower)
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",
     }
 }
 
@@ -115,6 +118,7 @@ def run(
     output_dir: str | None = None,
     callbacks: list[Any] | None = None,
     data_gate: Callable[[dict[str, str]], None] | None = None,
+    in_process: bool = False,
 ) -> TrainResult:
     """Train ``spec`` on Ray Train.
 
@@ -127,6 +131,9 @@ def run(
         callbacks: Ray Train callbacks for the run (e.g. a caller relaying reported metrics).
         data_gate: Called with ``{source: fingerprint}`` of exactly the rows about to be trained
             on, before any worker starts; it raises to refuse them (e.g. unapproved data).
+        in_process: run the one worker in this process (Ray Train's local mode, checkpoints
+            persisted: see ``train.in_process``) instead of a worker group: no controller or
+            worker process to start. For processes that train run after run (sweep trials).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -134,7 +141,8 @@ def run(
 
     from hybridft.model import load_tokenizer
     from hybridft.model.tiny import base_of
-    from hybridft.train.loop import HISTORY_FILE, train_loop
+    from hybridft.train.in_process import fit_in_process
+    from hybridft.train.loop import train_loop
     from hybridft.train.prepare import prepare, write_mixture_report
 
     t0 = time.perf_counter()
@@ -143,10 +151,17 @@ def run(
         raise UserError("--resume needs the run name to continue (see `hybridft runs`)")
     run_name = run_name or new_run_name(spec.name)
     run_dir = out_root / run_name
-    if resume and not (out_root / "ray" / run_name).exists():
+    storage = out_root / "ray" / run_name
+    if resume and not storage.exists():
         raise UserError(f"--resume {run_name}: no such run under {out_root}")
-    if not resume and (out_root / "ray" / run_name).exists():
+    if not resume and storage.exists():
         raise UserError(f"run {run_name!r} already exists under {out_root}; pass --resume")
+    from hybridft.train.in_process import is_in_process_run
+
+    if in_process:
+        _check_in_process(spec, storage, resume)
+    elif resume and is_in_process_run(storage):
+        raise UserError(f"--resume {run_name}: it was started in process; resume it the same way")
     run_dir.mkdir(parents=True, exist_ok=True)
 
     base_dir = base_of(spec.model, spec.seed)
@@ -179,7 +194,7 @@ def run(
         )
     config = {
         "base_dir": str(base_dir),
-        "base_files": _base_files(Path(base_dir)),
+        "base_files": None if in_process else _base_files(Path(base_dir)),
         "seed": spec.seed,
         "stages": stages_cfg,
         "training": spec.training.model_dump(),
@@ -190,6 +205,13 @@ def run(
         "validation": validation,
         "validate_every": spec.training.validate_every or spec.training.checkpoint_every,
     }
+    prepared_at = time.perf_counter()
+    if in_process:
+        session = fit_in_process(train_loop, config, storage, run_name, callbacks or [])
+        return _finish(
+            spec, run_name, run_dir, Path(base_dir), prepared, mixture_path, t0, prepared_at,
+            session.reported, session.get_checkpoint(),
+        )  # fmt: skip
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -217,28 +239,96 @@ def run(
         raise _run_failed(run_name, exc) from exc
     if result.error is not None:
         raise _run_failed(run_name, result.error) from result.error
-    # Stage models: the checkpoint reported at each stage's end.
+    return _finish(
+        spec, run_name, run_dir, Path(base_dir), prepared, mixture_path, t0, prepared_at,
+        result.best_checkpoints or [], result.checkpoint,
+    )  # fmt: skip
+
+
+def _finish(
+    spec: JobSpec,
+    run_name: str,
+    run_dir: Path,
+    base_dir: Path,
+    prepared: Any,
+    mixture_path: Path,
+    t0: float,
+    prepared_at: float,
+    reported: list[tuple[Any, dict[str, Any]]],
+    last: Any,
+) -> TrainResult:
+    """Copy the stage models and the final model out of the run's checkpoints; the result."""
+    from hybridft.train.loop import HISTORY_FILE
+
+    fitted_at = time.perf_counter()
     stage_dirs: dict[str, Path] = {}
-    for checkpoint, metrics in result.best_checkpoints or []:
+    for checkpoint, metrics in reported:  # the checkpoint reported at each stage's end
         if metrics.get("stage_end"):
             dest = run_dir / "stages" / metrics["stage_end"]
             _copy_model(checkpoint, dest)
             stage_dirs[metrics["stage_end"]] = dest / "model"
     final = run_dir / "final"
-    _copy_model(result.checkpoint, final)
+    _copy_model(last, final)
     history = [json.loads(x) for x in (final / HISTORY_FILE).read_text().splitlines() if x.strip()]
+    done = time.perf_counter()
     return TrainResult(
         run_name=run_name,
         run_dir=run_dir,
         model_dir=final / "model",
-        base_dir=Path(base_dir),
+        base_dir=base_dir,
         stage_dirs=stage_dirs,
         history=history,
         fingerprints={n: s.fingerprint for n, s in prepared.sources.items()},
         mixture=json.loads(mixture_path.read_text()),
-        wall_s=time.perf_counter() - t0,
-        extra={"read_reports": prepared.read_reports},
+        wall_s=done - t0,
+        extra={
+            "read_reports": prepared.read_reports,
+            "timings": run_timings(
+                history, prepared_at - t0, fitted_at - prepared_at, done - fitted_at
+            ),
+        },
     )
+
+
+def run_timings(
+    history: list[dict[str, Any]], prepare_s: float, fit_s: float, collect_s: float
+) -> dict[str, float]:
+    """Where a run's wall time went. ``fit_s`` is ``trainer.fit()``; inside it the loop times
+    its own work (``loop.PHASES``: model set-up, training steps, validation, checkpoint writes);
+    what is left of ``fit_s`` is Ray's (``ray_s``: controller and worker start-up, reporting,
+    persisting checkpoints, shutdown). Our phases are summed over the loop's attempts (a
+    restarted worker group times its new attempt from its checkpoint's figures)."""
+    last = history[-1] if history else {}
+    ours = {
+        "setup_s": float(last.get("time/setup_s", 0.0)),
+        "steps_s": sum(float(h.get("window_s", 0.0)) for h in history),
+        "validation_s": float(last.get("time/validation_s", 0.0)),
+        "checkpoint_s": float(last.get("time/checkpoint_s", 0.0)),
+    }
+    return {
+        "prepare_s": prepare_s,  # data read, rendered, mixed, packed (driver side)
+        **ours,
+        "collect_s": collect_s,  # stage and final models copied out of the checkpoints
+        "fit_s": fit_s,
+        "ray_s": max(0.0, fit_s - sum(ours.values())),
+    }
+
+
+def _check_in_process(spec: JobSpec, storage: Path, resume: bool) -> None:
+    from hybridft.specfile import line_of
+    from hybridft.train.in_process import is_worker_group_run
+
+    if spec.scaling.num_workers != 1:
+        line = line_of(spec.source_file, ("scaling", "num_workers")) if spec.source_file else None
+        where = f"{spec.source_file}:{line}: " if spec.source_file else ""
+        raise UserError(
+            f"{where}scaling.num_workers: expected 1 for a run in process (a worker group "
+            f"trains more than one worker), got {spec.scaling.num_workers}"
+        )
+    if resume and is_worker_group_run(storage):
+        raise UserError(
+            f"--resume {storage.name}: it was started with a worker group; resume it the same way"
+        )
 
 
 def validation_rows(spec: JobSpec, tokenizer: Any) -> dict[str, Any] | None:
