@@ -78,23 +78,30 @@ def timed_posts(client: httpx.Client, url: str, body: dict, headers: dict, n: in
     return out
 
 
-def router_overhead(root_url: str, direct_url: str, key: str, n: int) -> dict:
+def router_overhead(root_url: str, direct_url: str, key: str, n: int, seed: int = 0) -> dict:
+    """Sequential requests alternating between the two paths (so load drifts hit both alike);
+    the added p50 with a 95% bootstrap interval over the requests."""
     body = {"model": "bench", "prompt": PROMPTS[0], "max_tokens": 1}
     auth = {"authorization": f"Bearer {key}"}
     via, direct = [], []
     with httpx.Client(timeout=60) as client:
         timed_posts(client, f"{root_url}/v1/completions", body, auth, 20)  # warm up
         timed_posts(client, f"{direct_url}/v1/completions", body, {}, 20)
-        for _ in range(n // 20):  # interleave so drift hits both alike
-            via += timed_posts(client, f"{root_url}/v1/completions", body, auth, 20)
-            direct += timed_posts(client, f"{direct_url}/v1/completions", body, {}, 20)
+        for _ in range(n):
+            via += timed_posts(client, f"{root_url}/v1/completions", body, auth, 1)
+            direct += timed_posts(client, f"{direct_url}/v1/completions", body, {}, 1)
     v, d = np.array(via) * 1e3, np.array(direct) * 1e3
+    rng = np.random.default_rng(seed)
+    boot = [
+        np.median(rng.choice(v, v.size)) - np.median(rng.choice(d, d.size)) for _ in range(2000)
+    ]
     return {
         "router_p50_ms": float(np.median(v)),
         "direct_p50_ms": float(np.median(d)),
         "router_p95_ms": float(np.percentile(v, 95)),
         "direct_p95_ms": float(np.percentile(d, 95)),
         "added_p50_ms": float(np.median(v) - np.median(d)),
+        "added_p50_ci95_ms": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
         "added_p95_ms": float(np.percentile(v, 95) - np.percentile(d, 95)),
         "n_each": len(via),
     }
@@ -218,7 +225,7 @@ def main() -> None:
     parser.add_argument("--skip-plain", action="store_true", help="only our side of (b)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--latency-requests", type=int, default=400)
+    parser.add_argument("--latency-requests", type=int, default=1000)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--sim-runs", type=int, default=2000)

@@ -53,12 +53,29 @@ def test_revoke_by_name_or_id_and_listing(store: KeyStore) -> None:
 
 
 def test_revocation_is_seen_by_another_process_store(tmp_path) -> None:
-    # Another replica: its own connection to the same file, no cache to go stale.
+    # Another replica: its own connection to the same file; its cache of verified keys holds
+    # only until some connection commits a change to the file.
     one, other = KeyStore(tmp_path / "k.db"), KeyStore(tmp_path / "k.db")
     key = one.create("carol")
     assert other.verify(key) is not None
+    assert other.verify(key) is not None  # from the cache
     one.revoke("carol")
     assert other.verify(key) is None
+    assert other.verify(key) is None  # a cached refusal...
+    new = one.create("carol")
+    assert other.verify(new) is not None  # ...and a key made since: seen at once
+    # the same store's own writes
+    assert one.verify(new) is not None
+    one.revoke("carol")
+    assert one.verify(new) is None
+    # a change made through a plain sqlite connection (not a KeyStore) is seen as well
+    other_key = one.create("dan")
+    assert other.verify(other_key) is not None
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "k.db") as conn:
+        conn.execute("UPDATE api_keys SET revoked_at = 'now' WHERE name = 'dan'")
+    assert other.verify(other_key) is None
 
 
 def test_duplicate_name_and_bad_input_are_user_errors(store: KeyStore) -> None:

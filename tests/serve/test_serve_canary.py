@@ -111,6 +111,17 @@ def _post(endpoint, path, key="user", **kwargs):
     return httpx.post(f"{endpoint['root']}{path}", headers=headers, timeout=60, **kwargs)
 
 
+def _counter(exposition: str, name: str, version: str, transport: str) -> float:
+    for line in exposition.splitlines():
+        if (
+            line.startswith(name + "{")
+            and f'version="{version}"' in line
+            and (f'transport="{transport}"' in line)
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_keys_are_required(endpoint):
     with pytest.raises(openai.AuthenticationError):
         _client(endpoint, key="hft-not-a-real-key").chat.completions.create(
@@ -396,6 +407,12 @@ def test_canary_split_sticky_force_admin_and_load(endpoint, tmp_path):
     assert f'version="{v2}"' in metrics and "hybridft_requests_total" in metrics
     assert 'hybridft_canary_decisions_total{decision="start",model="desk"} 1.0' in metrics
     assert 'hybridft_canary_decisions_total{decision="set_weight",model="desk"} 1.0' in metrics
+    # answers came over the direct channel (loopback); the killed replica's requests, and
+    # any sent before its successor advertised a channel, through the Serve handle
+    channel = _counter(metrics, "hybridft_router_upstream_calls_total", v1, "channel")
+    assert channel + _counter(metrics, "hybridft_router_upstream_calls_total", v2, "channel") >= (
+        len(results) // 2
+    )
     logged = FeedbackStore(endpoint["paths"].traffic).window(v2, 0)
     assert logged and {r["arm"] for r in logged} <= {"canary", "forced"}
     # an interval with labelled probes: the controller sends them to both arms first

@@ -95,6 +95,28 @@ app.add_middleware(_ModelVersionHeader)
 install_error_handlers(app)
 
 
+def _start_channel(answer: Any) -> Any:
+    """The replica's direct channel for the canary router (``serve.channel``), listening on
+    loopback; ``None`` outside a Serve replica or without a running loop."""
+    from hybridft.serve.channel import ChannelServer
+
+    try:
+        app_name = serve.get_replica_context().app_name
+        loop = asyncio.get_running_loop()
+    except (RuntimeError, AttributeError):
+        return None
+    server = ChannelServer(answer, app_name)
+
+    async def start() -> None:
+        try:
+            await server.start()
+        except OSError as exc:  # the router keeps using the handle
+            logger.warning("direct channel not started: %s", exc)
+
+    loop.create_task(start())
+    return server
+
+
 async def _in_thread(events: Iterator[str]) -> AsyncIterator[str]:
     """Drive a blocking generator from a thread, one item at a time, off the event loop."""
     done = object()
@@ -130,6 +152,7 @@ class ModelServer:
         max_batch_size: int = 16,
         batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
         adapters: dict[str, str] | None = None,
+        channel: bool = True,
     ) -> None:
         self.engine = GenerationEngine.from_dir(model_dir)
         self.adapters = AdapterSet(self.engine.model, adapters) if adapters else None
@@ -141,6 +164,11 @@ class ModelServer:
         self.created = int(time.time())
         self._generate_batched.set_max_batch_size(max_batch_size)
         self._generate_batched.set_batch_wait_timeout_s(batch_wait_s)
+        self.channel = _start_channel(self.answer) if channel else None
+
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down
+        if getattr(self, "channel", None) is not None:
+            self.channel.close()
 
     # --- the handle API (the canary router) ---------------------------------------------------
 

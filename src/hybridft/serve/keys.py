@@ -24,6 +24,7 @@ from hybridft.serve.sqlite_store import SqliteDatabase
 KEY_PREFIX = "hft-"
 KEY_ID_CHARS = 8
 ROLES = ("user", "admin")
+VERIFIED_CACHE_SIZE = 1024  # distinct keys remembered between changes to the key file
 
 
 _SCHEMA = """
@@ -68,6 +69,10 @@ class KeyStore:
 
     def __init__(self, path: str | Path) -> None:
         self.db = SqliteDatabase(path, _SCHEMA)
+        # verify() results, kept while no connection has committed a change to the file
+        # (sqlite's data_version); a revocation anywhere applies to the next request
+        self._verified: dict[str, KeyInfo | None] = {}
+        self._version: int | None = None
 
     def create(self, name: str, role: str = "user") -> str:
         """Make a key for ``name``; the plaintext is returned here once and never stored.
@@ -96,6 +101,7 @@ class KeyStore:
                         " VALUES (?, ?, ?, ?, ?, ?)",
                         (key_id, name, role, salt, _hash(salt, key), utc_now()),
                     )
+                self._verified.clear()  # this connection's own commits leave data_version
                 return key
             except sqlite3.IntegrityError as exc:
                 if "api_keys.key_id" not in str(exc):  # a key id collision: draw again
@@ -105,6 +111,18 @@ class KeyStore:
         """The active key's info, or None for a missing, malformed, unknown or revoked key."""
         if not key or not key.startswith(KEY_PREFIX) or len(key) <= len(KEY_PREFIX) + KEY_ID_CHARS:
             return None
+        version = self.db.read("PRAGMA data_version")[0][0]
+        if version != self._version:
+            self._verified.clear()
+            self._version = version
+        digest = hashlib.sha256(key.encode()).hexdigest()  # no plaintext key kept in memory
+        if digest not in self._verified:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[digest] = self._lookup(key)
+        return self._verified[digest]
+
+    def _lookup(self, key: str) -> KeyInfo | None:
         key_id = key[len(KEY_PREFIX) : len(KEY_PREFIX) + KEY_ID_CHARS]
         rows = self.db.read(
             "SELECT * FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", (key_id,)
@@ -131,6 +149,7 @@ class KeyStore:
             conn.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (revoked_at, row["key_id"])
             )
+        self._verified.clear()
         return KeyInfo(row["key_id"], row["name"], row["role"], row["created_at"], revoked_at)
 
     def list(self, include_revoked: bool = False) -> list[KeyInfo]:

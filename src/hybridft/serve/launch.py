@@ -41,6 +41,8 @@ class ServeModelArgs(BaseModel):
     num_replicas: Annotated[int, Field(ge=1)] = 1
     # LoRA adapters on this base, served as model ids "<model_name>:<adapter>" (multiplexed).
     adapters: dict[str, str] = {}
+    # A loopback channel the canary router uses instead of the Serve handle (serve.channel).
+    channel: bool = True
 
     @field_validator("adapters")
     @classmethod
@@ -83,6 +85,7 @@ def build_app(args: ServeModelArgs) -> serve.Application:
         max_batch_size=args.max_batch_size,
         batch_wait_s=args.batch_wait_s,
         adapters=args.adapters or None,
+        channel=args.channel,
     )
 
 

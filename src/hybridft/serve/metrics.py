@@ -80,6 +80,13 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        self.upstream = Counter(
+            "hybridft_router_upstream_calls",
+            "How the router reached a version: channel (direct, loopback), handle (Serve), "
+            "channel_failed (resent through the handle).",
+            ["version", "transport"],
+            registry=r,
+        )
         self._weighted: dict[str, set[str]] = {}
 
     def observe_request(
@@ -120,6 +127,9 @@ class Metrics:
 
     def decision(self, model: str, decision: str) -> None:
         self.decisions.labels(model=model, decision=decision).inc()
+
+    def upstream_call(self, version: str, transport: str) -> None:
+        self.upstream.labels(version=version, transport=transport).inc()
 
     def flagged(self, version: str) -> None:
         self.review_flags.labels(version=version).inc()
