@@ -58,9 +58,11 @@ def test_same_seed_gives_byte_identical_files(demo, tmp_path):
     assert [name for name in first if first[name] != second[name]] == []
 
 
-def test_different_seed_gives_different_data(demo, tmp_path):
-    other = synthesize(tmp_path / "other", seed=1)
-    first, second = _files(demo.out_dir), _files(other.out_dir)
+def test_different_seed_gives_different_data(tmp_path):
+    small = {"n_train": 300, "n_validation": 40, "n_test": 40, "n_instruction_train": 60}
+    one = synthesize(tmp_path / "one", seed=0, **small)
+    other = synthesize(tmp_path / "other", seed=1, **small)
+    first, second = _files(one.out_dir), _files(other.out_dir)
     assert sorted(first) == sorted(second)
     same = [name for name in first if name.endswith(".jsonl") and first[name] == second[name]]
     assert same == []

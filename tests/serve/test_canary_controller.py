@@ -225,7 +225,9 @@ def test_killed_controller_resumes_from_persisted_state(setup, registry, tmp_pat
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read()
-            _traffic(controller.paths, time.time(), 0.2, 30, {v1: 0.9, v2: 0.9}, rng)
+            # A clearly better candidate: this test is about persistence, and with equal
+            # success rates the sequential test's 5% false-rollback rate would make it flaky.
+            _traffic(controller.paths, time.time(), 0.2, 30, {v1: 0.85, v2: 0.97}, rng)
             state = store.read()
             if stop(state):
                 return state
@@ -244,7 +246,7 @@ def test_killed_controller_resumes_from_persisted_state(setup, registry, tmp_pat
     finally:
         second.terminate()
         second.wait(timeout=30)
-    assert after.status == "promoted" and after.primary == v2
+    assert after.status == "promoted" and after.primary == v2, after.history[-1].reason
     starts = [d for d in after.history if d.decision == "start"]
     assert len(starts) == 1  # the second process continued; it did not restart the canary
     assert after.history[: len(before.history)] == before.history

@@ -61,8 +61,12 @@ def _weights(tmp_path_factory, data, strategy: str, method: str) -> dict[str, to
     return _RUNS[key]
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+# Each run is a two-worker group (~20 s here). LoRA runs under ZeRO-3, where the frozen base is
+# partitioned and merging at the stage boundary must gather it; ZeRO-2 LoRA adds no code path
+# beyond ZeRO-2 full plus the adapter handling ZeRO-3 LoRA already covers.
+@pytest.mark.parametrize(
+    ("strategy", "method"), [("zero2", "full"), ("zero3", "full"), ("zero3", "lora")]
+)
 def test_strategy_matches_ddp(ray_session, small_demo_data, tmp_path_factory, strategy, method):
     reference = _weights(tmp_path_factory, small_demo_data, "ddp", method)
     got = _weights(tmp_path_factory, small_demo_data, strategy, method)

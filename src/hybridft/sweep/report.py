@@ -24,6 +24,7 @@ from typing import Any
 from hybridft.errors import UserError
 from hybridft.specs import JobSpec
 from hybridft.sweep.report_html import ReportData, render
+from hybridft.sweep.report_runs import ReportRunners
 
 ARMS = ("sft_only", "instruction_only", "best_hybrid")
 SHARE = "instruction_share"
@@ -91,46 +92,57 @@ def _job(space: Any, params: dict[str, Any], seed: int, name: str, eval_examples
     return job.model_copy(update={"seed": seed, "name": name, "eval": ev})
 
 
-def train_and_evaluate(job: JobSpec, run_name: str, runs_dir: str, in_process: bool) -> Any:
-    """Train one report run (resuming an interrupted one) and evaluate it (writes eval.json)."""
-    from hybridft.sweep.objectives import forget_eval, full_eval
-    from hybridft.train.run import run
-
-    resume = (Path(runs_dir) / run_name / "run.json").is_file() or (
-        Path(runs_dir) / "ray" / run_name
-    ).is_dir()
-    result = run(job, run_name=run_name, resume=resume, output_dir=runs_dir, in_process=in_process)
-    full_eval(job, result)  # writes the run's eval.json
-    forget_eval(result)
-    return result
-
-
-def _launcher(job: JobSpec, width: int, in_process: bool) -> Any:
-    """``launch(job, name, runs_dir) -> ObjectRef`` and ``done(ref)``: report runs on ``width``
-    warm in-process runner actors (as the space's trials run), else each in a zero-CPU task
-    whose Ray Train worker group holds the CPUs."""
+def _train_runs(
+    plan: list[tuple[str, int, int | None, JobSpec]],
+    runners: ReportRunners,
+    runs_dir: Path,
+    width: int,
+    registry: Any,
+    info: dict[str, Any],
+    target: str,
+    score: str,
+    on_event: Any,
+) -> dict[str, dict[str, Any]]:
+    """Train and evaluate every planned run (finished ones are reused), ``width`` at a time;
+    each logged to MLflow with its arm, seed and label count. Rows by run name."""
     import ray
 
-    from hybridft.train.in_process import InProcessRunner, runner_options
-
-    scaling = job.scaling
-    if in_process:
-        actor = ray.remote(**runner_options(scaling.resources_per_worker, scaling.use_gpu))
-        idle = [actor(InProcessRunner).remote() for _ in range(width)]
-        busy: dict[Any, Any] = {}
-
-        def launch(job: JobSpec, name: str, runs_dir: str) -> Any:
-            runner = idle.pop()
-            ref = runner.call.remote(train_and_evaluate, job, name, runs_dir, True)
-            busy[ref] = runner
-            return ref
-
-        def done(ref: Any) -> None:
-            idle.append(busy.pop(ref))
-
-        return launch, done
-    task = ray.remote(num_cpus=0, max_retries=0)(train_and_evaluate)
-    return (lambda job, name, runs_dir: task.remote(job, name, runs_dir, False)), (lambda ref: None)
+    done: dict[str, dict[str, Any]] = {}
+    pending = []
+    for arm, seed, labels, job in plan:
+        cached = runs_dir / job.name / RUN_RESULT
+        if cached.is_file():
+            row = json.loads(cached.read_text())
+            doc = json.loads((Path(row["run_dir"]) / "eval.json").read_text())
+            done[job.name] = {**row, **summarise_run(doc, target, score)}
+        else:
+            pending.append((arm, seed, labels, job))
+    on_event(f"report: {len(plan)} runs ({len(done)} reused), {width} at a time")
+    inflight: dict[Any, tuple[str, int, int | None, JobSpec, float]] = {}
+    while pending or inflight:
+        while pending and len(inflight) < width:
+            arm, seed, labels, job = pending.pop(0)
+            ref = runners.launch(job, job.name, str(runs_dir))
+            inflight[ref] = (arm, seed, labels, job, time.time())
+        ready, _ = ray.wait(list(inflight), num_returns=1)
+        arm, seed, labels, job, started = inflight.pop(ready[0])
+        runners.release(ready[0])
+        result = ray.get(ready[0])
+        tags = {"hybridft.kind": "report-run", "hybridft.sweep": info["name"],
+                "hybridft.arm": arm, "hybridft.seed": str(seed),
+                "hybridft.labels": "all" if labels is None else str(labels)}  # fmt: skip
+        run_id = _log(registry, job, result, tags)
+        doc = json.loads((Path(result.run_dir) / "eval.json").read_text())
+        row = {
+            "arm": arm, "seed": seed, "labels": labels, "run_name": job.name,
+            "run_dir": str(result.run_dir), "mlflow_run_id": run_id,
+            "trained_tokens": int(result.final_metrics.get("trained_tokens", 0)),
+            "wall_s": float(result.wall_s), **summarise_run(doc, target, score),
+        }  # fmt: skip
+        (runs_dir / job.name / RUN_RESULT).write_text(json.dumps(row, indent=2))
+        done[job.name] = row
+        on_event(f"  {job.name}: target {row['target_score']:.3f} ({time.time() - started:.0f}s)")
+    return done
 
 
 def _log(registry: Any, job: JobSpec, result: Any, tags: dict[str, str]) -> str:
@@ -267,42 +279,12 @@ def build_report(
         if space.in_process
         else max_concurrent_trials(space.base_job.scaling, ray.cluster_resources()),
     )
-    launch, release = _launcher(space.base_job, width, space.in_process)
-    done: dict[str, dict[str, Any]] = {}
-    pending = []
-    for arm, seed, labels, job in plan:
-        cached = runs_dir / job.name / RUN_RESULT
-        if cached.is_file():
-            row = json.loads(cached.read_text())
-            doc = json.loads((Path(row["run_dir"]) / "eval.json").read_text())
-            done[job.name] = {**row, **summarise_run(doc, target, score)}
-        else:
-            pending.append((arm, seed, labels, job))
-    on_event(f"report: {len(plan)} runs ({len(done)} reused), {width} at a time")
-    inflight: dict[Any, tuple[str, int, int | None, JobSpec, float]] = {}
-    while pending or inflight:
-        while pending and len(inflight) < width:
-            arm, seed, labels, job = pending.pop(0)
-            ref = launch(job, job.name, str(runs_dir))
-            inflight[ref] = (arm, seed, labels, job, time.time())
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        arm, seed, labels, job, started = inflight.pop(ready[0])
-        release(ready[0])
-        result = ray.get(ready[0])
-        tags = {"hybridft.kind": "report-run", "hybridft.sweep": info["name"],
-                "hybridft.arm": arm, "hybridft.seed": str(seed),
-                "hybridft.labels": "all" if labels is None else str(labels)}  # fmt: skip
-        run_id = _log(registry, job, result, tags)
-        doc = json.loads((Path(result.run_dir) / "eval.json").read_text())
-        row = {
-            "arm": arm, "seed": seed, "labels": labels, "run_name": job.name,
-            "run_dir": str(result.run_dir), "mlflow_run_id": run_id,
-            "trained_tokens": int(result.final_metrics.get("trained_tokens", 0)),
-            "wall_s": float(result.wall_s), **summarise_run(doc, target, score),
-        }  # fmt: skip
-        (runs_dir / job.name / RUN_RESULT).write_text(json.dumps(row, indent=2))
-        done[job.name] = row
-        on_event(f"  {job.name}: target {row['target_score']:.3f} ({time.time() - started:.0f}s)")
+    runners = ReportRunners(space.base_job, width, space.in_process)
+    try:
+        done = _train_runs(plan, runners, runs_dir, width, registry, info, target, score,
+                           on_event)  # fmt: skip
+    finally:
+        runners.close()
 
     rows = [done[job.name] for *_, job in plan]
     arms = [r for r in rows if r["labels"] is None]
