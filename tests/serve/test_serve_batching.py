@@ -53,3 +53,20 @@ def test_concurrent_requests_share_a_batch(handle) -> None:
     assert after["requests"] - before["requests"] == 6
     # the first may go alone (nobody else in flight yet); the others wait and share one
     assert after["batches"] - before["batches"] <= 2
+
+
+def test_clients_answered_together_come_back_to_one_batch(handle) -> None:
+    """After a batch of several, the first returning request waits for the others: it does
+    not go alone while the rest queue behind its whole decode."""
+    assert all(
+        r.result()["status"] == 200
+        for r in [handle.answer.remote("completion", _body(i)) for i in range(4)]
+    )
+    before = _batching(handle)
+    replies = []
+    for i in range(3):  # the clients come back one by one, well within the window
+        replies.append(handle.answer.remote("completion", _body(10 + i)))
+        time.sleep(WAIT_S / 10)
+    assert all(r.result()["status"] == 200 for r in replies)
+    after = _batching(handle)
+    assert (after["batches"] - before["batches"], after["requests"] - before["requests"]) == (1, 3)

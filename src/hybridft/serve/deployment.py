@@ -50,10 +50,14 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS_LIMIT = 512
 # How long a request waits for others to join its batch (a full batch starts at once), when
-# other requests are in flight (a lone request starts at once). Measured with
+# the replica is busy (a lone request on an idle replica starts at once). Measured with
 # benchmarks/serve_throughput.py at 16 clients on 2 cores: 4 ms gave 1.24x the one-at-a-time
 # baseline, 20 ms 2.2-2.7x, 40 ms 6.3x.
 DEFAULT_BATCH_WAIT_S = 0.04
+# "Busy": other requests in flight, or the last batch served several requests and ended less
+# than this long ago. Clients answered together come back one by one; without this memory the
+# first of them found nothing in flight, went alone, and the rest waited for its whole decode.
+BUSY_MEMORY_S = 1.0
 MAX_ADAPTERS_PER_REPLICA = 4  # LoRA adapters one replica keeps loaded (Serve unloads by LRU)
 
 app = FastAPI(title="hybridft model server", docs_url=None, redoc_url=None)
@@ -168,6 +172,7 @@ class ModelServer:
         self.batch_wait_s = batch_wait_s
         self._in_flight = 0  # non-streamed requests waiting for or inside a decode batch
         self.batches = {"batches": 0, "requests": 0}  # decode loops run, requests they served
+        self._last_batch = (0, float("-inf"))  # (requests, monotonic end) of the latest batch
         self.channel = _start_channel(self.answer) if channel else None
 
     def __del__(self) -> None:  # Serve calls it when the replica shuts down
@@ -246,10 +251,10 @@ class ModelServer:
         scoring = self._label_set(request)
         self._in_flight += 1
         try:
-            # Hold a batch open only when other requests are in flight: a lone request has
-            # nobody to wait for (with the 40 ms window it took ~57 ms instead of ~20 ms);
-            # under load the window fills batches as before.
-            wait = self.batch_wait_s if self._in_flight > 1 else 0.0
+            # Hold a batch open only when the replica is busy: a lone request on an idle
+            # replica has nobody to wait for (with the 40 ms window it took ~57 ms instead of
+            # ~20 ms); under load the window fills batches as before.
+            wait = self.batch_wait_s if self._busy() else 0.0
             self._generate_batched.set_batch_wait_timeout_s(wait)
             out = await self._generate_batched((prompt_ids, self._sampling(request), adapter))
         finally:
@@ -317,13 +322,21 @@ class ModelServer:
         self.batches["batches"] += 1
         self.batches["requests"] += len(items)
         out: list[Any] = [None] * len(items)
-        for adapter in dict.fromkeys(a for _, _, a in items):
-            idx = [i for i, item in enumerate(items) if item[2] == adapter]
-            with self._using(adapter):
-                results = self.engine.generate_batch([items[i][:2] for i in idx])
-            for i, result in zip(idx, results, strict=True):
-                out[i] = result
+        try:
+            for adapter in dict.fromkeys(a for _, _, a in items):
+                idx = [i for i, item in enumerate(items) if item[2] == adapter]
+                with self._using(adapter):
+                    results = self.engine.generate_batch([items[i][:2] for i in idx])
+                for i, result in zip(idx, results, strict=True):
+                    out[i] = result
+        finally:
+            self._last_batch = (len(items), time.monotonic())
         return out
+
+    def _busy(self) -> bool:
+        """Other requests in flight, or a batch of several ended within ``BUSY_MEMORY_S``."""
+        size, ended = self._last_batch
+        return self._in_flight > 1 or (size > 1 and time.monotonic() - ended < BUSY_MEMORY_S)
 
     def _label_probs(self, adapter: str | None, *args: Any) -> dict[str, float]:
         with self._using(adapter):
