@@ -14,8 +14,9 @@ ASHA stops the weaker ones at token milestones of the validation loss). Reported
   the Train controller and worker start-up, Tune's scheduling and result handling, reporting and
   persisting checkpoints, shutdown, plus a little untimed bookkeeping of ours (counted against
   us). Summed over every trial that ended (an ASHA-stopped trial's work is read from its
-  intermediate records, which miss its data preparation: that counts against Ray), as a share
-  of their summed wall time; ``_completed`` is the same over completed trials only;
+  intermediate records), as a share of their summed wall time; ``_completed`` is the same over
+  completed trials only. A trial that starts a new actor pays its process start and imports
+  here (Ray's start-up);
 * the same share without counting data preparation, set-up and checkpoints as work (everything
   but training steps, validation and evaluation), the stricter figure earlier notes reported;
 * slot use: the sweep's wall time x its concurrency, against all trials' work (stopped trials
@@ -75,14 +76,14 @@ def seed_work(outcome: dict) -> dict[str, float]:
 
 def stopped_work(trial: dict) -> float:
     """Work of a trial ASHA stopped, from its intermediate records: steps since each record,
-    plus each run's last set-up, validation and checkpoint sums (data preparation not seen)."""
+    plus each run's last data preparation, set-up, validation and checkpoint sums."""
     total, last = 0.0, {}
     for p in trial.get("intermediate", []):
         total += float(p.get("window_s", 0.0))
         last[p.get("seed")] = p
     for p in last.values():
-        total += sum(float(p.get(k, 0.0)) for k in ("time/setup_s", "time/validation_s",
-                                                    "time/checkpoint_s"))  # fmt: skip
+        total += sum(float(p.get(k, 0.0)) for k in ("time/prepare_s", "time/setup_s",
+                                                    "time/validation_s", "time/checkpoint_s"))  # fmt: skip
     return total
 
 
@@ -113,8 +114,7 @@ def summarise(
         "completed": len(done),
         "best": best,
         "tokens": tokens,
-        # every trial that ended, ASHA-stopped ones included (their data preparation is not in
-        # their records, so it counts against Ray here)
+        # every trial that ended, ASHA-stopped ones included
         "ray_overhead_share": (all_wall - all_work) / all_wall if all_wall else float("nan"),
         "ray_overhead_share_completed": (wall - work) / wall if wall else float("nan"),
         "ray_overhead_s_per_trial": (all_wall - all_work) / (len(done) + len(stopped))

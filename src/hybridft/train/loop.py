@@ -223,6 +223,8 @@ def train_loop(config: dict[str, Any]) -> None:
     # our phases' seconds, summed over attempts (a resumed run continues its checkpoint's sums)
     timings = {k: float(history[-1].get(k, 0.0)) if history else 0.0 for k in PHASES}
     timings["time/setup_s"] += time.perf_counter() - entered
+    # the driver's data preparation for this attempt (a record of it, not a phase of fit())
+    timings["time/prepare_s"] = float(config.get("prepare_s", 0.0))
 
     for s_idx in range(state["stage"], len(stages)):
         stage_setup = time.perf_counter()

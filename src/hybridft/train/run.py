@@ -193,6 +193,7 @@ def run(
             }
         )
     config = {
+        "prepare_s": time.perf_counter() - t0,
         "base_dir": str(base_dir),
         "base_files": None if in_process else _base_files(Path(base_dir)),
         "seed": spec.seed,
