@@ -75,16 +75,13 @@ def seed_work(outcome: dict) -> dict[str, float]:
 
 
 def stopped_work(trial: dict) -> float:
-    """Work of a trial ASHA stopped, from its intermediate records: steps since each record,
-    plus each run's last data preparation, set-up, validation and checkpoint sums."""
-    total, last = 0.0, {}
-    for p in trial.get("intermediate", []):
-        total += float(p.get("window_s", 0.0))
-        last[p.get("seed")] = p
-    for p in last.values():
-        total += sum(float(p.get(k, 0.0)) for k in ("time/prepare_s", "time/setup_s",
-                                                    "time/validation_s", "time/checkpoint_s"))  # fmt: skip
-    return total
+    """Work of a trial ASHA stopped, from each run's last intermediate record: its sums of
+    training steps (every logged record's window, relayed or not), data preparation, set-up,
+    validation and checkpoint writes."""
+    last = {p.get("seed"): p for p in trial.get("intermediate", [])}
+    keys = ("time/steps_s", "time/prepare_s", "time/setup_s", "time/validation_s",
+            "time/checkpoint_s")  # fmt: skip
+    return sum(float(p.get(k, 0.0)) for p in last.values() for k in keys)
 
 
 def summarise(

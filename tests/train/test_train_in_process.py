@@ -112,6 +112,12 @@ def test_run_timings_account_for_the_fit(in_process_run, worker_group_run) -> No
         assert t["ray_s"] == pytest.approx(t["fit_s"] - ours, abs=1e-9)
         assert t["steps_s"] > 0 and t["validation_s"] > 0 and t["checkpoint_s"] > 0
         assert t["prepare_s"] + t["fit_s"] + t["collect_s"] <= result.wall_s + 1e-6
+        # every record carries the running sums, so a report that skips records loses nothing
+        running = 0.0
+        for h in result.history:
+            running += h["window_s"]
+            assert h["time/steps_s"] == pytest.approx(running)
+        assert result.history[-1]["time/prepare_s"] == pytest.approx(t["prepare_s"], abs=0.5)
 
 
 KILLED_RUN = """

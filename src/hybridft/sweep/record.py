@@ -30,7 +30,8 @@ OPTUNA_NUMBER = "optuna_number"  # the Optuna trial number, carried in each tria
 # Kept with each intermediate point: the seconds of work behind it (training steps since the
 # last point; the run's set-up, validation and checkpoint seconds so far): what a stopped
 # trial did, for accounting (benchmarks/sweep_efficiency.py).
-WORK_KEYS = ("window_s", "time/prepare_s", "time/setup_s", "time/validation_s", "time/checkpoint_s")
+WORK_KEYS = ("window_s", "time/prepare_s", "time/steps_s", "time/setup_s", "time/validation_s",
+             "time/checkpoint_s")  # fmt: skip
 
 
 def write_json(path: Path, obj: Any) -> None:

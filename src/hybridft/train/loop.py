@@ -225,6 +225,9 @@ def train_loop(config: dict[str, Any]) -> None:
     timings["time/setup_s"] += time.perf_counter() - entered
     # the driver's data preparation for this attempt (a record of it, not a phase of fit())
     timings["time/prepare_s"] = float(config.get("prepare_s", 0.0))
+    # training steps so far (every record's window_s, summed): reports that skip records (a
+    # sweep relays only validated ones) still carry all of it
+    timings["time/steps_s"] = float(history[-1].get("time/steps_s", 0.0)) if history else 0.0
 
     for s_idx in range(state["stage"], len(stages)):
         stage_setup = time.perf_counter()
@@ -274,6 +277,7 @@ def train_loop(config: dict[str, Any]) -> None:
                         window, stage, s_idx, stages, done, engine, state, world, n_params, peak
                     )
                 )
+                timings["time/steps_s"] += history[-1]["window_s"]
                 if validate:
                     t_val = time.perf_counter()
                     history[-1].update(
