@@ -4,16 +4,13 @@ the two generation routes past FastAPI's routing layer."""
 # No `from __future__ import annotations`: Serve pickles the router's FastAPI app, middleware
 # included, and FastAPI reads real annotations.
 import json
-import logging
 from typing import Any
 
 from fastapi import Request
 from ray import serve
 
 from hybridft.serve.keys import KeyInfo, KeyStore, bearer_key
-from hybridft.serve.openai_api import OpenAIError, error_response
-
-logger = logging.getLogger(__name__)
+from hybridft.serve.openai_api import OpenAIError, error_response, unexpected_error_response
 
 
 class GenerationFastPath:
@@ -44,10 +41,8 @@ class GenerationFastPath:
             response = await router.generate(kind, Request(scope, receive))
         except OpenAIError as exc:
             response = error_response(exc)
-        except Exception as exc:  # noqa: BLE001 - as install_error_handlers' 500
-            logger.error("POST %s failed: %s: %s", scope.get("path"), type(exc).__name__, exc)
-            err = OpenAIError(500, f"internal error: {type(exc).__name__}", type="server_error")
-            response = error_response(err)
+        except Exception as exc:  # noqa: BLE001 - the same 500 as install_error_handlers'
+            response = unexpected_error_response("POST", scope.get("path", ""), exc)
         await response(scope, receive, send)
 
 

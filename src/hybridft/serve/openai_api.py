@@ -364,6 +364,13 @@ def error_response(err: OpenAIError, headers: dict[str, str] | None = None) -> A
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
+def unexpected_error_response(method: str, path: str, exc: Exception) -> Any:
+    """A 500 naming only the exception's type; the log gets its message."""
+    logger.error("%s %s failed: %s: %s", method, path, type(exc).__name__, exc)
+    err = OpenAIError(500, f"internal error: {type(exc).__name__}", type="server_error")
+    return error_response(err)
+
+
 def install_error_handlers(app: Any) -> None:
     """Answer every error of a FastAPI app in OpenAI's shape: ours, validation, HTTP, unexpected.
 
@@ -392,11 +399,7 @@ def install_error_handlers(app: Any) -> None:
 
     async def on_unexpected_error(request: Any, exc: Exception) -> Any:
         # Starlette still re-raises after answering, so Serve logs the traceback too.
-        logger.error(
-            "%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc
-        )
-        err = OpenAIError(500, f"internal error: {type(exc).__name__}", type="server_error")
-        return error_response(err)
+        return unexpected_error_response(request.method, request.url.path, exc)
 
     app.add_exception_handler(OpenAIError, on_openai_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
