@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shlex
 import shutil
@@ -48,15 +49,33 @@ class LocalCluster:
     root: Path
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+# Every port the two nodes open is fixed, from below Linux's ephemeral range (32768-60999):
+# ports a test picks by binding port 0 come from that range, and so do the random ports Ray and
+# every other process on the machine take, so one could be gone again by the time Ray binds it.
+PORT_RANGE = (20000, 32000)
+WORKER_PORTS = 100  # per node: --min/--max-worker-port, apart from the in-process Ray's defaults
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_ports(n: int, rng: random.Random) -> list[int]:
+    """``n`` free single ports and two free blocks of ``WORKER_PORTS`` (the nodes' workers)."""
+    low, high = PORT_RANGE
+    while True:
+        base = rng.randrange(low, high - n - 2 * WORKER_PORTS)
+        singles = list(range(base, base + n))
+        blocks = [base + n, base + n + WORKER_PORTS]
+        if all(port_free(p) for p in singles) and all(
+            port_free(p) for p in range(blocks[0], blocks[1] + WORKER_PORTS)
+        ):
+            return singles + blocks
 
 
 def base_env() -> dict[str, str]:
@@ -140,6 +159,10 @@ def _signal(p: psutil.Process, send: Callable[[psutil.Process], None]) -> None:
         pass
 
 
+class NodeStartError(RuntimeError):
+    pass
+
+
 def wait_until(
     ready: Callable[[], bool], procs: list[subprocess.Popen], what: str, timeout: float = 180
 ) -> None:
@@ -147,11 +170,16 @@ def wait_until(
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"{what}: `ray start` exited with {proc.returncode}")
+                raise NodeStartError(f"{what}: `ray start` exited with {proc.returncode}")
         if ready():
             return
         time.sleep(2)
-    raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
+    raise NodeStartError(f"{what}: not ready after {timeout:.0f} s")
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    text = path.read_text(errors="replace").splitlines() if path.is_file() else ["(no log)"]
+    return "\n".join(f"    {line}" for line in text[-lines:])
 
 
 def alive_nodes(gcs_address: str, env: dict[str, str]) -> int:
@@ -162,11 +190,59 @@ def alive_nodes(gcs_address: str, env: dict[str, str]) -> int:
         return 0
 
 
-def agent_ports(ports: list[int]) -> list[str]:
+def node_ports(ports: list[int], worker_base: int) -> list[str]:
     """Every per-node port fixed: two nodes on one machine must not both take the defaults."""
     flags = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port")
     flags += ("runtime-env-agent-port", "metrics-export-port")
-    return [f"--{flag}={port}" for flag, port in zip(flags, ports, strict=True)]
+    flags += ("node-manager-port", "object-manager-port")
+    return [f"--{flag}={port}" for flag, port in zip(flags, ports, strict=True)] + [
+        f"--min-worker-port={worker_base}",
+        f"--max-worker-port={worker_base + WORKER_PORTS - 1}",
+    ]
+
+
+def start_cluster(
+    root: Path, ray_tmp: Path, env: dict[str, str], token_file: Path, rng: random.Random
+) -> tuple[LocalCluster, list[subprocess.Popen]]:
+    """Head (with the job server) and one worker node; on failure, their processes are stopped
+    and the error carries the tails of their logs."""
+    gcs, dashboard, client, *ports, head_workers, node_workers = pick_ports(15, rng)
+    gcs_address, dashboard_url = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
+    procs: list[subprocess.Popen] = []
+    logs = [root / "head.log", root / "worker.log"]
+    try:
+        head = [
+            "--head",
+            f"--port={gcs}",
+            "--num-cpus=1",
+            "--include-dashboard=true",  # the job server is part of the dashboard
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}",
+            f"--temp-dir={ray_tmp / 'head'}",
+            *node_ports(ports[:6], head_workers),
+        ]
+        procs.append(start_node(head, env, logs[0]))
+        wait_until(lambda: alive_nodes(gcs_address, env) == 1, procs, "head node")
+        # A worker with its own --temp-dir: sharing the head's would share its runtime_resources,
+        # and the worker's agent would delete and re-extract the job's working_dir under the
+        # running driver (files the entrypoint wrote there vanish).
+        worker = [
+            f"--address={gcs_address}",
+            "--num-cpus=1",
+            f"--temp-dir={ray_tmp / 'worker'}",
+            *node_ports(ports[6:12], node_workers),
+        ]
+        procs.append(start_node(worker, env, logs[1]))
+        wait_until(lambda: alive_nodes(gcs_address, env) == 2, procs, "worker node")
+        job_server = ["job", "list", "--address", dashboard_url]
+        wait_until(lambda: ray_cli(job_server, env).returncode == 0, procs, "job server")
+    except NodeStartError as exc:
+        for proc in reversed(procs):
+            stop_node(proc)
+        tails = "\n".join(f"  {log.name}:\n{log_tail(log)}" for log in logs[: len(procs)])
+        raise NodeStartError(f"{exc}\n{tails}") from None
+    return LocalCluster(gcs_address, dashboard_url, env, token_file, root), procs
 
 
 @pytest.fixture(scope="module")
@@ -182,37 +258,25 @@ def two_node_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
     env = base_env() | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     # Ray 2.60's `ray start --block` drains for up to 30 s on SIGTERM; a test cluster need not.
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
-    gcs, dashboard, client, *ports = free_ports(11)
-    gcs_address, dashboard_url = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
+    rng = random.Random()
     procs: list[subprocess.Popen] = []
+    failures: list[str] = []
     try:
-        head = [
-            "--head",
-            f"--port={gcs}",
-            "--num-cpus=1",
-            "--include-dashboard=true",  # the job server is part of the dashboard
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            f"--ray-client-server-port={client}",
-            f"--temp-dir={ray_tmp / 'head'}",
-            *agent_ports(ports[:4]),
-        ]
-        procs.append(start_node(head, env, root / "head.log"))
-        wait_until(lambda: alive_nodes(gcs_address, env) == 1, procs, "head node")
-        # A worker with its own --temp-dir: sharing the head's would share its runtime_resources,
-        # and the worker's agent would delete and re-extract the job's working_dir under the
-        # running driver (files the entrypoint wrote there vanish).
-        worker = [
-            f"--address={gcs_address}",
-            "--num-cpus=1",
-            f"--temp-dir={ray_tmp / 'worker'}",
-            *agent_ports(ports[4:8]),
-        ]
-        procs.append(start_node(worker, env, root / "worker.log"))
-        wait_until(lambda: alive_nodes(gcs_address, env) == 2, procs, "worker node")
-        job_server = ["job", "list", "--address", dashboard_url]
-        wait_until(lambda: ray_cli(job_server, env).returncode == 0, procs, "job server")
-        yield LocalCluster(gcs_address, dashboard_url, env, token_file, root)
+        # A node can fail to come up on a loaded 2-core machine (once in CI the worker's raylet
+        # got no answer from the GCS within Ray's fixed 30 s): try again on fresh ports and dirs.
+        for attempt in range(3):
+            attempt_root = root / f"attempt{attempt}"
+            attempt_root.mkdir()
+            try:
+                cluster, procs = start_cluster(
+                    attempt_root, ray_tmp / str(attempt), env, token_file, rng
+                )
+                break
+            except NodeStartError as exc:
+                failures.append(f"attempt {attempt + 1}: {exc}")
+        else:
+            pytest.fail("the two-node cluster did not start:\n" + "\n".join(failures))
+        yield cluster
     finally:
         for proc in reversed(procs):
             stop_node(proc)

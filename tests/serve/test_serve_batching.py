@@ -45,14 +45,27 @@ def test_a_lone_request_does_not_wait_for_the_window(handle) -> None:
     assert elapsed < WAIT_S  # with the window held for it alone it would take WAIT_S or more
 
 
-def test_concurrent_requests_share_a_batch(handle) -> None:
+def test_requests_arriving_during_a_decode_share_a_batch(handle) -> None:
+    """Requests that find another in flight wait for the window and go as one batch.
+
+    The first request is a long decode (500 tokens, ~0.5 s here), and the
+    others are sent once it is inside it: sent right after a 2-token request they could arrive
+    after it ended, on an idle replica, and rightly go alone (a loaded CI machine did that).
+    """
     before = _batching(handle)
-    replies = [handle.answer.remote("completion", _body(i)) for i in range(6)]
+    long = handle.answer.remote("completion", _body(0) | {"max_tokens": 500})
+    deadline = time.monotonic() + 30
+    while _batching(handle)["in_flight"] < 1:
+        assert time.monotonic() < deadline, "the long request never reached the replica"
+        time.sleep(0.005)
+    replies = [handle.answer.remote("completion", _body(i)) for i in range(1, 6)]
+    first = long.result()
+    assert first["status"] == 200 and first["body"]["usage"]["completion_tokens"] > 100
     assert all(r.result()["status"] == 200 for r in replies)
     after = _batching(handle)
     assert after["requests"] - before["requests"] == 6
-    # the first may go alone (nobody else in flight yet); the others wait and share one
-    assert after["batches"] - before["batches"] <= 2
+    # the long one went alone (nobody else in flight yet); the five waited and shared one
+    assert after["batches"] - before["batches"] == 2, (before, after)
 
 
 def test_clients_answered_together_come_back_to_one_batch(handle) -> None:

@@ -210,7 +210,7 @@ class ModelServer:
             "created": self.created,
             "tasks": {k: v.get("labels", []) for k, v in self.tasks.items()},
             "adapters": self.adapters.names() if self.adapters else [],
-            "batching": {"wait_s": self.batch_wait_s, **self.batches},
+            "batching": {"wait_s": self.batch_wait_s, "in_flight": self._in_flight, **self.batches},
         }
 
     # --- HTTP routes ----------------------------------------------------------------------------

@@ -112,9 +112,15 @@ def train_and_measure(
     measures: list[str],
     callbacks: list,
     in_process: bool = False,
+    confirm: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """One seed of one trial: ``train.run``, the measures, ``outcome.json``; then drop the
-    intermediate checkpoints (the final and stage models were copied out by ``train.run``)."""
+    intermediate checkpoints (the final and stage models were copied out by ``train.run``).
+
+    ``confirm`` is called between the training and the measures: an in-process trial waits
+    there until Tune has taken every record and asked for more, and raises ``TrialStopped`` if
+    Tune stopped the trial instead (its run then leaves no ``outcome.json``).
+    """
     from hybridft.sweep.objectives import forget_eval, measure
     from hybridft.train.run import run
 
@@ -126,6 +132,8 @@ def train_and_measure(
         callbacks=callbacks,
         in_process=in_process,
     )
+    if confirm is not None:
+        confirm()
     last = result.final_metrics
     t0 = time.perf_counter()
     objectives = measure(job, result, measures)
@@ -163,12 +171,17 @@ def _read_outcome(run_dir: Path) -> dict[str, Any] | None:
 
 
 def trial_body(
-    config: dict[str, Any], plan: TrialPlan, trial_id: str, sink: Callable | None = None
+    config: dict[str, Any],
+    plan: TrialPlan,
+    trial_id: str,
+    sink: Callable | None = None,
+    confirm: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """The sampled configuration, trained once per seed; returns the trial's final result.
 
     ``sink`` receives the relayed validation records (in process); ``None`` relays them through
-    Ray's ``TuneReportCallback`` from the worker group's controller.
+    Ray's ``TuneReportCallback`` from the worker group's controller. ``confirm``: see
+    ``train_and_measure``.
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -191,7 +204,7 @@ def trial_body(
             args = (job.model_copy(update={"seed": seed}), run_name, resume, str(plan.runs_dir),
                     plan.measures, [relay])  # fmt: skip
             if plan.in_process:
-                outcome = train_and_measure(*args, in_process=True)
+                outcome = train_and_measure(*args, in_process=True, confirm=confirm)
             else:
                 task = train_and_measure_task.options(
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
@@ -243,12 +256,16 @@ class InProcessTrial(Trainable):
     def _start(self, config: dict[str, Any]) -> None:
         self._events: queue.Queue = queue.Queue()
         self._stop = threading.Event()
+        self._turn = threading.Condition()
+        self._asking = False  # step() is waiting for the next event
         self._thread = threading.Thread(target=self._train, args=(config,), daemon=True)
         self._thread.start()
 
     def _train(self, config: dict[str, Any]) -> None:
         try:
-            final = trial_body(config, self.plan, self.trial_id, sink=self._emit)
+            final = trial_body(
+                config, self.plan, self.trial_id, sink=self._emit, confirm=self._confirm
+            )
             self._events.put(("final", {**final, "done": True}))
         except TrialStopped:
             self._events.put(("stopped", {"done": True}))
@@ -260,15 +277,36 @@ class InProcessTrial(Trainable):
             raise TrialStopped
         self._events.put(("record", record))
 
+    def _confirm(self) -> None:
+        """The training thread, before a run's measures and ``outcome.json``: wait until Tune
+        has taken every record and asked for the next result (so ASHA let the trial go on), or
+        raise ``TrialStopped`` if it stopped the trial. Training runs ahead of Tune, so without
+        this a trial ASHA stopped at one of its last records could still finish and measure."""
+        with self._turn:
+            self._turn.wait_for(
+                lambda: self._stop.is_set() or (self._asking and self._events.empty())
+            )
+        if self._stop.is_set():
+            raise TrialStopped
+
     def step(self) -> dict[str, Any]:
-        kind, payload = self._events.get()
+        with self._turn:
+            self._asking = True
+            self._turn.notify_all()
+        try:
+            kind, payload = self._events.get()
+        finally:
+            with self._turn:
+                self._asking = False
         if kind == "error":
             raise payload
         return payload
 
     def _halt(self) -> bool:
         """Stop the training thread at its next report; whether it ended in time."""
-        self._stop.set()
+        with self._turn:
+            self._stop.set()
+            self._turn.notify_all()
         self._thread.join(timeout=HALT_TIMEOUT_S)
         return not self._thread.is_alive()
 
