@@ -85,6 +85,11 @@ def test_sweep_trains_trials_and_asha_sees_intermediate_results(
     if runner == "auto":  # 3 trials on 2 trial actors: one actor trained twice
         pids = [json.loads(x)["pid"] for x in (result.sweep_dir / ATTEMPTS_FILE).open()]
         assert len(pids) == 3 and len(set(pids)) == 2
+        # each trial says whether it was its process's first: the benchmark times those from
+        # the process's start (Tune's trial start comes after the actor is up)
+        by_start = sorted(trials, key=lambda t: t["started_at"])
+        assert [t["process"]["fresh"] for t in by_start] == [True, True, False]
+        assert all(t["process"]["started_at"] <= t["started_at"] for t in trials)
     # same seed -> same sequence: the trials are the space's first sampled points, in order
     expected = sample_sequence(load_space(space_path), n)
     assert [t["params"] for t in sorted(trials, key=lambda t: t["optuna_number"])] == expected

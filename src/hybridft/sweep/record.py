@@ -32,6 +32,7 @@ OPTUNA_NUMBER = "optuna_number"  # the Optuna trial number, carried in each tria
 # trial did, for accounting (benchmarks/sweep_efficiency.py).
 WORK_KEYS = ("window_s", "time/prepare_s", "time/steps_s", "time/setup_s", "time/validation_s",
              "time/checkpoint_s")  # fmt: skip
+PROCESS_KEYS = ("trial/fresh_process", "trial/process_started_at")  # see sweep.trial
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -113,6 +114,12 @@ class SweepRecorder(Callback):
             if key and key in result:
                 point[key] = result[key]
         entry = self._entry(trial)
+        if PROCESS_KEYS[0] in result and "process" not in entry:
+            # the trial's process: fresh (its start-up is part of the trial) or reused
+            entry["process"] = {
+                "fresh": bool(result[PROCESS_KEYS[0]]),
+                "started_at": float(result[PROCESS_KEYS[1]]),
+            }
         entry["intermediate"].append(point)
         if entry.get("mlflow_run_id"):
             metrics = {k: v for k, v in point.items() if k in ("val_loss", "loss", self.metric)}

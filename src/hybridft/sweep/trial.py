@@ -66,6 +66,7 @@ class MetricsRelay(UserCallback):
         seed: int,
         budget: int,
         sink: Callable[[dict[str, Any]], None] | None = None,
+        stamp: dict[str, Any] | None = None,
     ) -> None:
         # In process, records go to the trial's own ``sink``. From a worker group, through
         # Ray's callback, which binds to the trial's report queue (it is built in the trial).
@@ -73,6 +74,7 @@ class MetricsRelay(UserCallback):
         self.metric = metric
         self.tokens_before, self.steps_before, self.seed = tokens_before, steps_before, seed
         self.budget = budget
+        self.stamp = dict(stamp or {})  # added to every record (the trial process's start)
 
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
@@ -94,6 +96,7 @@ class MetricsRelay(UserCallback):
         out["sweep_tokens"] = tokens
         out["sweep_steps"] = self.steps_before + int(record.get("global_step", 0))
         out["seed"] = self.seed
+        out.update(self.stamp)
         self._sink(out)
 
 
@@ -170,6 +173,22 @@ def _read_outcome(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+_TRIALS_IN_THIS_PROCESS = [0]
+
+
+def process_stamp() -> dict[str, Any]:
+    """Whether this trial is the first in its process, and when the process started: a trial
+    that starts a fresh actor pays the process start and its imports, before Tune counts the
+    trial as started (``on_trial_start`` comes once the actor is up). The benchmark adds that."""
+    import psutil
+
+    _TRIALS_IN_THIS_PROCESS[0] += 1
+    return {
+        "trial/fresh_process": int(_TRIALS_IN_THIS_PROCESS[0] == 1),
+        "trial/process_started_at": psutil.Process().create_time(),
+    }
+
+
 def trial_body(
     config: dict[str, Any],
     plan: TrialPlan,
@@ -188,6 +207,7 @@ def trial_body(
     params = {k: v for k, v in config.items() if k in plan.space.parameters}
     job = apply_params(plan.space.base_job, params, plan.space.budget.tokens)
     node = ray.get_runtime_context().get_node_id()
+    stamp = process_stamp()
     tokens, steps = 0, 0
     per_seed: dict[str, dict[str, Any]] = {}
     for seed in plan.space.budget.seeds:
@@ -200,7 +220,7 @@ def trial_body(
                                      "resume": resume, "time": time.time(),
                                      "pid": os.getpid()}) + "\n")  # fmt: skip
             budget = plan.space.budget.tokens * len(plan.space.budget.seeds)
-            relay = MetricsRelay(plan.relay_metric, tokens, steps, seed, budget, sink)
+            relay = MetricsRelay(plan.relay_metric, tokens, steps, seed, budget, sink, stamp)
             args = (job.model_copy(update={"seed": seed}), run_name, resume, str(plan.runs_dir),
                     plan.measures, [relay])  # fmt: skip
             if plan.in_process:

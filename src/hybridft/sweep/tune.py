@@ -346,6 +346,7 @@ def run_sweep(
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             ),
         )
+    tune_started = time.time()  # a fresh trial process's start-up is counted from here at most
     with _tune_environment():
         tuner.fit()
 
@@ -369,4 +370,5 @@ def run_sweep(
         mlflow_run_id=run_id,
         max_concurrent=concurrent,
         wall_s=time.perf_counter() - t0,
+        extra={"tune_started": tune_started},
     )
