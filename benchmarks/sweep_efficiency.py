@@ -41,6 +41,8 @@ from pathlib import Path
 
 import yaml
 
+from hybridft.sweep.record import WORK_KEYS  # the running sums kept on each point
+
 SHARES = [0.0, 0.25, 0.5, 0.75, 1.0]
 LRS = [1.0e-3, 3.0e-3]
 
@@ -81,9 +83,7 @@ def stopped_work(trial: dict) -> float:
     training steps (every logged record's window, relayed or not), data preparation, set-up,
     validation and checkpoint writes."""
     last = {p.get("seed"): p for p in trial.get("intermediate", [])}
-    keys = ("time/steps_s", "time/prepare_s", "time/setup_s", "time/validation_s",
-            "time/checkpoint_s")  # fmt: skip
-    return sum(float(p.get(k, 0.0)) for p in last.values() for k in keys)
+    return sum(float(p.get(k, 0.0)) for p in last.values() for k in WORK_KEYS)
 
 
 def launched_at(trial: dict, tune_started: float) -> float:

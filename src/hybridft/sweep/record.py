@@ -7,8 +7,8 @@ parallel trials never race on either. Each trial's MLflow run is nested under th
 
 ``trials.json``: a list, in the order the searcher proposed the trials, of
 ``{trial_id, index, optuna_number, params, status (running | completed | stopped | error),
-starts, intermediate: [{sweep_tokens, sweep_steps, iteration, seed, stage, val_loss, loss,
-window_s, time/...}],
+starts, process: {fresh, started_at}, intermediate: [{sweep_tokens, sweep_steps, iteration,
+seed, stage, val_loss, loss, time/...}],
 objectives: {name: mean over seeds}, per_seed: {seed: outcome.json of that run (run_name,
 run_dir, objectives, trained_tokens, global_steps, wall_s, timings)}, trained_tokens, mlflow_run_id,
 finished_at}``. ``stopped`` means early-stopped (ASHA): no objectives.
@@ -27,12 +27,13 @@ from ray.tune import Callback
 TRIALS_FILE = "trials.json"
 COMPLETE_KEY = "trial_complete"  # in a trial's final report: every seed trained and measured
 OPTUNA_NUMBER = "optuna_number"  # the Optuna trial number, carried in each trial's config
-# Kept with each intermediate point: the seconds of work behind it (training steps since the
-# last point; the run's set-up, validation and checkpoint seconds so far): what a stopped
-# trial did, for accounting (benchmarks/sweep_efficiency.py).
-WORK_KEYS = ("window_s", "time/prepare_s", "time/steps_s", "time/setup_s", "time/validation_s",
+# Kept with each intermediate point: the run's seconds of work so far (data preparation,
+# training steps, set-up, validation, checkpoint writes): what a stopped trial did, for
+# accounting (benchmarks/sweep_efficiency.py).
+WORK_KEYS = ("time/prepare_s", "time/steps_s", "time/setup_s", "time/validation_s",
              "time/checkpoint_s")  # fmt: skip
-PROCESS_KEYS = ("trial/fresh_process", "trial/process_started_at")  # see sweep.trial
+# On every relayed record (see sweep.trial.process_stamp): the trial's process
+FRESH_PROCESS, PROCESS_STARTED_AT = "trial/fresh_process", "trial/process_started_at"
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -114,11 +115,11 @@ class SweepRecorder(Callback):
             if key and key in result:
                 point[key] = result[key]
         entry = self._entry(trial)
-        if PROCESS_KEYS[0] in result and "process" not in entry:
+        if FRESH_PROCESS in result and "process" not in entry:
             # the trial's process: fresh (its start-up is part of the trial) or reused
             entry["process"] = {
-                "fresh": bool(result[PROCESS_KEYS[0]]),
-                "started_at": float(result[PROCESS_KEYS[1]]),
+                "fresh": bool(result[FRESH_PROCESS]),
+                "started_at": float(result[PROCESS_STARTED_AT]),
             }
         entry["intermediate"].append(point)
         if entry.get("mlflow_run_id"):

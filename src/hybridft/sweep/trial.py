@@ -28,7 +28,7 @@ from ray.tune import Trainable
 
 from hybridft.specs import JobSpec
 from hybridft.sweep.params import apply_params
-from hybridft.sweep.record import COMPLETE_KEY, write_json
+from hybridft.sweep.record import COMPLETE_KEY, FRESH_PROCESS, PROCESS_STARTED_AT, write_json
 from hybridft.sweep.space import SearchSpace
 
 OUTCOME_FILE = "outcome.json"
@@ -184,8 +184,8 @@ def process_stamp() -> dict[str, Any]:
 
     _TRIALS_IN_THIS_PROCESS[0] += 1
     return {
-        "trial/fresh_process": int(_TRIALS_IN_THIS_PROCESS[0] == 1),
-        "trial/process_started_at": psutil.Process().create_time(),
+        FRESH_PROCESS: int(_TRIALS_IN_THIS_PROCESS[0] == 1),
+        PROCESS_STARTED_AT: psutil.Process().create_time(),
     }
 
 
