@@ -23,6 +23,12 @@ ASHA stops the weaker ones at token milestones of the validation loss). Reported
   but training steps, validation and evaluation), the stricter figure earlier notes reported;
 * slot use: the sweep's wall time x its concurrency, against all trials' work (stopped trials
   included, from their intermediate records): idle slots and cold process starts show here;
+* the import floor: what a fresh trial process pays for its imports alone (the trial module,
+  Ray Train, torch, transformers and the model's code, the training and evaluation path), timed
+  in bare Python processes started together, as many as the search runs at once, after the
+  sweeps. Every fresh trial process pays at least that, under any runner, on this machine:
+  ``import_floor_share_search`` is the share of the search's trial time it alone takes, and
+  ``ray_overhead_share_beyond_imports_*`` the overhead left once it is taken out;
 * with ``--runners both`` (default), the grid again with ``trial_runner: worker_group`` (a Ray
   Train worker group per trial): the runner the in-process one replaced, measured in this run.
 
@@ -35,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,6 +92,46 @@ def stopped_work(trial: dict) -> float:
     validation and checkpoint writes."""
     last = {p.get("seed"): p for p in trial.get("intermediate", [])}
     return sum(float(p.get(k, 0.0)) for p in last.values() for k in WORK_KEYS)
+
+
+# what a trial process imports before it trains (hybridft.sweep.trial brings Ray Train and Tune)
+TRIAL_IMPORTS = (
+    "hybridft.sweep.trial",
+    "hybridft.sweep.objectives",
+    "hybridft.train.run",
+    "hybridft.train.in_process",
+    "hybridft.train.loop",
+    "hybridft.train.prepare",
+    "hybridft.pipeline",
+    "ray.train.torch",
+    "ray.tune.integration.ray_train",
+    "transformers",
+    "transformers.models.llama.modeling_llama",  # the demo's tiny model
+)
+PROBE = (
+    "import importlib, json, resource, time\n"
+    "t = time.perf_counter()\n"
+    "for m in {mods!r}: importlib.import_module(m)\n"
+    "r = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "print(json.dumps({{'wall_s': time.perf_counter() - t, 'cpu_s': r.ru_utime + r.ru_stime}}))"
+)
+
+
+def import_floor(processes: int, rounds: int = 2) -> dict:
+    """Seconds a fresh Python process spends importing ``TRIAL_IMPORTS``, with ``processes`` of
+    them started at once (a sweep's first trials start together); the lower round's mean."""
+    code = PROBE.format(mods=list(TRIAL_IMPORTS))
+    best = None
+    for _ in range(rounds):
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+            for _ in range(processes)
+        ]
+        out = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        mean = {k: sum(o[k] for o in out) / len(out) for k in ("wall_s", "cpu_s")}
+        if best is None or mean["wall_s"] < best["wall_s"]:
+            best = mean
+    return {**best, "processes": processes}
 
 
 def launched_at(trial: dict, tune_started: float) -> float:
@@ -151,6 +199,8 @@ def summarise(
         else float("nan"),
         "slot_use": all_work / (wall_s * concurrency) if wall_s else float("nan"),
         "trial_wall_s": wall / len(done) if done else float("nan"),
+        "all_trials_wall_s": all_wall,
+        "all_trials_work_s": all_work,
         "work_s_by_phase": {k: round(v, 2) for k, v in phases.items()},
     }
 
@@ -202,6 +252,14 @@ def main() -> None:
         }
         print(f"{label}: {json.dumps(figures[label])}", flush=True)
     grid, search = figures["grid"], figures["asha_tpe"]
+    floor = import_floor(search["max_concurrent"])
+    print(f"import_floor: {json.dumps(floor)}", flush=True)
+
+    def beyond_imports(fig: dict) -> float:
+        # the overhead left once each fresh process's bare imports are taken out of it
+        wall = fig["all_trials_wall_s"] - fig["fresh_processes"] * floor["wall_s"]
+        return (wall - fig["all_trials_work_s"]) / wall if wall > 0 else float("nan")
+
     out = {
         "objective": objective,
         "grid_best": grid["best"],
@@ -216,6 +274,16 @@ def main() -> None:
         "ray_overhead_share_search": search["ray_overhead_share"],
         "ray_overhead_share_grid_from_trial_start": grid["ray_overhead_share_from_trial_start"],
         "ray_overhead_share_search_from_trial_start": search["ray_overhead_share_from_trial_start"],
+        "import_floor_s": floor["wall_s"],
+        "import_floor_cpu_s": floor["cpu_s"],
+        "import_floor_share_grid": grid["fresh_processes"]
+        * floor["wall_s"]
+        / grid["all_trials_wall_s"],
+        "import_floor_share_search": search["fresh_processes"]
+        * floor["wall_s"]
+        / search["all_trials_wall_s"],
+        "ray_overhead_share_beyond_imports_grid": beyond_imports(grid),
+        "ray_overhead_share_beyond_imports_search": beyond_imports(search),
         "non_training_share_grid": grid["non_training_share"],
         "slot_use_grid": grid["slot_use"],
         "targets": {

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,18 @@ def test_sweep_trains_trials_and_asha_sees_intermediate_results(
     states = sorted(s.state.name for s in study.trials)
     assert len(states) == n and set(states) <= {"COMPLETE", "PRUNED"}
     assert [t["trial_id"] for t in result.best]
+    # its intermediate values are the relayed validation losses, stepped by tokens trained
+    # (ASHA's axis), not by Tune's iteration count
+    # (Tune tells the searcher every result but the one ASHA stops a trial on)
+    by_number = {t["optuna_number"]: t for t in trials}
+    for frozen in study.trials:
+        trial = by_number[frozen.number]
+        relayed = {p["sweep_tokens"]: p["val_loss"] for p in trial["intermediate"]}
+        if trial["status"] == "completed":
+            assert frozen.intermediate_values == relayed
+        else:
+            assert frozen.intermediate_values.items() <= relayed.items()
+            assert len(relayed) - len(frozen.intermediate_values) <= 1
     # every trial is an MLflow run nested under the sweep's run
     from mlflow import MlflowClient
 
@@ -176,14 +189,19 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
         proc.wait()
     second_id = started[1]["trial_id"]
 
-    result = run_sweep(
-        space_path,
-        sweep_name="drv",
-        resume=True,
-        storage_dir=storage,
-        tracking_uri=tracking,
-        verbose=0,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_sweep(
+            space_path,
+            sweep_name="drv",
+            resume=True,
+            storage_dir=storage,
+            tracking_uri=tracking,
+            verbose=0,
+        )
+    # the resumed trial re-reports validations its killed run had reported: Optuna gets
+    # each step once (it would warn, and ignore the value, on a repeated step)
+    assert not [w for w in caught if "already reported" in str(w.message)]
     attempts = _attempts(sweep_dir)
     runs = [a["run_name"] for a in attempts]
     # the finished trial trained once; the unfinished one was resumed, not restarted

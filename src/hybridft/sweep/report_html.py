@@ -112,6 +112,7 @@ def plot_secondary(summary: dict[str, dict[str, Any]]) -> str:
 
 def plot_efficiency(rows: Sequence[dict[str, Any]], total: int | None) -> str:
     fig, ax = _figure()
+    plotted = False
     for arm in ARM_LABELS:
         points: dict[int, list[float]] = {}
         for r in rows:
@@ -121,9 +122,13 @@ def plot_efficiency(rows: Sequence[dict[str, Any]], total: int | None) -> str:
         if points:
             xs = sorted(points)
             ax.plot(xs, [statistics.fmean(points[x]) for x in xs], "o-", label=ARM_LABELS[arm])
+            plotted = True
     ax.set(xscale="log", xlabel="labelled target examples", ylabel="target-task score")
     ax.set_title("Labelled-data efficiency")
-    ax.legend()
+    if plotted:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
     return _png(fig)
 
 

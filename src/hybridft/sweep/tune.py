@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from hybridft.errors import UserError
@@ -100,15 +101,36 @@ def max_concurrent_trials(
 
 
 class FinalObjectiveSearch(OptunaSearch):
-    """OptunaSearch that passes Optuna only results carrying the objective.
+    """OptunaSearch that passes Optuna only results carrying the objective, stepped by the
+    sweep's time axis.
 
     Intermediate results carry the early-stopping metric; the objectives arrive with a trial's
-    final report. Single-objective OptunaSearch indexes every result by its metric.
+    final report. Single-objective OptunaSearch indexes every result by its metric, and reports
+    it to the Optuna trial as an intermediate value at Tune's iteration. Here the step is the
+    trial-wide ``step_attr`` (``sweep_tokens`` / ``sweep_steps``, ASHA's axis), so the study's
+    curves (optuna-dashboard) line up with ASHA's milestones, and a trial resumed after a
+    driver kill (Tune counts its iterations from 1 again) reports only what is new: a step at
+    or below one already reported is the resumed run re-reporting, and is left out.
     """
 
+    def __init__(self, *args: Any, step_attr: str = "sweep_tokens", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step_attr = step_attr
+        self.reported_steps: dict[str, int] = {}
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, str) and self.metric in result:
-            super().on_trial_result(trial_id, result)
+        if not (isinstance(self.metric, str) and self.metric in result):
+            return
+        if self.step_attr not in result:  # the final value reaches Optuna on completion
+            return
+        step = int(result[self.step_attr])
+        # a searcher restored from an older save may lack the record: then Optuna itself
+        # ignores a repeated step (with a warning)
+        reported = getattr(self, "reported_steps", {})
+        if step <= reported.get(trial_id, -1):
+            return
+        self.reported_steps = {**reported, trial_id: step}
+        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: step})
 
 
 def define_by_run(space: SearchSpace, trial: Any) -> dict[str, Any]:
@@ -133,7 +155,13 @@ def _searcher(space: SearchSpace, sweep_dir: Path, study_name: str) -> OptunaSea
         sampler=make_sampler(space),
         study_name=study_name,
         storage=optuna.storages.RDBStorage(study_url(sweep_dir)),
+        step_attr=time_attr(space),
     )
+
+
+def time_attr(space: SearchSpace) -> str:
+    """The sweep's time axis: trained so far, trial-wide (ASHA's unit; tokens without ASHA)."""
+    return f"sweep_{space.asha.unit}" if space.asha else "sweep_tokens"
 
 
 def _scheduler(space: SearchSpace) -> Any:
@@ -147,7 +175,7 @@ def _scheduler(space: SearchSpace) -> Any:
     # sends nothing at or past the token budget, so only those below it are ever reached.
     bound = 2 * space.budget.tokens * len(space.budget.seeds)
     return ASHAScheduler(
-        time_attr=f"sweep_{asha.unit}",
+        time_attr=time_attr(space),
         metric=asha.metric,
         mode=asha.mode,
         max_t=bound,
@@ -285,7 +313,7 @@ def run_sweep(
             "study": {"name": sweep_name, "storage": study_url(sweep_dir)},
             "mlflow_run_id": run_id,
             "tracking_uri": registry.tracking_uri,
-            "time_attr": f"sweep_{space.asha.unit}" if space.asha else "sweep_tokens",
+            "time_attr": time_attr(space),
             "milestones": asha_milestones(space),
             "max_concurrent": concurrent,
             "started": time.time(),
