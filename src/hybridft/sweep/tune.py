@@ -126,10 +126,10 @@ class FinalObjectiveSearch(OptunaSearch):
         step = int(result[self.step_attr])
         # a searcher restored from an older save may lack the record: then Optuna itself
         # ignores a repeated step (with a warning)
-        reported = getattr(self, "reported_steps", {})
+        reported = self.__dict__.setdefault("reported_steps", {})
         if step <= reported.get(trial_id, -1):
             return
-        self.reported_steps = {**reported, trial_id: step}
+        reported[trial_id] = step
         super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: step})
 
 
