@@ -15,7 +15,7 @@ Pure functions: the same job and point always give the same JobSpec.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -238,14 +238,61 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
         )
 
 
+# A point drawn again (every parameter equal to an earlier trial's: categorical or integer
+# spaces) would train the same job on the same seeds, for the same result. It is not trained:
+# the drawn Optuna trial is told the earlier one's values (as Optuna's FAQ advises), or PRUNED
+# while that one is still running, marked with this attribute, and Optuna draws again.
+DUPLICATE_OF = "hybridft.duplicate_of"
+MAX_REDRAWS = 8  # then the point is trained anyway (a small space, nearly exhausted)
+
+
+def twin_of(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """An earlier trial of ``study`` at the same point as ``trial``, if any: completed, running or
+    pruned (ASHA-stopped), never one that is itself a duplicate."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)
+    for other in study.get_trials(deepcopy=False, states=states):
+        if (
+            other.number != trial.number
+            and DUPLICATE_OF not in other.user_attrs
+            and other.params == trial.params
+        ):
+            return other
+    return None
+
+
+def draw_distinct(study: optuna.Study, draw: Callable[[], tuple[optuna.Trial, Any]]) -> Any:
+    """``draw()`` (asks ``study`` for a trial, returns it and its point) until the point is new
+    to the study, at most ``MAX_REDRAWS`` times more; each duplicate is settled as above."""
+    from optuna.trial import TrialState
+
+    for attempt in range(MAX_REDRAWS + 1):
+        trial, point = draw()
+        twin = twin_of(study, trial)
+        if twin is None or attempt == MAX_REDRAWS:
+            return point
+        trial.set_user_attr(DUPLICATE_OF, twin.number)
+        if twin.state == TrialState.COMPLETE:
+            study.tell(trial, twin.values)
+        else:
+            study.tell(trial, state=TrialState.PRUNED)
+    raise AssertionError("unreachable")
+
+
 def sample_sequence(space: SearchSpace, n: int) -> list[dict[str, Any]]:
     """The first ``n`` points a sweep of ``space`` asks for, without training anything.
 
     Before ``sampler.startup_trials`` results exist, TPE samples at random from its seeded
     generator, so these points are a pure function of the space and its seed: a sweep's trials
-    0..n-1 get exactly these (for n <= startup_trials).
+    0..n-1 get exactly these (for n <= startup_trials), duplicates drawn again as in a sweep.
     """
     import optuna
 
     study = optuna.create_study(sampler=make_sampler(space), directions=space.directions)
-    return [suggest_params(space, study.ask()) for _ in range(n)]
+
+    def draw() -> tuple[optuna.Trial, dict[str, Any]]:
+        trial = study.ask()
+        return trial, suggest_params(space, trial)
+
+    return [draw_distinct(study, draw) for _ in range(n)]

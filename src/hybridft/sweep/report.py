@@ -23,6 +23,7 @@ from typing import Any
 
 from hybridft.errors import UserError
 from hybridft.specs import JobSpec
+from hybridft.sweep.params import DUPLICATE_OF
 from hybridft.sweep.report_html import ReportData, render
 from hybridft.sweep.report_runs import ReportRunners
 
@@ -353,13 +354,24 @@ def _importances(info: dict[str, Any]) -> dict[str, float]:
         study = optuna.load_study(
             study_name=info["study"]["name"], storage=info["study"]["storage"]
         )
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        complete = [
+            t
+            for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE and DUPLICATE_OF not in t.user_attrs
+        ]  # a duplicate point was never trained: counted once, by its twin
         if len(complete) < 2:
             return {}
+        from optuna.importance import FanovaImportanceEvaluator
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line
+        trained = optuna.create_study(directions=study.directions)
+        trained.add_trials(complete)
         target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
         return {
             k: float(v)
-            for k, v in optuna.importance.get_param_importances(study, target=target).items()
+            for k, v in optuna.importance.get_param_importances(
+                trained, target=target, evaluator=FanovaImportanceEvaluator(seed=0)
+            ).items()  # seeded: the same sweep always reads the same importances
         }
     except (RuntimeError, ValueError, KeyError, ZeroDivisionError):
         return {}

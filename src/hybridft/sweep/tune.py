@@ -53,7 +53,7 @@ from hybridft.errors import UserError
 from hybridft.specfile import line_of
 from hybridft.specs import ScalingSpec
 from hybridft.sweep.objectives import NEEDS_VALIDATION
-from hybridft.sweep.params import make_sampler, suggest_params
+from hybridft.sweep.params import draw_distinct, make_sampler, suggest_params
 from hybridft.sweep.record import OPTUNA_NUMBER, SweepRecorder, read_trials, write_json
 from hybridft.sweep.space import SearchSpace, load_space
 from hybridft.sweep.trial import InProcessTrial, TrialPlan, run_trial
@@ -117,6 +117,19 @@ class FinalObjectiveSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.step_attr = step_attr
         self.reported_steps: dict[str, int] = {}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """A point not trained before in this study (see ``params.draw_distinct``)."""
+        drawn = [0]
+
+        def draw() -> tuple[Any, dict | None]:
+            if drawn[0]:  # the last draw was a duplicate, settled: ask Optuna again
+                del self._ot_trials[trial_id]
+            drawn[0] += 1
+            config = super(FinalObjectiveSearch, self).suggest(trial_id)
+            return self._ot_trials[trial_id], config
+
+        return draw_distinct(self._ot_study, draw)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not (isinstance(self.metric, str) and self.metric in result):
@@ -244,7 +257,7 @@ def _best(space: SearchSpace, sweep_dir: Path, name: str, trials: list[dict[str,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=study_url(sweep_dir))
     try:
-        numbers = {t.number for t in study.best_trials}
+        numbers = {t.number for t in study.best_trials}  # a duplicate ties with its twin
     except ValueError:  # no completed trial
         return []
     return [t for t in trials if t.get(OPTUNA_NUMBER) in numbers]
