@@ -30,12 +30,24 @@ ASHA stops the weaker ones at token milestones of the validation loss). Reported
   ``import_floor_share_*`` is the share of each sweep's trial time that its fresh processes'
   imports come to. It is not a lower bound of ``ray_overhead_share``: part of a trial's imports
   runs inside the phases its runs time as work (the first model build imports the model code);
+* where the overhead sits: ``warm_overhead_s_per_trial`` (a trial on a reused process: Tune's
+  scheduling, reporting and result handling; the per-trial cost proper) and
+  ``fresh_overhead_s_per_process`` (the rest, per fresh process: its start-up and imports),
+  and from them ``work_s_per_trial_for_target``: the mean work per trial at which this sweep's
+  overhead would come to 10% (with the same number of trials and fresh processes);
+* Ray's actor floor: seconds from asking Ray for an actor to its first answer, for a bare actor
+  that loads only what Tune's trial actor loads before a trial starts (Ray Tune and the trial
+  module; no torch), in fresh worker processes, as many at once as the search runs, on the same
+  Ray instance after the sweeps. No trial can start sooner on a fresh process: with fewer than
+  a few trials per process, it alone bounds how low the overhead can go at this trial length;
 * with ``--runners both`` (default), the grid again with ``trial_runner: worker_group`` (a Ray
   Train worker group per trial): the runner the in-process one replaced, measured in this run.
 
 Targets (issue): search within 1 point of the grid's best with <= 40% of its tokens; Ray's
 overhead <= 10% of trial time. Run: ``python benchmarks/sweep_efficiency.py`` (needs ``hybridft
-data synth`` first; about 8 minutes on 2 cores). Ends with one JSON line of the figures.
+data synth`` first; about 8 minutes on 2 cores). ``--token-scale K`` trains every trial K times
+the space's token budget (ASHA's first milestone scaled alike): the same sweeps with longer
+trials. Ends with one JSON line of the figures.
 """
 
 from __future__ import annotations
@@ -56,9 +68,15 @@ SHARES = [0.0, 0.25, 0.5, 0.75, 1.0]
 LRS = [1.0e-3, 3.0e-3]
 
 
-def write_space(base: dict, out: Path, grid: bool, trials: int, runner: str = "auto") -> Path:
+def write_space(
+    base: dict, out: Path, grid: bool, trials: int, runner: str = "auto", token_scale: int = 1
+) -> Path:
     space = json.loads(json.dumps(base))
     space["job"] = str(Path(base["job"]).resolve())
+    # longer trials, same shape: the token budget and ASHA's first milestone scale together
+    space["budget"]["tokens"] = int(space["budget"]["tokens"]) * token_scale
+    if space.get("asha") and "grace_period" in space["asha"]:
+        space["asha"]["grace_period"] = int(space["asha"]["grace_period"]) * token_scale
     space["parameters"] = {
         "instruction_share": {"type": "categorical", "choices": SHARES},
         "lr.sft": {"type": "categorical", "choices": LRS},
@@ -135,6 +153,41 @@ def import_floor(processes: int, rounds: int = 2) -> dict:
     return {**best, "processes": processes}
 
 
+def ray_actor_floor(processes: int, rounds: int = 2) -> dict:
+    """Seconds from ``.remote()`` to the first answer of ``processes`` bare actors created at
+    once, each importing what Tune's trial actor imports before its trial starts; every actor
+    gets its own ``runtime_env`` (as Tune's trial actors have one), so each starts a fresh worker
+    process. Runs on the instance the sweeps used; the lower round's mean."""
+    import ray
+
+    @ray.remote(num_cpus=0.01)
+    class Bare:
+        def __init__(self) -> None:
+            # what Tune's trial actor loads before its trial starts: Tune, then our trainable
+            import ray.tune  # noqa: F401
+
+            import hybridft.sweep.trial  # noqa: F401
+
+        def ready(self) -> bool:
+            return True
+
+    best = None
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        actors = [
+            Bare.options(runtime_env={"env_vars": {"HYBRIDFT_BENCH_FLOOR": f"{r}-{i}"}}).remote()
+            for i in range(processes)
+        ]
+        ray.get([a.ready.remote() for a in actors])
+        wall = time.perf_counter() - t0
+        for a in actors:
+            ray.kill(a)
+        if best is None or wall < best:
+            best = wall
+        time.sleep(1.0)
+    return {"wall_s": best, "processes": processes}
+
+
 def launched_at(trial: dict, tune_started: float) -> float:
     """When the trial began costing time: Tune's trial start (``on_trial_start``) on a reused
     process; on a fresh one, the process's start (not before Tune's): Tune calls
@@ -143,6 +196,19 @@ def launched_at(trial: dict, tune_started: float) -> float:
     if process and process["fresh"]:
         return min(trial["started_at"], max(process["started_at"], tune_started))
     return trial["started_at"]
+
+
+def trial_wall(trial: dict, tune_started: float) -> float:
+    return trial["finished_at"] - launched_at(trial, tune_started)
+
+
+def trial_work(trial: dict) -> float:
+    """The work a trial's runs timed: from its outcomes (completed) or its last intermediate
+    records (stopped by ASHA)."""
+    if trial["status"] != "completed":
+        return stopped_work(trial)
+    phases = (*WORK, "measure_s")
+    return sum(seed_work(o)[k] for o in trial["per_seed"].values() for k in phases)
 
 
 def summarise(
@@ -160,13 +226,13 @@ def summarise(
     wall = work = steps_val_eval = steps_eval = 0.0
     phases = dict.fromkeys((*WORK, "measure_s"), 0.0)
     stopped = [t for t in trials if t["status"] == "stopped" and t.get("finished_at")]
-    stopped_wall = sum(t["finished_at"] - launched_at(t, tune_started) for t in stopped)
-    stopped_busy = sum(stopped_work(t) for t in stopped)
+    stopped_wall = sum(trial_wall(t, tune_started) for t in stopped)
+    stopped_busy = sum(trial_work(t) for t in stopped)
     # the part of it before Tune's trial start: fresh processes' start-up
     startup = sum(t["started_at"] - launched_at(t, tune_started) for t in trials
                   if t.get("finished_at"))  # fmt: skip
     for t in done:
-        wall += t["finished_at"] - launched_at(t, tune_started)
+        wall += trial_wall(t, tune_started)
         for outcome in t["per_seed"].values():
             w = seed_work(outcome)
             for k in phases:
@@ -175,6 +241,16 @@ def summarise(
             steps_val_eval += w["steps_s"] + w["validation_s"] + w["eval_s"]
             steps_eval += w["steps_s"] + w["eval_s"]
     all_wall, all_work = wall + stopped_wall, work + stopped_busy
+    # where it sits: per trial on a reused process, and the rest per fresh process
+    ended = done + stopped
+    fresh = [t for t in ended if (t.get("process") or {}).get("fresh")]
+    warm = [t for t in ended if t not in fresh]
+    warm_over = sum(trial_wall(t, tune_started) - trial_work(t) for t in warm)
+    per_warm = warm_over / len(warm) if warm else 0.0
+    per_fresh = (
+        (all_wall - all_work - warm_over - per_warm * len(fresh)) / len(fresh) if fresh else 0.0
+    )
+    over_per_trial = (all_wall - all_work) / len(ended) if ended else float("nan")
     return {
         "trials": len(trials),
         "completed": len(done),
@@ -198,6 +274,14 @@ def summarise(
         "non_training_share_validation_as_overhead": (wall - steps_eval) / wall
         if wall
         else float("nan"),
+        "warm_overhead_s_per_trial": per_warm,
+        "warm_overhead_share": warm_over / sum(trial_wall(t, tune_started) for t in warm)
+        if warm
+        else float("nan"),
+        "fresh_overhead_s_per_process": per_fresh,
+        # overhead <= 10% of trial time <=> work >= 9x overhead, trial by trial on average
+        "work_s_per_trial_for_target": 9 * over_per_trial,
+        "work_s_per_trial": all_work / len(ended) if ended else float("nan"),
         "slot_use": all_work / (wall_s * concurrency) if wall_s else float("nan"),
         "trial_wall_s": wall / len(done) if done else float("nan"),
         "all_trials_wall_s": all_wall,
@@ -217,7 +301,16 @@ def main() -> None:
         default="both",
         help="both: also run the grid with a worker group per trial (the baseline runner)",
     )
+    parser.add_argument(
+        "--token-scale",
+        type=int,
+        default=1,
+        help="train every trial K times the space's token budget (ASHA's grace period scaled "
+        "alike): how the overhead share falls as trials get longer",
+    )
     args = parser.parse_args()
+    if args.token_scale < 1:
+        parser.error(f"--token-scale: expected an integer >= 1, got {args.token_scale}")
 
     from hybridft.sweep.tune import run_sweep
 
@@ -233,7 +326,7 @@ def main() -> None:
         contenders.append(("grid_worker_group", True, n_grid, "worker_group"))
     figures = {}
     for label, grid, trials, runner in contenders:
-        path = write_space(base, root / f"{label}.yaml", grid, trials, runner)
+        path = write_space(base, root / f"{label}.yaml", grid, trials, runner, args.token_scale)
         t0 = time.perf_counter()
         result = run_sweep(
             path, sweep_name=label, storage_dir=root, tracking_uri=tracking, verbose=0
@@ -255,9 +348,13 @@ def main() -> None:
     grid, search = figures["grid"], figures["asha_tpe"]
     floor = import_floor(search["max_concurrent"])
     print(f"import_floor: {json.dumps(floor)}", flush=True)
+    actor = ray_actor_floor(search["max_concurrent"])
+    print(f"ray_actor_floor: {json.dumps(actor)}", flush=True)
 
     out = {
         "objective": objective,
+        "token_scale": args.token_scale,
+        "tokens_per_trial": int(base["budget"]["tokens"]) * args.token_scale,
         "grid_best": grid["best"],
         "search_best": search["best"],
         # how much worse the search's best is than the grid's (objective units; 100x for a
@@ -278,6 +375,23 @@ def main() -> None:
         "import_floor_share_search": search["fresh_processes"]
         * floor["wall_s"]
         / search["all_trials_wall_s"],
+        # where the overhead sits (see the module doc)
+        "warm_overhead_s_per_trial_grid": grid["warm_overhead_s_per_trial"],
+        "warm_overhead_s_per_trial_search": search["warm_overhead_s_per_trial"],
+        "warm_overhead_share_search": search["warm_overhead_share"],
+        "fresh_overhead_s_per_process_grid": grid["fresh_overhead_s_per_process"],
+        "fresh_overhead_s_per_process_search": search["fresh_overhead_s_per_process"],
+        "work_s_per_trial_search": search["work_s_per_trial"],
+        "work_s_per_trial_for_target_search": search["work_s_per_trial_for_target"],
+        "work_s_per_trial_grid": grid["work_s_per_trial"],
+        "work_s_per_trial_for_target_grid": grid["work_s_per_trial_for_target"],
+        "ray_actor_floor_s": actor["wall_s"],
+        "ray_actor_floor_share_search": search["fresh_processes"]
+        * actor["wall_s"]
+        / search["all_trials_wall_s"],
+        "ray_actor_floor_share_grid": grid["fresh_processes"]
+        * actor["wall_s"]
+        / grid["all_trials_wall_s"],
         "non_training_share_grid": grid["non_training_share"],
         "slot_use_grid": grid["slot_use"],
         "targets": {
