@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -222,6 +223,61 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
 
     study = optuna.load_study(study_name="drv", storage=result.study_storage)
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE"]
+
+
+def test_killed_trial_process_is_restarted_and_resumes(
+    ray_session, small_demo_data, tmp_path
+) -> None:
+    """An in-process trial whose process dies (SIGKILL, as the OOM killer would) is started
+    again on a fresh actor (``scaling.max_failures``); its run resumes from its last checkpoint
+    and ends where an uninterrupted trial ends."""
+    job = write_hybrid(tmp_path, small_demo_data)
+    spec = space_dict(job)
+    spec["budget"] = {"trials": 1, "tokens": 2 * BUDGET, "seeds": [0]}
+    spec["job_overrides"] = {
+        "training": {"checkpoint_every": 2, "validate_every": 2},
+        "scaling": {"max_failures": 1},
+    }
+    spec.pop("asha")
+    space_path = write_space(tmp_path, spec)
+    assert load_space(space_path).in_process
+    storage = tmp_path / "sweeps"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed: dict = {}
+
+    def kill_once_checkpointed() -> None:  # the trial's process, once a checkpoint is complete
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            started = _attempts(storage / "killed")
+            if started:
+                run_dir = storage / "killed" / "runs" / "ray" / started[0]["run_name"]
+                if len(list(run_dir.glob("checkpoint_*/train_state.pt"))) >= 2:
+                    os.kill(started[0]["pid"], signal.SIGKILL)
+                    killed.update(started[0])
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_once_checkpointed, daemon=True)
+    killer.start()
+    result = run_sweep(
+        space_path, sweep_name="killed", storage_dir=storage, tracking_uri=tracking, verbose=0
+    )
+    killer.join(timeout=5)
+    assert killed, "the trial finished before its process could be killed"
+    attempts = _attempts(storage / "killed")
+    assert [a["resume"] for a in attempts] == [False, True]  # resumed, not trained afresh
+    assert attempts[1]["pid"] != killed["pid"]
+    (trial,) = result.trials
+    assert trial["status"] == "completed"
+    assert (trial["starts"], trial["failures"]) == (2, 1)  # the record says it was restarted
+
+    clean = run_sweep(
+        space_path, sweep_name="clean", storage_dir=storage, tracking_uri=tracking, verbose=0
+    )
+    (ref,) = clean.trials
+    assert trial["params"] == ref["params"]
+    assert trial["trained_tokens"] == ref["trained_tokens"]
+    assert trial["objectives"]["val_loss"] == pytest.approx(ref["objectives"]["val_loss"], rel=1e-5)
 
 
 def test_same_seed_same_trials_and_same_metrics(ray_session, small_demo_data, tmp_path) -> None:

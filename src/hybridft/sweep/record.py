@@ -7,7 +7,7 @@ parallel trials never race on either. Each trial's MLflow run is nested under th
 
 ``trials.json``: a list, in the order the searcher proposed the trials, of
 ``{trial_id, index, optuna_number, params, status (running | completed | stopped | error),
-starts, process: {fresh, started_at}, intermediate: [{sweep_tokens, sweep_steps, iteration,
+starts, failures (restarted after a failure; absent: none), process: {fresh, started_at}, intermediate: [{sweep_tokens, sweep_steps, iteration,
 seed, stage, val_loss, loss, time/...}],
 objectives: {name: mean over seeds}, per_seed: {seed: outcome.json of that run (run_name,
 run_dir, objectives, trained_tokens, global_steps, wall_s, timings)}, trained_tokens, mlflow_run_id,
@@ -141,6 +141,17 @@ class SweepRecorder(Callback):
         )
         entry["finished_at"] = time.time()
         self._finish(entry, "FINISHED")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """The trial failed and Tune starts it again (``scaling.max_failures`` in process)."""
+        entry = self._entry(trial)
+        entry["failures"] = entry.get("failures", 0) + 1
+        entry["last_failure"] = str(getattr(trial, "error_file", "") or "")
+        if entry.get("mlflow_run_id"):
+            self._mlflow().set_tags(
+                entry["mlflow_run_id"], {"hybridft.trial_failures": str(entry["failures"])}
+            )
+        self._save()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         entry = self._entry(trial)

@@ -41,7 +41,10 @@ class ReportRunners:
         self.task = None
         if in_process:
             scaling = job.scaling
-            actor = ray.remote(**runner_options(scaling.resources_per_worker, scaling.use_gpu))
+            options = runner_options(
+                scaling.resources_per_worker, scaling.use_gpu, scaling.max_failures
+            )
+            actor = ray.remote(**options)
             self.idle = [actor(InProcessRunner).remote() for _ in range(width)]
         else:
             self.task = ray.remote(num_cpus=0, max_retries=0)(train_and_evaluate)

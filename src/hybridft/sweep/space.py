@@ -89,8 +89,9 @@ class SearchSpace(Strict):
     asha: AshaSpec | None = None
     sampler: SamplerSpec = SamplerSpec()
     # Where a trial trains. in_process: in the Tune trial's own process, reused from trial to
-    # trial (Ray Train's local mode; one worker). worker_group: a Ray Train worker group per
-    # trial (several workers, DeepSpeed, worker restarts). auto: in_process for one-worker jobs.
+    # trial (Ray Train's local mode; one worker; ``scaling.max_failures`` restarts the trial's
+    # process, which resumes from its last checkpoint). worker_group: a Ray Train worker group
+    # per trial (several workers, DeepSpeed). auto: in_process for one-worker jobs.
     trial_runner: Literal["auto", "in_process", "worker_group"] = "auto"
     source_file: str = Field(default="", exclude=True)
     _base_job: JobSpec | None = PrivateAttr(default=None)
@@ -111,7 +112,7 @@ class SearchSpace(Strict):
         """Whether trials train in process (``trial_runner``, ``auto`` resolved)."""
         if self.trial_runner == "auto":
             job = self.base_job
-            return job.scaling.num_workers == 1 and job.scaling.max_failures == 0
+            return job.scaling.num_workers == 1
         return self.trial_runner == "in_process"
 
     @property

@@ -385,6 +385,12 @@ def run_sweep(
                 verbose=verbose,
                 # trials resume by run name from their Train checkpoints, not Tune's
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+                # in process, a failed trial (its process died: OOM, a lost node) is started
+                # again on a fresh actor, up to the job's max_failures, and its run resumes from
+                # its last checkpoint; a worker group restarts failed workers itself
+                failure_config=tune.FailureConfig(
+                    max_failures=space.base_job.scaling.max_failures if space.in_process else 0
+                ),
             ),
         )
     tune_started = time.time()  # a fresh trial process's start-up is counted from here at most

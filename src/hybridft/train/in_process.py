@@ -17,8 +17,11 @@ checkpoint in memory and calls no callbacks; ``InProcessSession`` adds what ``tr
 * ``get_checkpoint()`` returns the latest persisted checkpoint (also after a metrics-only report);
 * the run's ``UserCallback``s are called after each report (a sweep relays records to Tune).
 
-What it gives up: a worker group restarts failed workers (``scaling.max_failures``); here a
-failure ends the run (resume it by name). It needs ``scaling.num_workers: 1``.
+What it gives up: a worker group restarts failed workers itself (``scaling.max_failures``);
+here a failure ends the run, and whoever called it starts it again to resume it by name: a
+sweep's Tune restarts the trial (``FailureConfig``), a report's runner actor is restarted by Ray
+and its call retried (``runner_options``); otherwise ``run(..., resume=True)`` by name. It
+needs ``scaling.num_workers: 1``.
 """
 
 from __future__ import annotations
@@ -103,14 +106,19 @@ class InProcessRunner:
         return fn(*args, **kwargs)
 
 
-def runner_options(resources_per_worker: dict[str, float], use_gpu: bool) -> dict[str, Any]:
-    """``ray.remote`` options holding one worker's resources."""
+def runner_options(
+    resources_per_worker: dict[str, float], use_gpu: bool, max_failures: int = 0
+) -> dict[str, Any]:
+    """``ray.remote`` options holding one worker's resources. With ``max_failures``, Ray starts
+    a runner whose process died again and retries the call it was running, up to that many
+    times: a call that trains resumes its run by name from the last checkpoint."""
     extra = {k: v for k, v in resources_per_worker.items() if k not in ("CPU", "GPU")}
     return {
         "num_cpus": resources_per_worker.get("CPU", 1.0),
         "num_gpus": resources_per_worker.get("GPU", 1.0 if use_gpu else 0.0),
         "resources": extra,
-        "max_restarts": 0,
+        "max_restarts": max_failures,
+        "max_task_retries": max_failures,
     }
 
 
