@@ -7,7 +7,8 @@ parallel trials never race on either. Each trial's MLflow run is nested under th
 
 ``trials.json``: a list, in the order the searcher proposed the trials, of
 ``{trial_id, index, optuna_number, params, status (running | completed | stopped | error),
-starts, failures (restarted after a failure; absent: none), process: {fresh, started_at}, intermediate: [{sweep_tokens, sweep_steps, iteration,
+starts, failures and last_failure (a trial Tune started again after it failed; absent: none),
+process: {fresh, started_at}, intermediate: [{sweep_tokens, sweep_steps, iteration,
 seed, stage, val_loss, loss, time/...}],
 objectives: {name: mean over seeds}, per_seed: {seed: outcome.json of that run (run_name,
 run_dir, objectives, trained_tokens, global_steps, wall_s, timings)}, trained_tokens, mlflow_run_id,
