@@ -66,3 +66,18 @@ def write_space(tmp: Path, space: dict[str, Any], name: str = "space.yaml") -> P
 
 def write_hybrid(tmp: Path, data: Path, **overrides: Any) -> Path:
     return write_job(tmp, hybrid_job(tmp, data, **overrides), "job.yaml")
+
+
+# instruction share x SFT learning rate, 3 x 2 categorical choices: a 6-point space
+SIX_POINTS = """\
+name: {name}
+job: {job}
+seed: 0
+parameters:
+  instruction_share: {{type: categorical, choices: [0.0, 0.5, 1.0]}}
+  lr.sft: {{type: categorical, choices: [1.0e-3, 3.0e-3]}}
+objectives:
+  - {{name: val_loss, direction: minimize}}
+budget: {{trials: 6, tokens: 4000}}
+sampler: {sampler}
+"""

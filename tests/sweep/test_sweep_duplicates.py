@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sweep_helpers import write_hybrid
+from sweep_helpers import SIX_POINTS, write_hybrid
 
 from hybridft.sweep.params import DUPLICATE_OF, make_sampler, sample_sequence, suggest_params
 from hybridft.sweep.record import OPTUNA_NUMBER
@@ -18,24 +18,14 @@ from hybridft.sweep.report import _importances
 from hybridft.sweep.space import load_space
 from hybridft.sweep.tune import _searcher
 
-SPACE = """\
-name: d
-job: {job}
-seed: 0
-parameters:
-  instruction_share: {{type: categorical, choices: [0.0, 0.5, 1.0]}}
-  lr.sft: {{type: categorical, choices: [1.0e-3, 3.0e-3]}}
-objectives:
-  - {{name: val_loss, direction: minimize}}
-budget: {{trials: 6, tokens: 4000}}
-sampler: {{type: tpe, startup_trials: {startup}}}
-"""
 POINTS = 6  # the space's size
 
 
 def space_file(tmp_path: Path, startup: int) -> Path:
     path = tmp_path / "space.yaml"
-    path.write_text(SPACE.format(job=write_hybrid(tmp_path, tmp_path / "data"), startup=startup))
+    job = write_hybrid(tmp_path, tmp_path / "data")
+    sampler = f"{{type: tpe, startup_trials: {startup}}}"
+    path.write_text(SIX_POINTS.format(name="d", job=job, sampler=sampler))
     return path
 
 

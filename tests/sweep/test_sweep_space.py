@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from helpers import write_job
-from sweep_helpers import hybrid_job, write_hybrid
+from sweep_helpers import SIX_POINTS, hybrid_job, write_hybrid
 
 from hybridft.errors import UserError
 from hybridft.sweep.params import apply_params, sample_sequence
@@ -252,18 +252,7 @@ def test_same_seed_same_sequence(tmp_path: Path, job_path: Path) -> None:
     assert sample_sequence(other, 8) != first
 
 
-GRID = """\
-name: g
-job: {job}
-seed: 0
-parameters:
-  instruction_share: {{type: categorical, choices: [0.0, 0.5, 1.0]}}
-  lr.sft: {{type: categorical, choices: [1.0e-3, 3.0e-3]}}
-objectives:
-  - {{name: val_loss, direction: minimize}}
-budget: {{trials: 6, tokens: 4000}}
-sampler: {{type: grid}}
-"""
+GRID = SIX_POINTS.replace("{sampler}", "{{type: grid}}").replace("{name}", "g")
 
 
 def test_grid_sampler_visits_every_point_once_and_checks_its_space(
