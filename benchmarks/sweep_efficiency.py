@@ -94,6 +94,7 @@ def write_space(
 
 
 WORK = ("prepare_s", "setup_s", "steps_s", "validation_s", "checkpoint_s", "collect_s")
+PHASES = (*WORK, "measure_s")  # a finished run's work: its phases and the objectives' measure
 
 
 def seed_work(outcome: dict) -> dict[str, float]:
@@ -207,8 +208,7 @@ def trial_work(trial: dict) -> float:
     records (stopped by ASHA)."""
     if trial["status"] != "completed":
         return stopped_work(trial)
-    phases = (*WORK, "measure_s")
-    return sum(seed_work(o)[k] for o in trial["per_seed"].values() for k in phases)
+    return sum(seed_work(o)[k] for o in trial["per_seed"].values() for k in PHASES)
 
 
 def summarise(
@@ -224,7 +224,7 @@ def summarise(
     best = pick((t["objectives"][objective] for t in done), default=float("nan"))
     tokens = sum(int(t.get("trained_tokens") or 0) for t in trials)
     wall = work = steps_val_eval = steps_eval = 0.0
-    phases = dict.fromkeys((*WORK, "measure_s"), 0.0)
+    phases = dict.fromkeys(PHASES, 0.0)
     stopped = [t for t in trials if t["status"] == "stopped" and t.get("finished_at")]
     stopped_wall = sum(trial_wall(t, tune_started) for t in stopped)
     stopped_busy = sum(trial_work(t) for t in stopped)
@@ -233,11 +233,11 @@ def summarise(
                   if t.get("finished_at"))  # fmt: skip
     for t in done:
         wall += trial_wall(t, tune_started)
+        work += trial_work(t)
         for outcome in t["per_seed"].values():
             w = seed_work(outcome)
             for k in phases:
                 phases[k] += w[k]
-            work += sum(w[k] for k in phases)
             steps_val_eval += w["steps_s"] + w["validation_s"] + w["eval_s"]
             steps_eval += w["steps_s"] + w["eval_s"]
     all_wall, all_work = wall + stopped_wall, work + stopped_busy
