@@ -554,7 +554,7 @@ def add_mfu(results: dict[str, dict[str, Any]], n_params: int, peak: float) -> N
     for r in results.values():
         if r.get("tokens_per_s"):
             per_worker = r.get("tokens_per_s_worker", r["tokens_per_s"])
-            r["mfu"] = mfu(per_worker, n_params, peak * r.get("threads", 1))
+            r["mfu"] = mfu(per_worker, 6 * n_params, peak * r.get("threads", 1))
 
 
 def summarise(

@@ -25,6 +25,13 @@ app.add_typer(canary_app, name="canary")
 app.add_typer(keys_app, name="keys")
 app.add_typer(review_app, name="review")
 from hybridft import cli_monitor  # noqa: E402
+from hybridft.cli_base import base_app  # noqa: E402
+from hybridft.cli_sweep import report, study, sweep  # noqa: E402
+
+app.add_typer(base_app, name="base")
+app.command()(sweep)
+app.command()(report)
+app.command()(study)
 
 app.command("monitor")(cli_monitor.monitor)
 app.command("retrain")(cli_monitor.retrain)
@@ -276,67 +283,6 @@ def promote(
         console.print(f"[red]refused:[/] {result.reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"[green]{version.name}@{alias}[/] {result.from_version} -> {result.to_version}")
-
-
-@app.command()
-def sweep(
-    space: Path = typer.Argument(..., help="a search space (search_spaces/*.yaml)"),
-    name: str = typer.Option(None, "--name", help="sweep name (default: space name + time)"),
-    resume: str = typer.Option(None, "--resume", help="continue the sweep NAME after a kill"),
-    storage_dir: str = typer.Option(".hybridft/sweeps", help="where sweeps live"),
-    tracking_uri: str = TrackingOpt,
-) -> None:
-    """Search hybrid schedules: Ray Tune + Optuna (TPE) + ASHA; each trial a Ray Train run."""
-    from hybridft.sweep.tune import run_sweep
-
-    result = run_sweep(
-        space,
-        sweep_name=resume or name,
-        resume=resume is not None,
-        storage_dir=storage_dir,
-        tracking_uri=tracking_uri,
-    )
-    counts: dict[str, int] = {}
-    for t in result.trials:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    console.print(
-        f"sweep {result.name}: {len(result.trials)} trials "
-        f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}) in {result.wall_s:.0f}s",
-        highlight=False,
-    )
-    for t in result.best:
-        console.print(f"best {t['trial_id']}: {t['objectives']}  {t['params']}", highlight=False)
-    typer.echo(str(result.sweep_dir))
-
-
-@app.command()
-def report(
-    sweep_dir: Path = typer.Argument(..., help="a sweep directory (printed by `hybridft sweep`)"),
-    seeds: int = typer.Option(3, help="seeds per arm (>= 3 for intervals worth reading)"),
-    eval_examples: int = typer.Option(200, help="test rows per task"),
-    register: str = typer.Option(None, "--register", help="register the recommendation as NAME"),
-    score: str = typer.Option(
-        "accuracy", help="per-row target score: accuracy | prob (calibrated gold-label prob.)"
-    ),
-    policy: Path = typer.Option(Path("policies/default.yaml"), help="gate for the proposal"),
-    tracking_uri: str = TrackingOpt,
-) -> None:
-    """SFT only vs instruction only vs the best hybrid at matched compute -> report.html."""
-    from hybridft.sweep.report import build_report
-
-    if seeds < 1:
-        raise UserError(f"--seeds: expected >= 1, got {seeds}")
-    page = build_report(
-        sweep_dir,
-        seeds=seeds,
-        eval_examples=eval_examples,
-        register_as=register,
-        policy_path=policy if policy.exists() else None,
-        tracking_uri=tracking_uri,
-        on_event=lambda msg: console.print(msg, highlight=False),
-        score=score,
-    )
-    typer.echo(str(page))
 
 
 @app.command()

@@ -280,6 +280,8 @@ def graph_scores(
         "trained_tasks": trained,
         "heldout_tasks": held,
         "heldout_score": sum(scores[t] for t in held) / len(held) if held else None,
+        # per-row scores behind the figures (the report's intervals resample them)
+        "heldout_rows": [x for t in held for x in _per_example(result, t)],
         "forgetting": None,
     }
     instruction = [t for t in scores if graph.attr(t, "kind") == "instruction"]
@@ -300,7 +302,20 @@ def graph_scores(
             out["forgetting"] = report["mean_drop"]
             out["forgetting_per_task"] = report["per_task"]
             out["forgetting_before"] = spec.stages[-2].name
+            out["forgetting_rows"] = [
+                b - a
+                for t in instruction
+                for b, a in zip(before.tasks[t].per_example, _per_example(result, t), strict=True)
+            ]
     return out
+
+
+def _per_example(result: Any, task: str) -> list[float]:
+    """A task's per-row scores, whether it is scored under its own or its source's name."""
+    for name, t in result.tasks.items():
+        if (t.task or name) == task:
+            return list(t.per_example)
+    return []
 
 
 def eval_table(result: Any) -> Table:

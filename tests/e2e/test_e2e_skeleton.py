@@ -46,6 +46,8 @@ def write_spec(tmp: Path, data: Path, steps: int = 12) -> Path:
         training={"batch_size": 4, "log_every": 4, "checkpoint_every": 6},
     )
     del spec["data"]["sources"]["instr"]
+    # the pretrained base (a short recipe): its corpus is the first link of the lineage
+    spec["model"].update(base="pretrained", pretrain={"steps": 4, "batch_size": 2, "seq_len": 64})
     return write_job(tmp, spec)
 
 
@@ -53,6 +55,7 @@ def test_skeleton_train_eval_register_serve_answer(ray_session, demo_data, tmp_p
     import openai
     from ray import serve
 
+    from hybridft.model import read_base_info
     from hybridft.pipeline import evaluate_run, serve_version, train_and_log
     from hybridft.registry.client import Registry
     from hybridft.registry.tracking import RunRecord, register_run
@@ -95,6 +98,9 @@ def test_skeleton_train_eval_register_serve_answer(ray_session, demo_data, tmp_p
     info = describe_lineage(registry, "e2e-model@candidate")
     assert info["version"] == version.version and info["aliases"] == ["candidate"]
     assert [c["name"] for c in info["chain"]] == ["base", "sft"]
+    corpus = info["chain"][0]["corpus"]  # corpus -> base -> stages -> version
+    assert corpus["name"] == "python-stdlib-docstrings"
+    assert corpus["fingerprint"] == read_base_info(record.base_dir)["corpus"]["fingerprint"]
     assert info["chain"][1]["sources"]["it_desk"] == record.fingerprints["it_desk"]
     shown = subprocess.run(
         [
@@ -113,6 +119,12 @@ def test_skeleton_train_eval_register_serve_answer(ray_session, demo_data, tmp_p
     assert shown.returncode == 0, shown.stderr
     assert record.fingerprints["it_desk"] in shown.stdout
     assert record.run_name in shown.stdout and "@candidate" in shown.stdout
+    lines = shown.stdout.splitlines()
+    order = [
+        next(i for i, ln in enumerate(lines) if needle in ln)
+        for needle in ("e2e-model@", "run ", "sft ", "base ", corpus["fingerprint"])
+    ]
+    assert order == sorted(order)  # version -> run -> stage -> base -> corpus, as a tree
 
     port = free_port()
     url = serve_version(

@@ -77,7 +77,7 @@ def test_strategy_matches_ddp(ray_session, small_demo_data, tmp_path_factory, st
 
 def test_training_changed_the_weights(ray_session, small_demo_data, tmp_path_factory):
     """The contract above is not vacuous: the runs moved far from where they started."""
-    from hybridft.model.tiny import base_of
+    from hybridft.model import base_of
 
     trained = _weights(tmp_path_factory, small_demo_data, "ddp", "full")
     spec = load_job(

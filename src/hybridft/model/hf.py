@@ -6,6 +6,7 @@ only, never ``trust_remote_code``.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,13 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     return out
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """sha256 of a model directory's weight files: the identity of a set of weights."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

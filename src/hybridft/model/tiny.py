@@ -7,8 +7,6 @@ rest of the system loads with ``from_pretrained`` like any user model.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 from hybridft.errors import UserError
 from hybridft.model.hf import save_model
-from hybridft.specs import ModelSpec, TinyModelSpec
+from hybridft.specs import TinyModelSpec
 
 SPECIAL_TOKENS = ["<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 EOS = "<|end|>"
@@ -33,8 +31,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
-
-DEFAULT_CORPUS = "data/demo/**/train.jsonl"
 
 
 def _corpus_texts(paths: list[str]) -> Iterator[str]:
@@ -116,35 +112,3 @@ def build_tiny_base(
     tokenizer = train_tokenizer(_corpus_texts(corpus), cfg.vocab_size)
     model = build_model(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, seed)
     return save_model(model, tokenizer, out_dir)
-
-
-def resolve_base(
-    base: str,
-    cfg: TinyModelSpec,
-    cache_dir: str,
-    seed: int = 0,
-    corpus_globs: list[str] | None = None,
-) -> Path:
-    """The HF directory a job starts from: a local directory, or the (cached) tiny default."""
-    if base != "tiny":
-        path = Path(base)
-        if not (path / "config.json").is_file():
-            raise UserError(
-                f"model.base: expected 'tiny' or a local HF model directory, got {base!r}"
-            )
-        return path.resolve()
-    corpus = sorted(
-        {p for g in (corpus_globs or [DEFAULT_CORPUS]) for p in glob.glob(g, recursive=True)}
-    )
-    digest = hashlib.sha256(cfg.model_dump_json().encode() + str(seed).encode())
-    for path in corpus:  # the cache key covers the corpus content, not only its names
-        digest.update(Path(path).read_bytes())
-    out = (Path(cache_dir) / f"tiny-{digest.hexdigest()[:12]}").resolve()
-    if not (out / "model.safetensors").is_file():
-        build_tiny_base(cfg, out, corpus, seed)
-    return out
-
-
-def base_of(model: ModelSpec, seed: int = 0) -> Path:
-    """The HF directory a job's ``model`` section starts from (see ``resolve_base``)."""
-    return resolve_base(model.base, model.tiny, model.cache_dir, seed, model.tokenizer_corpus)

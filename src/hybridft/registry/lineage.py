@@ -93,6 +93,8 @@ def lineage_tree(info: dict[str, Any]) -> Tree:
     for link in reversed(info["chain"]):
         digest = (link.get("weights_sha256") or "")[:12]
         node = parent.add(f"{link['name']}  weights {digest or '?'}")
+        if link.get("name") == "base":
+            _base_node(node, link)
         for source, fingerprint in (link.get("sources") or {}).items():
             _data_node(node, source, fingerprint, info.get("datasets", {}))
         parent = node
@@ -106,6 +108,18 @@ def lineage_tree(info: dict[str, Any]) -> Tree:
             f"{move['when']}" + (f": {move['reason']}" if move["reason"] else "")
         )
     return root
+
+
+def _base_node(node: Tree, link: dict[str, Any]) -> None:
+    """Where the base came from: the general corpus it was pretrained on, or its reference."""
+    corpus = link.get("corpus")
+    if corpus:
+        node.add(
+            f"corpus {corpus['name']}: {corpus['fingerprint']} ({corpus['documents']:,} documents, "
+            f"{corpus['chars']:,} characters, Python {corpus['python']})"
+        )
+    elif link.get("model_base"):
+        node.add(f"model.base {link['model_base']}")
 
 
 def _data_node(parent: Tree, source: str, fingerprint: str, datasets: dict[str, Any]) -> None:

@@ -6,13 +6,14 @@ stage reads that artifact, never the previous stage's Python objects.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hybridft.errors import UserError
+from hybridft.model import read_base_info
+from hybridft.model.hf import weights_digest
 from hybridft.registry.client import (
     ModelRef,
     Registry,
@@ -110,24 +111,22 @@ def log_train_run(registry: Registry, spec: Any, result: Any) -> RunRecord:
     return record
 
 
-def model_digest(model_dir: str | Path) -> str:
-    """sha256 of a model directory's weight files: the identity of a set of weights."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+model_digest = weights_digest  # the registry's name for it
 
 
 def stage_chain(result: Any, spec: Any) -> list[dict[str, Any]]:
-    """base -> stage 1 -> stage 2 ...: each model with its parent, weights digest and data."""
+    """(corpus ->) base -> stage 1 -> stage 2 ...: each model with its parent, weights digest and
+    data; a pretrained base names the general corpus it was built from (``base.json``)."""
+    built = read_base_info(result.base_dir) or {}
     chain: list[dict[str, Any]] = [
         {
             "name": "base",
             "parent": None,
             "path": str(result.base_dir),
             "weights_sha256": model_digest(result.base_dir),
+            "model_base": spec.model.base,
+            "corpus": built.get("corpus"),
+            "recipe": built.get("recipe"),
         }
     ]
     for stage in spec.stages:

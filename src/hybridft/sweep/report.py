@@ -17,21 +17,30 @@ is registered and, when the gate passes, proposed as ``@candidate``.
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from hybridft.errors import UserError
 from hybridft.specs import JobSpec
+from hybridft.sweep.guard import guard
 from hybridft.sweep.params import DUPLICATE_OF
+from hybridft.sweep.report_evidence import majority_baseline, measure_evidence, val_curves
 from hybridft.sweep.report_html import ReportData, render
-from hybridft.sweep.report_runs import ReportRunners
+from hybridft.sweep.report_plan import (
+    ARMS,
+    DEMO_DIRECTIONS,
+    LABEL_SIZES,
+    SHARE,
+    PlanInputs,
+    plan_runs,
+    started_from,
+)
+from hybridft.sweep.report_runs import SCORES, ReportRunners, train_runs, write_atomic
 
-ARMS = ("sft_only", "instruction_only", "best_hybrid")
-SHARE = "instruction_share"
-LABEL_SIZES = (50, 200, 1000)
 REPORT_DIR = "report"
-RUN_RESULT = "report_run.json"
+MARGIN = 0.03  # the smallest target-score difference worth acting on (accuracy points)
 
 
 def best_hybrid(trials: list[dict[str, Any]], objective: str, direction: str) -> dict[str, Any]:
@@ -43,15 +52,6 @@ def best_hybrid(trials: list[dict[str, Any]], objective: str, direction: str) ->
         raise UserError("report: the sweep has no completed trial to take a configuration from")
     sign = -1.0 if direction == "minimize" else 1.0
     return max(pool, key=lambda t: sign * float(t["objectives"][objective]))
-
-
-def arm_params(best: dict[str, Any], arm: str) -> dict[str, Any]:
-    params = dict(best)
-    if arm == "sft_only":
-        params[SHARE] = 0.0
-    elif arm == "instruction_only":
-        params[SHARE] = 1.0
-    return params
 
 
 def target_source(job: JobSpec) -> str:
@@ -85,123 +85,6 @@ def subset_file(job: JobSpec, source: str, n: int, out_dir: Path) -> Path:
     return out
 
 
-def _job(space: Any, params: dict[str, Any], seed: int, name: str, eval_examples: int) -> JobSpec:
-    from hybridft.sweep.params import apply_params
-
-    job = apply_params(space.base_job, params, total_tokens=space.budget.tokens)
-    ev = job.eval.model_copy(update={"max_examples": eval_examples})
-    return job.model_copy(update={"seed": seed, "name": name, "eval": ev})
-
-
-def _train_runs(
-    plan: list[tuple[str, int, int | None, JobSpec]],
-    runners: ReportRunners,
-    runs_dir: Path,
-    width: int,
-    registry: Any,
-    info: dict[str, Any],
-    target: str,
-    score: str,
-    on_event: Any,
-) -> dict[str, dict[str, Any]]:
-    """Train and evaluate every planned run (finished ones are reused), ``width`` at a time;
-    each logged to MLflow with its arm, seed and label count. Rows by run name."""
-    import ray
-
-    done: dict[str, dict[str, Any]] = {}
-    pending = []
-    for arm, seed, labels, job in plan:
-        cached = runs_dir / job.name / RUN_RESULT
-        if cached.is_file():
-            row = json.loads(cached.read_text())
-            doc = json.loads((Path(row["run_dir"]) / "eval.json").read_text())
-            done[job.name] = {**row, **summarise_run(doc, target, score)}
-        else:
-            pending.append((arm, seed, labels, job))
-    on_event(f"report: {len(plan)} runs ({len(done)} reused), {width} at a time")
-    inflight: dict[Any, tuple[str, int, int | None, JobSpec, float]] = {}
-    while pending or inflight:
-        while pending and len(inflight) < width:
-            arm, seed, labels, job = pending.pop(0)
-            ref = runners.launch(job, job.name, str(runs_dir))
-            inflight[ref] = (arm, seed, labels, job, time.time())
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        arm, seed, labels, job, started = inflight.pop(ready[0])
-        runners.release(ready[0])
-        result = ray.get(ready[0])
-        tags = {"hybridft.kind": "report-run", "hybridft.sweep": info["name"],
-                "hybridft.arm": arm, "hybridft.seed": str(seed),
-                "hybridft.labels": "all" if labels is None else str(labels)}  # fmt: skip
-        run_id = _log(registry, job, result, tags)
-        doc = json.loads((Path(result.run_dir) / "eval.json").read_text())
-        row = {
-            "arm": arm, "seed": seed, "labels": labels, "run_name": job.name,
-            "run_dir": str(result.run_dir), "mlflow_run_id": run_id,
-            "trained_tokens": int(result.final_metrics.get("trained_tokens", 0)),
-            "wall_s": float(result.wall_s), **summarise_run(doc, target, score),
-        }  # fmt: skip
-        (runs_dir / job.name / RUN_RESULT).write_text(json.dumps(row, indent=2))
-        done[job.name] = row
-        on_event(f"  {job.name}: target {row['target_score']:.3f} ({time.time() - started:.0f}s)")
-    return done
-
-
-def _log(registry: Any, job: JobSpec, result: Any, tags: dict[str, str]) -> str:
-    """Log a finished report run (training + eval) to MLflow, tagged with its arm."""
-    from hybridft.registry.tracking import log_eval, log_train_run
-
-    record = log_train_run(registry, job, result)
-    eval_path = Path(result.run_dir) / "eval.json"
-
-    class _Scored:  # log_eval reads flat_metrics() from the saved eval
-        def __init__(self, doc: dict[str, Any]) -> None:
-            self.doc = doc
-
-        def flat_metrics(self) -> dict[str, float]:
-            return _flat_from_json(self.doc)
-
-    log_eval(registry, record, _Scored(json.loads(eval_path.read_text())), eval_path)
-    registry.set_tags(record.mlflow_run_id, tags)
-    return record.mlflow_run_id
-
-
-def _flat_from_json(doc: dict[str, Any]) -> dict[str, float]:
-    """The flat eval metrics of a saved eval.json (same keys as EvalResult.flat_metrics)."""
-    from hybridft.evaluate.run import EvalResult, TaskScore
-
-    tasks = {name: TaskScore(**t) for name, t in doc["tasks"].items()}
-    result = EvalResult(
-        doc["model_dir"], tasks, doc["examples_per_s"], leakage=doc.get("leakage"),
-        graph=doc.get("graph"),
-    )  # fmt: skip
-    return result.flat_metrics()
-
-
-SCORES = {
-    "accuracy": "label accuracy (exact match where the task has no labels)",
-    "prob": "calibrated probability of the gold label",
-}
-
-
-def summarise_run(doc: dict[str, Any], target: str, score: str = "accuracy") -> dict[str, Any]:
-    """The report's numbers for one run, from its eval.json (``score``: a key of SCORES)."""
-    flat = _flat_from_json(doc)
-    task = doc["tasks"][target]
-    if score == "prob":
-        if not task.get("per_example_prob"):
-            raise UserError(f"report --score prob: task {target} has no label probabilities")
-        per = list(task["per_example_prob"])
-    else:
-        per = list(task["per_example"])
-    return {
-        "per_example": per,
-        "target_score": sum(per) / len(per) if per else 0.0,
-        "heldout_score": (doc.get("graph") or {}).get("heldout_score"),
-        "forgetting": (doc.get("graph") or {}).get("forgetting"),
-        "ece": flat.get("eval/ece"),
-    }
-
-
 def build_report(
     sweep_dir: str | Path,
     seeds: int = 3,
@@ -212,14 +95,16 @@ def build_report(
     tracking_uri: str | None = None,
     on_event: Any = print,
     score: str = "accuracy",
+    directions: Sequence[str] = DEMO_DIRECTIONS,
+    margin: float = MARGIN,
 ) -> Path:
-    """Train and evaluate the arms, decide, write ``report/report.html`` and ``report.json``."""
+    """Train and evaluate the arms and the evidence runs, decide (or say inconclusive), write
+    ``report/report.html`` and ``report.json``."""
     import ray
 
     from hybridft.registry.client import Registry
     from hybridft.sweep.record import read_trials
     from hybridft.sweep.space import load_space
-    from hybridft.sweep.stats import decide, pareto_front
     from hybridft.sweep.tune import SWEEP_FILE, max_concurrent_trials
     from hybridft.train.run import ensure_ray
 
@@ -244,34 +129,13 @@ def build_report(
     runs_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(tracking_uri or info.get("tracking_uri"))
     target = target_source(space.base_job)
-    n_target = sum(1 for _ in _target_rows(space.base_job, target))
-    sizes = [n for n in label_sizes if n < n_target]
-
-    plan: list[tuple[str, int, int | None, JobSpec]] = []
-    for arm in ARMS:
-        for seed in range(seeds):
-            name = f"{info['name']}-{arm}-s{seed}"
-            plan.append(
-                (
-                    arm,
-                    seed,
-                    None,
-                    _job(space, arm_params(best["params"], arm), seed, name, eval_examples),
-                )
-            )
-    for arm in ("sft_only", "best_hybrid"):
-        for n in sizes:
-            job = _job(
-                space,
-                arm_params(best["params"], arm),
-                0,
-                f"{info['name']}-{arm}-n{n}",
-                eval_examples,
-            )
-            sub = subset_file(job, target, n, out_dir / "data")
-            src = job.data.sources[target].model_copy(update={"paths": [str(sub)]})
-            data = job.data.model_copy(update={"sources": {**job.data.sources, target: src}})
-            plan.append((arm, 0, n, job.model_copy(update={"data": data})))
+    train_rows = list(_target_rows(space.base_job, target))
+    inputs = PlanInputs(
+        base_job=space.base_job, best_params=best["params"], tokens=space.budget.tokens,
+        sweep_name=info["name"], seeds=seeds, eval_examples=eval_examples, target=target,
+        n_target=len(train_rows), label_sizes=label_sizes, directions=tuple(directions),
+    )  # fmt: skip
+    plan = plan_runs(inputs, lambda job, n: subset_file(job, target, n, out_dir / "data"))
 
     ensure_ray()
     width = max(
@@ -280,63 +144,146 @@ def build_report(
         if space.in_process
         else max_concurrent_trials(space.base_job.scaling, ray.cluster_resources()),
     )
+    context = {"registry": registry, "info": info, "target": target, "score": score}
     runners = ReportRunners(space.base_job, width, space.in_process)
-    try:
-        done = _train_runs(plan, runners, runs_dir, width, registry, info, target, score,
-                           on_event)  # fmt: skip
+    try:  # 1) runs from the base, 2) runs from another run's model (the instruction-tuned start)
+        done = train_runs([r for r in plan if not r.start_from], runners, runs_dir, width,
+                           context, on_event)  # fmt: skip
+        second = [
+            replace(r, job=started_from(r, done[r.start_from]["model_dir"]))
+            for r in plan
+            if r.start_from
+        ]
+        done.update(train_runs(second, runners, runs_dir, width, context, on_event))
     finally:
         runners.close()
 
-    rows = [done[job.name] for *_, job in plan]
-    arms = [r for r in rows if r["labels"] is None]
-    efficiency = [r for r in rows if r["labels"] is not None] + [
-        {**r, "labels": None}
-        for r in arms
-        if r["arm"] in ("sft_only", "best_hybrid") and r["seed"] == 0
-    ]
-    scores = {arm: [r["per_example"] for r in arms if r["arm"] == arm] for arm in ARMS}
-    cost = {
-        arm: sum(r["trained_tokens"] for r in arms if r["arm"] == arm) / max(1, seeds)
-        for arm in ARMS
-    }
-    verdict = decide(scores, cost, seed=space.seed)
-    points = [t for t in trials if t.get("status") == "completed"]
-    pareto = []
-    if len(space.objectives) >= 2:
-        names = space.objective_names
-        front = pareto_front(
-            [[t["objectives"][n] for n in names] for t in points], space.directions
-        )
-        pareto = [trials.index(points[i]) for i in front]
+    rows = [done[r.name] for r in plan]
+    arms = [r for r in rows if r["arm"] in ARMS]
+    decision = decide_or_hold(arms, rows, train_rows, target, space, score, margin)
+    evidence = measure_evidence(
+        rows, directions, margin, space.budget.tokens,
+        _base_heldout(space.base_job, arms) if "heldout_clusters" in directions else None,
+        seed=space.seed,
+    )  # fmt: skip
+    efficiency = [r for r in rows if r["arm"] in ("base_start", "it_start") and r["tokens"]
+                  == space.budget.tokens] + [r for r in arms if r["arm"] == "sft_only"]  # fmt: skip
     importances, notes = _importances(info), [f"Target score: {SCORES[score]} on {target}."]
     if not importances:
         notes.append("Parameter importances need at least two completed trials with varied values.")
     data = ReportData(
         sweep=info["name"], space_file=info["space_file"], objective=objective, arms=arms,
-        efficiency=[{**r, "labels": r["labels"] if r["labels"] is not None else n_target} for r in efficiency],
-        verdict=verdict.to_json(), trials=trials, pareto=pareto, importances=importances,
-        directions=space.directions, objectives=space.objective_names, best_params=best["params"],
-        notes=notes,
+        efficiency=[{**r, "arm": "base_start" if r["arm"] == "sft_only" else r["arm"],
+                     "labels": r["labels"] or len(train_rows)} for r in efficiency],
+        verdict=decision["verdict"], trials=trials, pareto=_pareto(space, trials),
+        importances=importances, directions=space.directions, objectives=space.objective_names,
+        best_params=best["params"], notes=notes, evidence=[e.to_json() for e in evidence],
+        guard=decision["guard"],
     )  # fmt: skip
-    if register_as:
+    if register_as and decision["guard"]["inconclusive"]:
+        data.registration = {"version": None, "gate": "not run",
+                             "detail": "inconclusive: nothing registered"}  # fmt: skip
+        on_event("report: inconclusive, so nothing is registered")
+    elif register_as:
         data.registration = _register(
-            registry, rows, verdict.recommended, register_as, policy_path, on_event
+            registry, rows, decision["verdict"]["recommended"], register_as, policy_path, on_event
         )
     page = render(data, out_dir / "report.html")
     doc = {
         "sweep": info["name"], "objective": objective, "best_trial": best["trial_id"],
-        "score": score, "target": target,
-        "best_params": best["params"], "verdict": verdict.to_json(),
-        "arms": [{k: v for k, v in r.items() if k != "per_example"} for r in arms],
-        "efficiency": [{k: v for k, v in r.items() if k != "per_example"} for r in data.efficiency],
-        "pareto": pareto, "importances": importances, "registration": data.registration,
-        "report": str(page),
+        "score": score, "target": target, "margin": margin, "best_params": best["params"],
+        "verdict": data.verdict, "guard": data.guard, "majority_baseline": decision["majority"],
+        "arm_scores": decision["arm_scores"], "evidence": data.evidence,
+        "arms": [_public(r) for r in arms], "efficiency": [_public(r) for r in data.efficiency],
+        "runs": [_public(r) for r in rows], "pareto": data.pareto, "importances": importances,
+        "registration": data.registration, "report": str(page),
     }  # fmt: skip
-    (out_dir / "report.json").write_text(json.dumps(doc, indent=2, default=str))
+    write_atomic(out_dir / "report.json", json.dumps(doc, indent=2, default=str))
     if info.get("mlflow_run_id"):
         registry.client.log_artifact(info["mlflow_run_id"], str(page))
         registry.client.log_artifact(info["mlflow_run_id"], str(out_dir / "report.json"))
     return page
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    """A run's row for report.json: per-row score lists stay in each run's eval.json."""
+    return {k: v for k, v in row.items() if not k.endswith(("per_example", "_rows"))}
+
+
+def decide_or_hold(
+    arms: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    train_rows: list[Any],
+    target: str,
+    space: Any,
+    score: str,
+    margin: float,
+) -> dict[str, Any]:
+    """The verdict over the arms, unless the undertrained guard holds it: then "inconclusive",
+    the reasons, and the budget that would resolve it."""
+    from hybridft.sweep.stats import decide
+
+    scores = {arm: [r["per_example"] for r in arms if r["arm"] == arm] for arm in ARMS}
+    seeds = max(1, len(scores["sft_only"]))
+    cost = {arm: sum(r["trained_tokens"] for r in arms if r["arm"] == arm) / seeds for arm in ARMS}
+    verdict = decide(scores, cost, seed=space.seed)
+    n_rows = len(scores["sft_only"][0])
+    test = [e.label or e.completion for e in _eval_rows(space.base_job, target)[:n_rows]]
+    majority = majority_baseline([e.label or e.completion for e in train_rows], test, score)
+    held = guard(scores, majority, val_curves(rows, ARMS), space.budget.tokens, margin,
+                 verdict.differences, seed=space.seed)  # fmt: skip
+    out = verdict.to_json()
+    out["inconclusive"] = held.inconclusive
+    if held.inconclusive:
+        budget = (
+            f" A budget of about {held.suggested_tokens:,} tokens per arm would resolve the "
+            "learning curves." if held.suggested_tokens else ""
+        )  # fmt: skip
+        out["text"] = (
+            "Inconclusive: " + " ".join(held.reasons) + budget + " Nothing is recommended."
+        )
+        out["recommended"] = None
+    arm_scores = {
+        arm: {"mean": iv.mean, "ci95": [iv.low, iv.high]} for arm, iv in verdict.intervals.items()
+    }
+    return {"verdict": out, "guard": held.to_json(), "majority": majority,
+            "arm_scores": arm_scores}  # fmt: skip
+
+
+def _base_heldout(job: JobSpec, arms: list[dict[str, Any]]) -> list[float] | None:
+    """The base model's per-row scores on the held-out clusters' tasks the arms were scored on
+    (FLAN's comparison: the instruction-tuned model against the model it started from)."""
+    from hybridft.evaluate.run import evaluate_model
+    from hybridft.pipeline import load_eval_sets
+
+    it_rows = [r for r in arms if r["arm"] == "instruction_only" and r.get("heldout_tasks")]
+    if not it_rows:
+        return None
+    tasks = it_rows[0]["heldout_tasks"]
+    every = [e for rows in load_eval_sets(job.data).values() for e in rows]
+    sets = {t: [e for e in every if e.task == t] for t in tasks}
+    scored = evaluate_model(it_rows[0]["base_dir"], sets, max_examples=job.eval.max_examples,
+                            max_new_tokens=job.eval.max_new_tokens)  # fmt: skip
+    return [x for t in tasks for x in scored.tasks[t].per_example]
+
+
+def _pareto(space: Any, trials: list[dict[str, Any]]) -> list[int]:
+    from hybridft.sweep.stats import pareto_front
+
+    if len(space.objectives) < 2:
+        return []
+    points = [t for t in trials if t.get("status") == "completed"]
+    names = space.objective_names
+    front = pareto_front([[t["objectives"][n] for n in names] for t in points], space.directions)
+    return [trials.index(points[i]) for i in front]
+
+
+def _eval_rows(job: JobSpec, target: str) -> list[Any]:
+    from hybridft.data.reader import read_examples
+
+    spec = job.data.sources[target]
+    return list(read_examples(job.data.eval[target], fmt=spec.format, source=target,
+                              labels=spec.labels))  # fmt: skip
 
 
 def _target_rows(job: JobSpec, target: str) -> Any:

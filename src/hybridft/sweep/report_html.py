@@ -20,6 +20,13 @@ ARM_LABELS = {
     "sft_only": "SFT only",
     "instruction_only": "instruction only",
     "best_hybrid": "best hybrid",
+    "base_start": "SFT from the base",
+    "it_start": "SFT from the instruction-tuned start",
+}
+VERDICT_LABELS = {
+    "holds": "holds",
+    "does_not_hold": "does not hold",
+    "inconclusive": "inconclusive",
 }
 
 
@@ -39,6 +46,8 @@ class ReportData:
     best_params: dict[str, Any] = field(default_factory=dict)
     registration: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # Evidence.to_json() rows
+    guard: dict[str, Any] = field(default_factory=dict)  # the undertrained guard's findings
 
 
 def _figure(width: float = 6.0, height: float = 3.6, ncols: int = 1) -> tuple[Any, Any]:
@@ -199,13 +208,35 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 """
 
 
+def _evidence_table(evidence: Sequence[dict[str, Any]]) -> str:
+    if not evidence:
+        return "<p>No direction was measured in this report (`hybridft study` measures all).</p>"
+    rows = [
+        [e["claim"], e["source"], e["measured"],
+         "not measured" if e["ci95"][0] is None else f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}]",
+         VERDICT_LABELS.get(e["verdict"], e["verdict"])]
+        for e in evidence
+    ]  # fmt: skip
+    details = "".join(
+        f"<li><b>{html.escape(e['id'])}</b>: {html.escape(e['detail'])}</li>" for e in evidence
+    )
+    table = _table(["claim", "source", "measured here", "95% interval", "verdict"], rows,
+                   "evidence")  # fmt: skip
+    return f"{table}<ul class='sub'>{details}</ul>"
+
+
 def render(data: ReportData, out: str | Path) -> Path:
     """Write the report page; returns its path."""
     summary = arm_summary(data.arms)
     verdict = data.verdict
     total = max((r["labels"] or 0 for r in data.efficiency if r["labels"]), default=None)
-    cls = "verdict" if verdict["significant"] else "verdict tie"
-    rec = ARM_LABELS.get(verdict["recommended"], verdict["recommended"])
+    held = verdict.get("inconclusive", False)
+    cls = "verdict" if verdict["significant"] and not held else "verdict tie"
+    rec = (
+        "none (inconclusive)"
+        if held
+        else ARM_LABELS.get(verdict["recommended"], str(verdict["recommended"]))
+    )
     summary_rows = [
         [
             ARM_LABELS[a],
@@ -260,6 +291,8 @@ def render(data: ReportData, out: str | Path) -> Path:
         f" · matched compute: every arm trains the same token budget</p>",
         f"<div class='{cls}'><b>Recommendation: {html.escape(rec)}.</b> "
         f"{html.escape(verdict['text'])}</div>",
+        "<h2>Evidence: published directions, measured on this data</h2>",
+        _evidence_table(data.evidence),
         "<h2>Arms at matched compute</h2>",
         _table(["arm", "seeds", "target score", "95% interval", "held-out clusters",
                 "forgetting", "ECE", "trained tokens", "wall s"], summary_rows, "summary"),

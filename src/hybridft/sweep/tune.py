@@ -286,7 +286,7 @@ def run_sweep(
     """
     from ray import tune
 
-    from hybridft.model.tiny import base_of
+    from hybridft.model import base_of
     from hybridft.registry.client import Registry, flatten, git_commit
     from hybridft.train.run import ensure_ray, new_run_name
 
@@ -306,7 +306,7 @@ def run_sweep(
     ensure_ray()
     concurrent = _concurrency(space)
     for seed in space.budget.seeds:  # built once here, never by racing trials
-        base_of(space.base_job.model, seed)
+        base_of(space.base_job.model, seed, on_event=print)
     registry = Registry(tracking_uri)
     if resume:
         info = json.loads((sweep_dir / SWEEP_FILE).read_text())

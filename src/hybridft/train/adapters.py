@@ -48,7 +48,9 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
 def apply_policy(model: torch.nn.Module, policy: str, lora: dict[str, Any]) -> torch.nn.Module:
     """The model a stage trains, given the previous stage's model and the stage's policy."""
     if policy == "full":
-        return merged(model)
+        # merge_and_unload leaves every base weight frozen, as LoRA had it: a full stage after a
+        # LoRA stage must train them again
+        return merged(model).requires_grad_(True)
     if policy == "continue":
         return model if is_peft(model) else add_adapter(model, lora)
     if policy == "merge_and_new":

@@ -27,7 +27,7 @@ from hybridft.train.adapters import apply_policy, is_peft, merged, rebuild, reci
 from hybridft.train.loss import micro_batch_loss, per_source_sums
 from hybridft.train.packing import PackedRows, shift_loss_mask
 from hybridft.train.strategy import Engine, make_engine
-from hybridft.train.throughput import measure_matmul_peak, mfu, non_embedding_params
+from hybridft.train.throughput import MatmulPeak, measure_matmul_peak, train_flops_per_token
 
 # Seconds of our own work inside trainer.fit(), in every record (cumulative): model set-up (load,
 # adapters, the MFU peak), validation, checkpoint writes. Training steps are each record's
@@ -88,11 +88,11 @@ def micro_batches(
 
 
 @functools.lru_cache(maxsize=8)
-def matmul_peak(dtype: torch.dtype, threads: int | None = None) -> float:
-    """The MFU denominator, measured once per process, dtype and thread count (0.3 s each: a
-    process that trains run after run, in process, measures it once)."""
-    del threads  # part of the cache key: the peak depends on it
-    return measure_matmul_peak(dtype)
+def matmul_peak(dtype: torch.dtype, threads: int, device: torch.device) -> float:
+    """The MFU denominator, measured once per process, dtype, thread count and device (0.3 s
+    each: a process that trains run after run, in process, measures it once), with ``threads``:
+    the count the training step runs with."""
+    return measure_matmul_peak(dtype, device=device, threads=threads)
 
 
 @functools.lru_cache(maxsize=4)
@@ -218,8 +218,10 @@ def train_loop(config: dict[str, Any]) -> None:
             say(f"resuming at stage {state['stage']} step {state['step']}")
     _seed_all(config["seed"])
     lm = rebuild(config["base_dir"], recipe, weights)
-    peak = matmul_peak(torch.bfloat16 if use_bf16 else torch.float32, torch.get_num_threads())
-    n_params = non_embedding_params(merged(copy.deepcopy(lm)) if is_peft(lm) else lm)
+    # the threads set above, kept for every step; raised per run if a window beats it (<= 100%)
+    peak = MatmulPeak(
+        matmul_peak(torch.bfloat16 if use_bf16 else torch.float32, torch.get_num_threads(), device)
+    )
     # our phases' seconds, summed over attempts (a resumed run continues its checkpoint's sums)
     timings = {k: float(history[-1].get(k, 0.0)) if history else 0.0 for k in PHASES}
     timings["time/setup_s"] += time.perf_counter() - entered
@@ -240,6 +242,8 @@ def train_loop(config: dict[str, Any]) -> None:
             torch.manual_seed(config["seed"] * 1009 + s_idx)  # a new adapter's init, per stage
             lm = apply_policy(lm, stage["adapter"], lora)
         engine = make_engine(strategy, lm, stage, training, world)
+        # per stage: what is trained (LoRA or full, a new adapter) decides the FLOPs per token
+        token_flops = train_flops_per_token(engine.lm)
         start = 0
         if mid_stage:
             engine.load(ckpt_dir, state)
@@ -274,7 +278,7 @@ def train_loop(config: dict[str, Any]) -> None:
             if logged:
                 history.append(
                     _record(
-                        window, stage, s_idx, stages, done, engine, state, world, n_params, peak
+                        window, stage, s_idx, stages, done, engine, state, world, token_flops, peak
                     )
                 )
                 timings["time/steps_s"] += history[-1]["window_s"]
@@ -357,8 +361,8 @@ def _record(
     engine: Engine,
     state: dict[str, Any],
     world: int,
-    n_params: int,
-    peak: float,
+    flops_per_token: float,
+    peak: MatmulPeak,
 ) -> dict[str, Any]:
     """One log line's metrics, summed over workers: loss, per-source loss, tokens/s, MFU."""
     elapsed = time.perf_counter() - window.t0
@@ -378,8 +382,8 @@ def _record(
         "lr": engine.lr(),
         "tokens_per_s": tokens / max(elapsed, 1e-9),
         "tokens_per_s_worker": per_worker_tps,
-        "mfu": mfu(per_worker_tps, n_params, peak),
-        "peak_flops_worker": peak,
+        "mfu": peak.mfu(per_worker_tps, flops_per_token),
+        "peak_flops_worker": peak.flops,  # after mfu(): the peak that MFU is against
         "trained_tokens": state["tokens"],
         "window_s": elapsed,  # wall seconds of the steps this record covers
     }

@@ -139,8 +139,7 @@ def run(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from hybridft.model import load_tokenizer
-    from hybridft.model.tiny import base_of
+    from hybridft.model import base_of, load_tokenizer
     from hybridft.train.in_process import fit_in_process
     from hybridft.train.loop import train_loop
     from hybridft.train.prepare import prepare, write_mixture_report
@@ -164,7 +163,7 @@ def run(
         raise UserError(f"--resume {run_name}: it was started in process; resume it the same way")
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    base_dir = base_of(spec.model, spec.seed)
+    base_dir = base_of(spec.model, spec.seed, on_event=print)  # built once, then cached
     tokenizer = load_tokenizer(base_dir)
     prepared = prepare(
         spec.data, spec.stages, spec.training, tokenizer, spec.scaling.num_workers, spec.seed
