@@ -8,13 +8,12 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from hybridft.errors import UserError
+from hybridft.sweep.report_html import decision_tables
 
 console = Console(stderr=True)
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: sqlite)")
-VERDICT_STYLE = {"holds": "green", "does_not_hold": "red", "inconclusive": "yellow"}
 
 
 def sweep(
@@ -116,30 +115,6 @@ def _report(
         directions=DIRECTIONS if evidence == "all" else DEMO_DIRECTIONS,
         margin=margin,
     )
-    print_decision(json.loads((page.parent / "report.json").read_text()), console)
+    for part in decision_tables(json.loads((page.parent / "report.json").read_text())):
+        console.print(part, highlight=False)
     return page
-
-
-def print_decision(doc: dict[str, Any], out: Console) -> None:
-    """The verdict, the arms with their intervals and the Evidence table, in the terminal."""
-    verdict = doc["verdict"]
-    style = "yellow" if verdict.get("inconclusive") else "green"
-    out.print(f"[b {style}]{verdict['text']}[/]", highlight=False)
-    arms = Table(title=f"arms ({doc['score']} on {doc['target']}, majority-class baseline "
-                 f"{doc['majority_baseline']:.3f})")  # fmt: skip
-    for col in ("arm", "mean", "95% interval"):
-        arms.add_column(col)
-    for arm, s in doc["arm_scores"].items():
-        arms.add_row(arm, f"{s['mean']:.3f}", f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]")
-    out.print(arms)
-    table = Table(title="Evidence: published directions measured on this data")
-    for col in ("direction", "source", "measured", "95% interval", "verdict"):
-        table.add_column(col, overflow="fold")
-    for e in doc.get("evidence", []):
-        lo, hi = e["ci95"]
-        table.add_row(
-            e["id"], e["source"], e["measured"],
-            "not measured" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]",
-            f"[{VERDICT_STYLE[e['verdict']]}]{e['verdict']}[/]",
-        )  # fmt: skip
-    out.print(table)

@@ -189,7 +189,7 @@ def training_examples(spec: JobSpec) -> list[Example]:
     return out
 
 
-def evaluate_run(run_dir: str | Path, tracking_uri: str | None = None) -> Any:
+def evaluate_run(run_dir: str | Path, tracking_uri: str | None = None, full: bool = False) -> Any:
     """Score a run's final model on its spec's eval splits; write eval/ + eval.json, log to MLflow.
 
     The leakage shield runs first (train vs eval overlap, clean and dirty scores); classification
@@ -201,6 +201,8 @@ def evaluate_run(run_dir: str | Path, tracking_uri: str | None = None) -> Any:
 
     record = RunRecord.load(run_dir)
     spec = JobSpec.model_validate_json((Path(run_dir) / "spec.json").read_text())
+    if full:  # whatever the run's spec skipped (label probabilities)
+        spec = spec.model_copy(update={"eval": spec.eval.model_copy(update={"label_probs": True})})
     result = evaluate_spec(spec, run_dir, record.model_dir, record.stage_dirs, record.fingerprints)
     log_eval(
         Registry(tracking_uri or record.tracking_uri), record, result, Path(run_dir) / "eval.json"
@@ -245,6 +247,7 @@ def evaluate_spec(
             artifacts_dir=out_dir,
             n_bins=spec.eval.calibration_bins,
             target_sources={n for n in sets if spec.data.sources[n].kind == "task"} or None,
+            label_probs=spec.eval.label_probs,
         )
     if spec.eval.task_graph:
         result.graph = graph_scores(spec, stage_dirs, result, train)

@@ -181,6 +181,9 @@ class EvalSpec(Strict):
     # Run the leakage shield (train vs eval overlap) before scores are reported.
     leakage: bool = True
     calibration_bins: PosInt = 15
+    # Label probabilities of classification tasks (calibration, robustness): ~10x the cost of
+    # greedy answers. A report's arms scored by accuracy skip them; the run it registers does not.
+    label_probs: bool = True
 
 
 def stage_adapter(stage: StageSpec, method: MethodSpec) -> str:

@@ -4,6 +4,7 @@ headless Chromium; its numbers recomputed from the MLflow runs."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 import yaml
 from browser import has_data as _has_data
 from browser import inline_pngs, screenshot
-from sweep_helpers import BUDGET, space_dict, write_hybrid, write_space
+from helpers import write_job
+from own_task import SOURCE, labels_of, own_task_job, prompt_words, write_own_task
+from sweep_helpers import BUDGET, space_dict, write_space
 
 from hybridft.sweep.report_html import ReportData, render
 
@@ -83,11 +86,17 @@ def test_report_from_a_real_sweep_recomputed_from_mlflow(
     monkeypatch.setenv("HYBRIDFT_USER", "bob")
     monkeypatch.setenv("HYBRIDFT_ROLES", "trainer,viewer")
     monkeypatch.setenv("HYBRIDFT_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    # the target is a user's own task (own_task.py: not hybridft's generator, its own labels,
+    # shorter texts, another vocabulary) beside the demo's instruction suite; no code changes
     data = small_demo_data
-    job = write_hybrid(tmp_path, data)
-    spec = yaml.safe_load(job.read_text())
-    spec["eval"]["task_graph"] = str(data / "task_graph.yaml")
-    job.write_text(yaml.safe_dump(spec))
+    task = write_own_task(tmp_path / "own_task")
+    own, demo = prompt_words(task["train"]), prompt_words(data / "sft/it_desk/train.jsonl")
+    assert np.mean([len(w) for w in own]) < 0.5 * np.mean([len(w) for w in demo])
+    own_vocab = {w for row in own for w in row}
+    assert len(own_vocab & {w for row in demo for w in row}) < 0.1 * len(own_vocab)
+    spec = own_task_job(tmp_path, data, task)
+    spec["eval"]["task_graph"] = str(data / "task_graph.yaml")  # knows only the demo's tasks
+    job = write_job(tmp_path, spec)
     space = space_dict(job)
     space["parameters"] = {"instruction_share": {"type": "float", "low": 0.2, "high": 0.8},
                            "lr.sft": {"type": "float", "low": 5e-3, "high": 1e-2, "log": True}}  # fmt: skip
@@ -102,11 +111,21 @@ def test_report_from_a_real_sweep_recomputed_from_mlflow(
     policy.write_text(
         yaml.safe_dump({"name": "p", "metrics": [{"metric": "eval/score", "min": 0}]})
     )
+    eval_examples = 16
     page = build_report(
-        sweep.sweep_dir, seeds=2, label_sizes=(), eval_examples=16, register_as="rec",
+        sweep.sweep_dir, seeds=2, label_sizes=(), eval_examples=eval_examples, register_as="rec",
         policy_path=policy, tracking_uri=tracking, on_event=lambda m: None,
     )  # fmt: skip
     doc = json.loads((page.parent / "report.json").read_text())
+
+    # the report is about the user's task: its target, and the majority-class baseline of its
+    # own test rows (the most frequent training label, always answered)
+    assert doc["target"] == SOURCE
+    train_labels = labels_of(task["train"])
+    top, n_train = Counter(train_labels).most_common(1)[0][0], len(train_labels)
+    test_labels = labels_of(task["test"])[:eval_examples]
+    majority = sum(y == top for y in test_labels) / eval_examples
+    assert 0 < majority < 1 and doc["majority_baseline"] == pytest.approx(majority)
 
     # every arm trained the same budget (matched compute) with 2 seeds
     arms = doc["arms"]
@@ -115,12 +134,16 @@ def test_report_from_a_real_sweep_recomputed_from_mlflow(
     )
     tokens = {r["trained_tokens"] for r in arms}
     assert min(tokens) >= BUDGET and max(tokens) - min(tokens) <= 2 * 128 * 2
-    # the efficiency curve's "all labels" point reuses the seed-0 arm runs (smaller label
+    # label efficiency at "all labels": SFT from the base is the SFT-only arm itself, SFT from
+    # the instruction-tuned start starts from each seed's instruction-only model (smaller label
     # counts are the same code path with a subset file; left out here to keep the suite short)
-    assert {(r["arm"], r["labels"]) for r in doc["efficiency"]} == {
-        ("sft_only", 300),
-        ("best_hybrid", 300),
-    }
+    assert sorted((r["arm"], r["labels"], r["seed"]) for r in doc["efficiency"]) == sorted(
+        (arm, n_train, s) for arm in ("base_start", "it_start") for s in (0, 1)
+    )
+    it_runs = [r for r in doc["runs"] if r["arm"] == "it_start"]
+    inst = {r["seed"]: r for r in arms if r["arm"] == "instruction_only"}
+    assert len(it_runs) == 2
+    assert all(r["base_dir"] == inst[r["seed"]]["model_dir"] for r in it_runs)
 
     # recompute from MLflow: each run's eval.json -> per-row target scores -> the same verdict
     client = MlflowClient(tracking_uri=tracking)
@@ -128,6 +151,8 @@ def test_report_from_a_real_sweep_recomputed_from_mlflow(
         [client.get_experiment_by_name("hybridft").experiment_id],
         filter_string="tags.`hybridft.kind` = 'report-run' and tags.`hybridft.labels` = 'all'",
     )
+    starts = [r for r in runs if r.data.tags["hybridft.arm"] == "it_start"]
+    runs = [r for r in runs if r.data.tags["hybridft.arm"] != "it_start"]
     scores: dict[str, list[list[float]]] = {}
     cost: dict[str, list[float]] = {}
     for run in sorted(runs, key=lambda r: r.data.tags["hybridft.seed"]):
@@ -135,13 +160,13 @@ def test_report_from_a_real_sweep_recomputed_from_mlflow(
         local = client.download_artifacts(
             run.info.run_id, "eval.json", str(tmp_path / run.info.run_id)
         )
-        per = json.loads(Path(local).read_text())["tasks"]["it_desk"]["per_example"]
-        assert run.data.metrics["eval/it_desk/accuracy"] == pytest.approx(np.mean(per))
+        per = json.loads(Path(local).read_text())["tasks"][SOURCE]["per_example"]
+        assert run.data.metrics[f"eval/{SOURCE}/accuracy"] == pytest.approx(np.mean(per))
         scores.setdefault(arm, []).append(per)
         cost.setdefault(arm, []).append(run.data.metrics["trained_tokens"])
     assert len(runs) == 6
     assert {a: len(s) for a, s in scores.items()} == {a: 2 for a in scores}
-    assert {len(p) for s in scores.values() for p in s} == {16}  # eval_examples test rows
+    assert {len(p) for s in scores.values() for p in s} == {eval_examples}  # test rows
     # the report's stored rows are these runs' rows, arm by arm
     by_run = {r["mlflow_run_id"]: r for r in arms}
     for run in runs:
@@ -151,17 +176,34 @@ def test_report_from_a_real_sweep_recomputed_from_mlflow(
             run.data.tags["hybridft.seed"],
         )
     again = decide(scores, {a: float(np.mean(c)) for a, c in cost.items()}, seed=0)
-    assert again.to_json() == doc["verdict"]
+    for key in ("intervals", "differences", "best", "significant"):
+        assert again.to_json()[key] == doc["verdict"][key]
     for arm, iv in doc["verdict"]["intervals"].items():
         assert iv["mean"] == pytest.approx(float(np.mean(scores[arm])))
+        assert doc["arm_scores"][arm] == {"mean": iv["mean"], "ci95": [iv["low"], iv["high"]]}
+    # the Evidence row, recomputed from the same runs: instruction-tuned start vs the base
+    from hybridft.sweep.evidence import label_efficiency
 
-    # the recommendation is registered; the gate (approvals, draft data) keeps it from @candidate
-    reg = doc["registration"]
-    assert reg["version"] == "rec@1" and reg["gate"] == "fails" and "approvals" in reg["detail"]
+    it_scores = []
+    for run in sorted(starts, key=lambda r: r.data.tags["hybridft.seed"]):
+        local = client.download_artifacts(run.info.run_id, "eval.json", str(tmp_path / "it"))
+        it_scores.append(json.loads(Path(local).read_text())["tasks"][SOURCE]["per_example"])
+    again_ev = label_efficiency({"all": (it_scores, scores["sft_only"])}, doc["margin"])
+    evidence = {e["id"]: e for e in doc["evidence"]}
+    assert evidence["label_efficiency"] == json.loads(json.dumps(again_ev.to_json()))
+    assert set(evidence["label_efficiency"]) >= {"id", "claim", "source", "measured", "ci95",
+                                                  "verdict"}  # fmt: skip
+    assert evidence["heldout_clusters"]["verdict"] == "inconclusive"  # every cluster trained
+
+    # ~13 steps per arm: the guard holds the verdict, says why, and registers nothing
+    assert doc["verdict"]["inconclusive"] and doc["verdict"]["recommended"] is None
+    assert doc["guard"]["reasons"] and doc["verdict"]["text"].startswith("Inconclusive")
+    assert doc["registration"]["version"] is None
+    assert not client.search_registered_models(filter_string="name = 'rec'")
 
     # the page as a user sees it: rendered headless, every plot with data
     html = page.read_text()
-    assert "Recommendation: " in html
+    assert "Recommendation: none (inconclusive)" in html and "Evidence" in html
     plots = inline_pngs(html)
     # scores, secondary, efficiency, trials, importances: the score bars have height only where
     # a mean is above 0; importances need >= 2 completed trials (this sweep has one)

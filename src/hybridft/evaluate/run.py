@@ -143,6 +143,7 @@ def evaluate_model(
     artifacts_dir: str | Path | None = None,
     n_bins: int = 15,
     target_sources: set[str] | None = None,
+    label_probs: bool = True,
 ) -> EvalResult:
     """Score a model on held-out examples, per task.
 
@@ -184,7 +185,7 @@ def evaluate_model(
         total += len(subset)
         tasks[name].by_phrasing = _by_phrasing(subset, tasks[name].per_example)
         candidates = _candidates(subset, (labels or {}).get(source), calibration_sets, source)
-        if candidates:
+        if candidates and label_probs:
             cal = [
                 e
                 for e in (calibration_sets or {}).get(source, [])

@@ -97,6 +97,7 @@ def build_report(
     score: str = "accuracy",
     directions: Sequence[str] = DEMO_DIRECTIONS,
     margin: float = MARGIN,
+    evidence_seeds: int | None = None,
 ) -> Path:
     """Train and evaluate the arms and the evidence runs, decide (or say inconclusive), write
     ``report/report.html`` and ``report.json``."""
@@ -134,6 +135,7 @@ def build_report(
         base_job=space.base_job, best_params=best["params"], tokens=space.budget.tokens,
         sweep_name=info["name"], seeds=seeds, eval_examples=eval_examples, target=target,
         n_target=len(train_rows), label_sizes=label_sizes, directions=tuple(directions),
+        evidence_seeds=evidence_seeds, label_probs=score == "prob",
     )  # fmt: skip
     plan = plan_runs(inputs, lambda job, n: subset_file(job, target, n, out_dir / "data"))
 
@@ -332,12 +334,15 @@ def _register(
     policy_path: str | Path | None,
     on_event: Any,
 ) -> dict[str, Any]:
-    """Register the recommended arm's seed-0 run; propose it as @candidate when the gate passes."""
-    from hybridft.pipeline import register_version
+    """Register the recommended arm's seed-0 run, evaluated in full first (label probabilities,
+    calibration: what the gates read); propose it as @candidate when the gate passes."""
+    from hybridft.pipeline import evaluate_run, register_version
     from hybridft.registry.gates import evaluate_gate, promote
     from hybridft.registry.policy import load_policy
 
     row = next(r for r in rows if r["arm"] == arm and r["seed"] == 0 and r["labels"] is None)
+    on_event(f"report: evaluating {row['run_name']} in full before registering it")
+    evaluate_run(row["run_dir"], registry.tracking_uri, full=True)
     version = register_version(row["run_dir"], name, policy_path, registry.tracking_uri)
     out: dict[str, Any] = {"version": f"{name}@{version.version}", "run": row["run_name"]}
     if policy_path is None:

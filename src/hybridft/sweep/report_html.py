@@ -319,3 +319,32 @@ def render(data: ReportData, out: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+VERDICT_STYLE = {"holds": "green", "does_not_hold": "red", "inconclusive": "yellow"}
+
+
+def decision_tables(doc: dict[str, Any]) -> list[Any]:
+    """For the terminal: the verdict, the arms with their intervals, the Evidence table."""
+    from rich.table import Table
+
+    verdict = doc["verdict"]
+    style = "yellow" if verdict.get("inconclusive") else "green"
+    arms = Table(title=f"arms: {doc['score']} on {doc['target']} (majority-class baseline "
+                 f"{doc['majority_baseline']:.3f})")  # fmt: skip
+    for col in ("arm", "mean", "95% interval"):
+        arms.add_column(col)
+    for arm, s in doc["arm_scores"].items():
+        arms.add_row(ARM_LABELS.get(arm, arm), f"{s['mean']:.3f}",
+                     f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]")  # fmt: skip
+    table = Table(title="Evidence: published directions measured on this data")
+    for col in ("direction", "source", "measured", "95% interval", "verdict"):
+        table.add_column(col, overflow="fold")
+    for e in doc.get("evidence", []):
+        lo, hi = e["ci95"]
+        table.add_row(
+            e["id"], e["source"], e["measured"],
+            "not measured" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]",
+            f"[{VERDICT_STYLE[e['verdict']]}]{VERDICT_LABELS[e['verdict']]}[/]",
+        )  # fmt: skip
+    return [f"[b {style}]{verdict['text']}[/]", arms, table]

@@ -89,13 +89,21 @@ class PlanInputs:
     n_target: int
     label_sizes: Sequence[int] = LABEL_SIZES
     directions: Sequence[str] = DEMO_DIRECTIONS
+    evidence_seeds: int | None = None  # seeds of the evidence runs (default: ``seeds``)
+    label_probs: bool = False  # scored by the gold label's probability: the runs need them
+
+    @property
+    def n_evidence(self) -> int:
+        return min(self.seeds, self.evidence_seeds or self.seeds)
 
 
 def concrete_job(
     inputs: PlanInputs, params: dict[str, Any], seed: int, name: str, tokens: int | None = None
 ) -> JobSpec:
     job = apply_params(inputs.base_job, params, total_tokens=tokens or inputs.tokens)
-    ev = job.eval.model_copy(update={"max_examples": inputs.eval_examples})
+    ev = job.eval.model_copy(
+        update={"max_examples": inputs.eval_examples, "label_probs": inputs.label_probs}
+    )
     return job.model_copy(update={"seed": seed, "name": name, "eval": ev})
 
 
@@ -118,7 +126,7 @@ def plan_runs(inputs: PlanInputs, subset: Any) -> list[PlannedRun]:
     sizes = [n for n in i.label_sizes if n < i.n_target]
     sft = arm_params(best, "sft_only")
     if "label_efficiency" in i.directions:
-        for seed in range(i.seeds):
+        for seed in range(i.n_evidence):
             start = f"{i.sweep_name}-instruction_only-s{seed}"
             for n in sizes:
                 for group in ("base_start", "it_start"):
@@ -133,7 +141,7 @@ def plan_runs(inputs: PlanInputs, subset: Any) -> list[PlannedRun]:
             job = concrete_job(i, sft, seed, name)
             runs.append(PlannedRun("it_start", seed, job, None, i.tokens, "all labels", start))
     if "convergence" in i.directions:
-        for seed in range(i.seeds):
+        for seed in range(i.n_evidence):
             start = f"{i.sweep_name}-instruction_only-s{seed}"
             for frac in (4, 2):
                 tokens = i.tokens // frac
@@ -146,7 +154,7 @@ def plan_runs(inputs: PlanInputs, subset: Any) -> list[PlannedRun]:
                     )  # fmt: skip
     if "replay_forgetting" in i.directions and REPLAY in best:
         for ratio in REPLAYS:
-            for seed in range(i.seeds):
+            for seed in range(i.n_evidence):
                 name = f"{i.sweep_name}-replay{ratio:g}-s{seed}"
                 job = concrete_job(i, {**best, REPLAY: ratio}, seed, name)
                 runs.append(PlannedRun("replay", seed, job, None, i.tokens, f"replay {ratio:g}"))
@@ -155,7 +163,7 @@ def plan_runs(inputs: PlanInputs, subset: Any) -> list[PlannedRun]:
         params = {**best, "method": other}
         if other == "full":
             params.pop("lora_rank", None)
-        for seed in range(i.seeds):
+        for seed in range(i.n_evidence):
             name = f"{i.sweep_name}-{other}-s{seed}"
             job = concrete_job(i, params, seed, name)
             runs.append(PlannedRun("other_method", seed, job, None, i.tokens, other))

@@ -139,7 +139,7 @@ def run(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from hybridft.model import base_of, load_tokenizer
+    from hybridft.model import base_of, is_random_init, load_tokenizer
     from hybridft.train.in_process import fit_in_process
     from hybridft.train.loop import train_loop
     from hybridft.train.prepare import prepare, write_mixture_report
@@ -164,6 +164,12 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     base_dir = base_of(spec.model, spec.seed, on_event=print)  # built once, then cached
+    if spec.method.type == "lora" and is_random_init(spec.model):
+        print(
+            f"warning: {spec.source_file or spec.name}: method.type lora on model.base tiny "
+            "(random weights): an adapter on a random base trains almost nothing; use "
+            "model.base: pretrained (or a real model)"
+        )
     tokenizer = load_tokenizer(base_dir)
     prepared = prepare(
         spec.data, spec.stages, spec.training, tokenizer, spec.scaling.num_workers, spec.seed
