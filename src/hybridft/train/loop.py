@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from hybridft.train.adapters import apply_policy, is_peft, merged, rebuild, recipe_of
+from hybridft.train.devices import all_reduce_sum, allow_tf32_on_cuda
 from hybridft.train.loss import micro_batch_loss, per_source_sums
 from hybridft.train.packing import PackedRows, shift_loss_mask
 from hybridft.train.strategy import Engine, make_engine
@@ -133,15 +134,27 @@ def local_base_dir(config: dict[str, Any]) -> str:
     return str(local)
 
 
-def _all_reduce(values: list[float]) -> list[float]:
-    """Sum over workers (a no-op on one worker)."""
-    import torch.distributed as dist
+def read_checkpoint(
+    ckpt_dir: Path,
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """A checkpoint's loop state, adapter recipe, model weights and history, tensors on the CPU.
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
+    Rank 0 saved the tensors from its device: loaded as saved, every rank would put them on
+    rank 0's GPU. From the CPU each goes where it belongs: the RNG state into the CPU generator,
+    the weights into the model before the engine moves it, the optimizer state into the optimizer
+    (``load_state_dict`` casts it to its parameters' device).
+    """
+    # tensors, numbers, strings, lists, tuples and dicts only (optimizer and LambdaLR state
+    # dicts, the LoRA recipe): weights_only loads them
+    state = torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    blob = torch.load(ckpt_dir / MODEL_STATE_FILE, map_location="cpu", weights_only=True)
+    recipe, weights = blob["recipe"], blob["state"]
+    if weights is None:  # full fine-tuning: the fp32 HF weights are the exact state
+        from safetensors.torch import load_file
+
+        weights = load_file(str(ckpt_dir / "model" / "model.safetensors"), device="cpu")
+    history = [json.loads(x) for x in (ckpt_dir / HISTORY_FILE).read_text().splitlines()]
+    return state, recipe, weights, history
 
 
 class Window:
@@ -189,6 +202,7 @@ def train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    allow_tf32_on_cuda(device)  # before the MFU peak is measured: it measures the same matmuls
     training, lora, strategy = config["training"], config["lora"], config["strategy"]
     per_worker = training["batch_size"] * training["grad_accum"]
     use_bf16 = training["precision"] == "bf16"
@@ -206,14 +220,7 @@ def train_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         ckpt_dir = Path(checkpoint.to_directory())
-        state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
-        blob = torch.load(ckpt_dir / MODEL_STATE_FILE, weights_only=False)
-        recipe, weights = blob["recipe"], blob["state"]
-        if weights is None:  # full fine-tuning: the fp32 HF weights are the exact state
-            from safetensors.torch import load_file
-
-            weights = load_file(str(ckpt_dir / "model" / "model.safetensors"))
-        history = [json.loads(x) for x in (ckpt_dir / HISTORY_FILE).read_text().splitlines()]
+        state, recipe, weights, history = read_checkpoint(ckpt_dir)
         if rank == 0:
             say(f"resuming at stage {state['stage']} step {state['step']}")
     _seed_all(config["seed"])
@@ -261,7 +268,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 rows, step_rows(step, rank, world, per_worker), training["batch_size"], device
             )
             for m_idx, mb in enumerate(micro):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                with engine.autocast():
                     token_losses = engine.module(
                         mb["input_ids"], mb["position_ids"], mb["target_mask"]
                     )
@@ -333,9 +340,7 @@ def validation_loss(
     engine.module.eval()
     with torch.no_grad():
         for mb in micro_batches(rows, idx, training["batch_size"], device):
-            with torch.autocast(
-                device.type, dtype=torch.bfloat16, enabled=training["precision"] == "bf16"
-            ):
+            with engine.autocast():
                 token_losses = engine.module(mb["input_ids"], mb["position_ids"], mb["target_mask"])
             loss += float(token_losses.sum())
             count += token_losses.numel()
@@ -343,7 +348,7 @@ def validation_loss(
             src[0] += sums
             src[1] += counts
     engine.module.train(was_training)
-    totals = _all_reduce([loss, count, *src.flatten().tolist()])
+    totals = all_reduce_sum([loss, count, *src.flatten().tolist()])
     per_source = np.array(totals[2:]).reshape(2, len(names))
     out = {"val_loss": totals[0] / max(totals[1], 1)}
     for i, name in enumerate(names):
@@ -367,7 +372,7 @@ def _record(
     """One log line's metrics, summed over workers: loss, per-source loss, tokens/s, MFU."""
     elapsed = time.perf_counter() - window.t0
     n = len(stage["sources"])
-    totals = _all_reduce(
+    totals = all_reduce_sum(
         [window.loss, window.loss_tokens, window.tokens, *window.src.flatten().tolist()]
     )
     loss, loss_tokens, tokens = totals[0], totals[1], totals[2]

@@ -140,6 +140,7 @@ def run(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from hybridft.model import base_of, is_random_init, load_tokenizer
+    from hybridft.train.devices import process_group_backend
     from hybridft.train.in_process import fit_in_process
     from hybridft.train.loop import train_loop
     from hybridft.train.prepare import prepare, write_mixture_report
@@ -221,7 +222,7 @@ def run(
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if spec.scaling.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=process_group_backend(spec.scaling.use_gpu)),
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers,
             use_gpu=spec.scaling.use_gpu,

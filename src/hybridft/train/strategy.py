@@ -3,7 +3,9 @@
 ``ddp``: torch DistributedDataParallel through Ray Train's ``prepare_model`` (gloo on CPU, NCCL on
 GPU). ``zero2`` / ``zero3``: DeepSpeed ZeRO, initialised inside the Ray Train worker on the process
 group Ray set up. Parameters stay fp32 in every strategy; bf16 is autocast around the forward, so
-the master weights, the gathered state and the checkpoints are exact.
+the master weights, the gathered state and the checkpoints are exact. DDP gets its autocast from
+the loop (``Engine.autocast``); DeepSpeed applies its own inside ``engine.forward`` (its
+``torch_autocast`` config): on CUDA it switches an outer autocast off, so the loop adds none.
 
 Loss scaling: the loop hands every strategy a micro-batch loss already normalised over the whole
 optimizer step (see ``loss.py``). DeepSpeed divides by its accumulation steps in ``backward``, so
@@ -13,6 +15,7 @@ its engine multiplies that factor back.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ class Engine:
 
     module: torch.nn.Module  # forward(input_ids, position_ids, target_mask) -> token losses
     lm: torch.nn.Module  # the (possibly peft) causal LM being trained
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]]  # around every module forward
     backward: Callable[[torch.Tensor, bool], None]  # (micro-batch loss, last micro-batch?)
     step: Callable[[], None]  # clip, optimizer + scheduler step, zero grads
     lr: Callable[[], float]
@@ -65,10 +69,11 @@ def ddp_engine(
 ) -> Engine:
     import ray.train.torch
 
+    device = ray.train.torch.get_device()
     wrapped = (
         ray.train.torch.prepare_model(LossModel(lm), parallel_strategy="ddp")
         if world > 1
-        else LossModel(lm).to(ray.train.torch.get_device())
+        else LossModel(lm).to(device)
     )
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = _optimizer(params, stage, training)
@@ -101,6 +106,12 @@ def ddp_engine(
     return Engine(
         module=wrapped,
         lm=lm,
+        autocast=functools.partial(
+            torch.autocast,
+            device.type,
+            dtype=torch.bfloat16,
+            enabled=training["precision"] == "bf16",
+        ),
         backward=backward,
         step=step,
         lr=lambda: scheduler.get_last_lr()[0],
@@ -110,26 +121,40 @@ def ddp_engine(
     )
 
 
+def deepspeed_config(training: dict[str, Any], zero: int) -> dict[str, Any]:
+    """The DeepSpeed config of a ZeRO stage. No ``bf16`` section: that would keep bf16 weights
+    with fp32 masters; the parameters stay fp32 and bf16 is DeepSpeed's autocast of the forward."""
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": training["batch_size"],
+        "gradient_accumulation_steps": training["grad_accum"],
+        "gradient_clipping": training["grad_clip"],
+        "zero_optimization": {"stage": zero},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if training["precision"] == "bf16":
+        config["torch_autocast"] = {
+            "enabled": True,
+            "dtype": "bfloat16",
+            # no module's gradients are reduced in bf16 (DeepSpeed's default for nn.Linear):
+            # fp32 gradient reduction, as under DDP
+            "lower_precision_safe_modules": [],
+        }
+    return config
+
+
 def deepspeed_engine(
     lm: torch.nn.Module, stage: dict[str, Any], training: dict[str, Any], zero: int
 ) -> Engine:
     import deepspeed
 
     accum = training["grad_accum"]
-    config = {
-        "train_micro_batch_size_per_gpu": training["batch_size"],
-        "gradient_accumulation_steps": accum,
-        "gradient_clipping": training["grad_clip"],
-        "zero_optimization": {"stage": zero},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
     params = [p for p in lm.parameters() if p.requires_grad]
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=LossModel(lm),
         optimizer=_optimizer(params, stage, training),
         lr_scheduler=lambda opt: _schedule(opt, stage),
-        config=config,
+        config=deepspeed_config(training, zero),
         dist_init_required=False,
     )
 
@@ -154,6 +179,7 @@ def deepspeed_engine(
     return Engine(
         module=engine,
         lm=lm,
+        autocast=contextlib.nullcontext,  # engine.forward autocasts (deepspeed_config)
         backward=backward,
         step=lambda: None,  # engine.step() in backward handles the boundary
         lr=lambda: scheduler.get_last_lr()[0],
