@@ -143,7 +143,7 @@ def run_demo(
         from hybridft.sweep.report_html import decision_tables
         from hybridft.sweep.tune import run_sweep
 
-        t = _step(console, 9, f"sweep {SWEEP_SPACE}: Ray Tune + Optuna TPE + ASHA, 12 trials")
+        t = _step(console, 9, f"sweep {SWEEP_SPACE}: Ray Tune + Optuna TPE + ASHA, few long trials")
         swept = run_sweep(SWEEP_SPACE, verbose=0)
         done = sum(1 for x in swept.trials if x["status"] == "completed")
         console.print(

@@ -71,14 +71,17 @@ def test_label_efficiency_compares_two_starts_at_every_label_count(small_demo_da
         starts = {
             (r.group, r.labels) for r in plan if r.seed == seed and r.group.endswith("_start")
         }
-        # 1000 > the 300 target rows: left out; "all" from the base is the SFT-only arm itself
+        # 1000 > the 300 target rows: left out; "all labels" comes with convergence
         assert starts == {("base_start", 50), ("base_start", 200), ("it_start", 50),
-                          ("it_start", 200), ("it_start", None)}  # fmt: skip
+                          ("it_start", 200)}  # fmt: skip
         for r in plan:
             if r.seed == seed and r.group == "it_start":
                 assert r.start_from == f"sw-instruction_only-s{seed}" and r.start_from in names
             if r.group == "base_start":
                 assert r.start_from is None
+    for n in (50, 200):  # both starts train the same budget at a label count
+        budgets = {sum(s.budget.tokens for s in r.job.stages) for r in plan if r.labels == n}
+        assert budgets == {max(8000 // 3, 8000 * n // 300)}
     it = next(r for r in plan if r.group == "it_start" and r.labels == 50)
     assert it.job.data.sources["it_desk"].paths == [str(tmp_path / "subset-50.jsonl")]
     moved = started_from(it, "/models/inst")
@@ -90,7 +93,9 @@ def test_every_direction_plans_its_variants(small_demo_data, tmp_path) -> None:
     replays = sorted(_replay(r.job) for r in plan if r.group == "replay")
     assert [round(x, 6) for x in replays] == [0.0, 0.01, 0.05, 0.2]
     curve = sorted(r.tokens for r in plan if r.group == "base_start" and r.labels is None)
-    assert curve == [2000, 4000]
+    assert curve == [2000, 4000]  # the whole budget from the base: the SFT-only arm itself
+    it_curve = sorted(r.tokens for r in plan if r.group == "it_start" and r.labels is None)
+    assert it_curve == [2000, 4000, 8000]
     other = [r for r in plan if r.group == "other_method"]
     assert [r.job.method.type for r in other] == ["lora"]
     demo = plan_runs(_inputs(tmp_path, small_demo_data, DEMO_DIRECTIONS, seeds=1),

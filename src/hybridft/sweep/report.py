@@ -168,8 +168,13 @@ def build_report(
         _base_heldout(space.base_job, arms) if "heldout_clusters" in directions else None,
         seed=space.seed,
     )  # fmt: skip
-    efficiency = [r for r in rows if r["arm"] in ("base_start", "it_start") and r["tokens"]
-                  == space.budget.tokens] + [r for r in arms if r["arm"] == "sft_only"]  # fmt: skip
+    # the label-efficiency curve: subsets from both starts, all labels at the arms' budget
+    efficiency = [
+        r
+        for r in rows
+        if r["arm"] in ("base_start", "it_start")
+        and (r["labels"] is not None or r["tokens"] == space.budget.tokens)
+    ] + [r for r in arms if r["arm"] == "sft_only"]
     importances, notes = _importances(info), [f"Target score: {SCORES[score]} on {target}."]
     if not importances:
         notes.append("Parameter importances need at least two completed trials with varied values.")

@@ -5,11 +5,13 @@ in what a direction varies:
 
 * arms (the decision): SFT only (share 0, no replay: labelled target rows alone), instruction only
   (share 1), the best hybrid, each with every report seed at the space's token budget;
-* ``label_efficiency`` (Gupta et al. 2023): SFT on 50 / 200 / 1000 / all target labels from two
-  starts, the base and the instruction-only arm's model of the same seed (the instruction-tuned
-  start), at the same SFT budget; SFT only at all labels from the base is the arm itself;
-* ``convergence`` (Longpre et al. 2023): the same two starts with all labels at 1/4 and 1/2 of the
-  budget (the full budget is shared with label efficiency);
+* ``label_efficiency`` (Gupta et al. 2023): SFT on 50 / 200 / 1000 target labels from two starts,
+  the base and the instruction-only arm's model of the same seed (the instruction-tuned start),
+  both at the same SFT budget (``subset_tokens``: proportional to the subset, at least a third of
+  the arms' budget); with ``convergence`` also planned, all labels from both starts (SFT only at
+  all labels from the base is the arm itself);
+* ``convergence`` (Longpre et al. 2023): the same two starts with all labels at 1/4, 1/2 and the
+  whole budget;
 * ``replay_forgetting`` (Dong et al. 2023, Scialom et al. 2022): the best hybrid with 0, 1, 5 and
   20% replay;
 * ``lora_vs_full`` (Biderman et al. 2024): the best hybrid with the other method;
@@ -42,6 +44,7 @@ DIRECTIONS = (
     "heldout_clusters",
     "lora_vs_full",
 )
+MIN_SUBSET_SHARE = 1 / 3
 # What ``make demo`` measures within its time; ``hybridft study`` measures every direction.
 DEMO_DIRECTIONS = ("label_efficiency", "heldout_clusters")
 
@@ -129,20 +132,22 @@ def plan_runs(inputs: PlanInputs, subset: Any) -> list[PlannedRun]:
         for seed in range(i.n_evidence):
             start = f"{i.sweep_name}-instruction_only-s{seed}"
             for n in sizes:
+                tokens = subset_tokens(i, n)
                 for group in ("base_start", "it_start"):
                     name = f"{i.sweep_name}-{group}-n{n}-s{seed}"
-                    job = concrete_job(i, sft, seed, name)
+                    job = concrete_job(i, sft, seed, name, tokens)
                     job = with_target_rows(job, i.target, subset(job, n))
                     runs.append(
-                        PlannedRun(group, seed, job, n, i.tokens, f"{n} labels",
+                        PlannedRun(group, seed, job, n, tokens, f"{n} labels",
                                    start if group == "it_start" else None)
                     )  # fmt: skip
-            name = f"{i.sweep_name}-it_start-all-s{seed}"
-            job = concrete_job(i, sft, seed, name)
-            runs.append(PlannedRun("it_start", seed, job, None, i.tokens, "all labels", start))
     if "convergence" in i.directions:
         for seed in range(i.n_evidence):
             start = f"{i.sweep_name}-instruction_only-s{seed}"
+            # the whole budget with all labels: also label efficiency's "all" point
+            name = f"{i.sweep_name}-it_start-all-s{seed}"
+            job = concrete_job(i, sft, seed, name)
+            runs.append(PlannedRun("it_start", seed, job, None, i.tokens, "all labels", start))
             for frac in (4, 2):
                 tokens = i.tokens // frac
                 for group in ("base_start", "it_start"):
@@ -168,6 +173,14 @@ def plan_runs(inputs: PlanInputs, subset: Any) -> list[PlannedRun]:
             job = concrete_job(i, params, seed, name)
             runs.append(PlannedRun("other_method", seed, job, None, i.tokens, other))
     return runs
+
+
+def subset_tokens(inputs: PlanInputs, n: int) -> int:
+    """The budget of an SFT run on ``n`` of the target's labels (the same from both starts):
+    proportional to the subset's size, at least a third of the arms' budget (tens of epochs of
+    a small subset), never more than the whole budget."""
+    share = min(1.0, max(n / max(inputs.n_target, 1), MIN_SUBSET_SHARE))
+    return int(inputs.tokens * share)
 
 
 def started_from(run: PlannedRun, model_dir: str) -> JobSpec:
