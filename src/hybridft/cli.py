@@ -307,6 +307,8 @@ def main() -> None:
     # MLflow's INFO lines (database migrations) are not for users; warnings still show
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not debug:  # transformers' "Loading weights" / "Writing model shards" bars (workers too)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     try:

@@ -144,6 +144,9 @@ class TrainingSpec(Strict):
     grad_clip: NonNegFloat = 1.0
     log_every: PosInt = 10
     checkpoint_every: PosInt = 100
+    # Latest checkpoints a run keeps on disk (resume starts from the last); each stage's end
+    # checkpoint is kept besides (the stage models the run returns). None: every checkpoint.
+    keep_checkpoints: PosInt | None = 2
     # Steps between validation losses (with data.validation); default: at every checkpoint.
     validate_every: PosInt | None = None
     threads_per_worker: PosInt = 1

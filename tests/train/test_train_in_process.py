@@ -96,10 +96,12 @@ def test_in_process_trains_what_the_worker_group_trains(worker_group_run, in_pro
 def test_in_process_checkpoints_are_persisted_in_report_order(in_process_run) -> None:
     storage = in_process_run.run_dir.parent / "ray" / in_process_run.run_name
     index = json.loads((storage / INDEX_FILE).read_text())
-    # checkpoint_every 2: steps 2, 4 (instruction end), 2, 4, 6 (sft end)
+    # checkpoint_every 2: steps 2, 4 (instruction end), 2, 4, 6 (sft end); training.keep_checkpoints
+    # 2 (the default) keeps both stage ends and the 2 latest others: instruction step 2 is dropped
     steps = [(e["metrics"]["stage"], e["metrics"]["step"]) for e in index]
-    assert steps == [("instruction", 2), ("instruction", 4), ("sft", 2), ("sft", 4), ("sft", 6)]
-    assert [e["dir"] for e in index] == [f"checkpoint_{i:06d}" for i in range(1, 6)]
+    assert steps == [("instruction", 4), ("sft", 2), ("sft", 4), ("sft", 6)]
+    assert [e["dir"] for e in index] == [f"checkpoint_{i:06d}" for i in range(2, 6)]
+    assert not (storage / "checkpoint_000001").exists()
     assert all((storage / e["dir"] / "train_state.pt").is_file() for e in index)
     assert not list(storage.glob(".*partial"))
 

@@ -101,12 +101,12 @@ def build_report(
 ) -> Path:
     """Train and evaluate the arms and the evidence runs, decide (or say inconclusive), write
     ``report/report.html`` and ``report.json``."""
-    import ray
 
     from hybridft.registry.client import Registry
     from hybridft.sweep.record import read_trials
     from hybridft.sweep.space import load_space
     from hybridft.sweep.tune import SWEEP_FILE, max_concurrent_trials
+    from hybridft.train.resources import schedulable_capacity
     from hybridft.train.run import ensure_ray
 
     if score not in SCORES:
@@ -142,9 +142,9 @@ def build_report(
     ensure_ray()
     width = max(
         1,
-        max_concurrent_trials(space.base_job.scaling, ray.cluster_resources(), None, True)
-        if space.in_process
-        else max_concurrent_trials(space.base_job.scaling, ray.cluster_resources()),
+        max_concurrent_trials(
+            space.base_job.scaling, schedulable_capacity(), None, space.in_process
+        ),  # fmt: skip
     )
     context = {"registry": registry, "info": info, "target": target, "score": score}
     runners = ReportRunners(space.base_job, width, space.in_process)

@@ -23,9 +23,11 @@ How a trial runs with a worker group (Ray Train V2 inside a Tune function):
 3. A stopped trial's actor ends; the task it owns, the Train controller and the workers die with
    it (Ray fate-shares a task with its owner), which frees the worker group's resources.
 
-Concurrency is sized from ``ray.cluster_resources()``: a trial needs its driver's fraction plus a
-whole worker group, and Tune never starts more trials than the cluster holds at once, so a worker
-group never waits on resources that other trials' drivers hold (no deadlock on 2 CPUs).
+Concurrency is sized from what the cluster can schedule (``train.resources``): a trial needs its
+driver's fraction plus a whole worker group, and Tune never starts more trials than the cluster
+holds at once, so a worker group never waits on resources that other trials' drivers hold (no
+deadlock on 2 CPUs). On an autoscaled cluster that is what its node types provide (max count x
+resources), not the nodes up now: a GPU sweep on a cluster that has none running yet still runs.
 
 Resume: Tune's experiment state and the Optuna study (sqlite) live in the sweep directory;
 ``Tuner.restore`` re-queues unfinished trials, which continue their Train runs from the last
@@ -40,12 +42,11 @@ import functools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
@@ -57,6 +58,14 @@ from hybridft.sweep.params import draw_distinct, make_sampler, suggest_params
 from hybridft.sweep.record import OPTUNA_NUMBER, SweepRecorder, read_trials, write_json
 from hybridft.sweep.space import SearchSpace, load_space
 from hybridft.sweep.trial import InProcessTrial, TrialPlan, run_trial
+from hybridft.train.resources import (
+    Capacity,
+    as_count,
+    describe,
+    schedulable_capacity,
+    trials_that_fit,
+    worker_resources,
+)
 
 TRIAL_DRIVER_CPU = 0.1  # the trial function only waits and relays; training runs in its workers
 SWEEP_FILE = "sweep.json"
@@ -80,9 +89,7 @@ class SweepResult:
 def trial_resources(scaling: ScalingSpec, in_process: bool = False) -> dict[str, float]:
     """What one trial holds: in process, its one worker's resources; with a worker group, the
     group's plus the trial driver's CPU fraction (the group is scheduled outside the trial)."""
-    need = {r: n * scaling.num_workers for r, n in scaling.resources_per_worker.items()}
-    if scaling.use_gpu:
-        need.setdefault("GPU", float(scaling.num_workers))
+    need = {r: n * scaling.num_workers for r, n in worker_resources(scaling).items()}
     if not in_process:
         need["CPU"] = need.get("CPU", 0.0) + TRIAL_DRIVER_CPU
     return need
@@ -90,14 +97,20 @@ def trial_resources(scaling: ScalingSpec, in_process: bool = False) -> dict[str,
 
 def max_concurrent_trials(
     scaling: ScalingSpec,
-    cluster: dict[str, float],
+    cluster: Mapping[str, float] | Capacity,
     cap: int | None = None,
     in_process: bool = False,
 ) -> int:
-    """How many trials fit at once (``trial_resources`` each)."""
-    need = trial_resources(scaling, in_process)
-    fits = min(int(cluster.get(r, 0.0) / n + 1e-9) for r, n in need.items() if n > 0)
-    return min(fits, cap) if cap else fits
+    """How many trials fit at once (``trial_resources`` each). ``cluster``: what it can schedule
+    (``train.resources.schedulable_capacity()``), or plain live resources."""
+    capacity = cluster if isinstance(cluster, Capacity) else Capacity(live=dict(cluster))
+    fits = trials_that_fit(
+        capacity,
+        trial_resources(scaling, in_process),
+        worker_resources(scaling),
+        scaling.num_workers,
+    )
+    return as_count(min(fits, cap) if cap else fits)
 
 
 class FinalObjectiveSearch(OptunaSearch):
@@ -237,16 +250,16 @@ def _tune_environment() -> Iterator[None]:
 
 def _concurrency(space: SearchSpace) -> int:
     job = space.base_job
-    cluster = ray.cluster_resources()
+    capacity = schedulable_capacity()
     fits = max_concurrent_trials(
-        job.scaling, cluster, space.budget.max_concurrent, space.in_process
+        job.scaling, capacity, space.budget.max_concurrent, space.in_process
     )
     if fits < 1:
         need = trial_resources(job.scaling, space.in_process)
         raise UserError(
             f"{space.source_file}:{line_of(space.source_file, ('job',))}: job: expected a trial "
-            f"that fits the cluster ({need} per trial; the cluster has {dict(cluster)}), "
-            f"got scaling {job.scaling.model_dump()}"
+            f"that fits the cluster ({need} per trial; the cluster has "
+            f"{describe(capacity, need)}), got scaling {job.scaling.model_dump()}"
         )
     return min(fits, space.budget.trials)
 

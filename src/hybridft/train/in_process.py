@@ -14,6 +14,9 @@ checkpoint in memory and calls no callbacks; ``InProcessSession`` adds what ``tr
   and listed in ``checkpoints.json`` with its metrics (written after the copy, atomically), so a
   run killed with its process resumes from its last complete checkpoint, by run name, like a
   worker-group run;
+* old checkpoints deleted as Ray Train's checkpoint manager deletes them with ``num_to_keep``
+  and the loop's ``keep_score`` (``checkpoints_to_drop``): listed out of the index first, deleted
+  after, and never the last one, which a resume starts from;
 * ``get_checkpoint()`` returns the latest persisted checkpoint (also after a metrics-only report);
 * the run's ``UserCallback``s are called after each report (a sweep relays records to Tune).
 
@@ -38,6 +41,8 @@ from ray.train.v2._internal.execution.train_fn_utils import (
     set_train_fn_utils,
 )
 
+from hybridft.train.loop import KEEP_SCORE
+
 INDEX_FILE = "checkpoints.json"  # the in-process run's checkpoints, in report order
 WORKER_GROUP_MARK = "checkpoint_manager_snapshot.json"  # written by a worker-group run
 
@@ -53,10 +58,13 @@ def is_worker_group_run(storage: Path) -> bool:
 class InProcessSession(LocalTrainFnUtils):
     """Local mode's session, with persisted checkpoints and callbacks (see the module doc)."""
 
-    def __init__(self, storage: Path, run_name: str, callbacks: list[Any]) -> None:
+    def __init__(
+        self, storage: Path, run_name: str, callbacks: list[Any], num_to_keep: int | None = None
+    ) -> None:
         super().__init__(experiment_name=run_name)
         self.storage = storage
         self.callbacks = callbacks
+        self.num_to_keep = num_to_keep  # None: every checkpoint
         self.reported: list[tuple[Any, dict[str, Any]]] = []  # (checkpoint, metrics)
         index = storage / INDEX_FILE
         if index.is_file():  # resuming: the checkpoints a killed run left complete
@@ -71,20 +79,38 @@ class InProcessSession(LocalTrainFnUtils):
 
         persisted = None
         if checkpoint is not None:
-            name = f"checkpoint_{len(self.reported) + 1:06d}"
+            name = f"checkpoint_{self._next_number():06d}"
             partial = self.storage / f".{name}.partial"
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(checkpoint.path, partial)
+            shutil.rmtree(self.storage / name, ignore_errors=True)  # a copy the index never got
             os.replace(partial, self.storage / name)
             persisted = Checkpoint.from_directory(str(self.storage / name))
             self.reported.append((persisted, dict(metrics)))
-            self._write_index()
+            self._drop_old()
         super().report(metrics, persisted)
         for callback in self.callbacks:
             callback.after_report(run_context=None, metrics=[metrics], checkpoint=persisted)
 
     def get_checkpoint(self) -> Any:
         return self.reported[-1][0] if self.reported else None
+
+    def _next_number(self) -> int:
+        """After the last checkpoint's number (kept always): numbers are never reused."""
+        if not self.reported:
+            return 1
+        return int(Path(self.reported[-1][0].path).name.rsplit("_", 1)[1]) + 1
+
+    def _drop_old(self) -> None:
+        """Index the checkpoints kept, then delete the others (a kill in between leaves only
+        unlisted folders: a resume reads the index)."""
+        scores = [metrics.get(KEEP_SCORE) for _, metrics in self.reported]
+        drop = checkpoints_to_drop(scores, self.num_to_keep)
+        dropped = [self.reported[i][0] for i in sorted(drop)]
+        self.reported = [entry for i, entry in enumerate(self.reported) if i not in drop]
+        self._write_index()
+        for ckpt in dropped:
+            shutil.rmtree(ckpt.path, ignore_errors=True)
 
     def _write_index(self) -> None:
         entries = [
@@ -122,6 +148,17 @@ def runner_options(
     }
 
 
+def checkpoints_to_drop(scores: list[float | None], num_to_keep: int | None) -> set[int]:
+    """Which checkpoints (by report order) to delete, as Ray Train's checkpoint manager does with
+    ``num_to_keep`` and a score to maximise: all but the ``num_to_keep`` highest (ties: the later
+    ranks higher), never the latest. A checkpoint without a score (an index written before
+    scores existed) is never deleted."""
+    if num_to_keep is None:
+        return set()
+    ranked = sorted((score, i) for i, score in enumerate(scores) if score is not None)
+    return {i for _, i in ranked[: max(0, len(ranked) - num_to_keep)]} - {len(scores) - 1}
+
+
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, bool | int | float | str)}
 
@@ -132,15 +169,17 @@ def fit_in_process(
     storage: Path,
     run_name: str,
     callbacks: list[Any],
+    num_to_keep: int | None = None,
 ) -> InProcessSession:
     """Run ``train_fn(config)`` here through Ray Train's local mode; returns the session, whose
-    ``reported`` lists every persisted checkpoint with its metrics."""
+    ``reported`` lists every persisted checkpoint still kept (``num_to_keep``, as Ray Train's
+    ``CheckpointConfig``; None: all) with its metrics."""
     import torch
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     storage.mkdir(parents=True, exist_ok=True)
-    session = InProcessSession(storage, run_name, callbacks)
+    session = InProcessSession(storage, run_name, callbacks, num_to_keep)
 
     def train_with_session(cfg: dict[str, Any]) -> None:
         set_train_fn_utils(session)  # in place of local mode's in-memory session

@@ -13,7 +13,9 @@ import copy
 import functools
 import json
 import logging
+import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from hybridft.train.adapters import apply_policy, is_peft, merged, rebuild, recipe_of
 from hybridft.train.devices import all_reduce_sum, allow_tf32_on_cuda
@@ -37,6 +40,8 @@ PHASES = ("time/setup_s", "time/validation_s", "time/checkpoint_s")
 STATE_FILE = "train_state.pt"
 MODEL_STATE_FILE = "train_model.pt"
 HISTORY_FILE = "metrics.jsonl"
+KEEP_SCORE = "keep_score"  # every checkpoint's retention rank (see keep_score)
+BASE_COMPLETE = ".hybridft-complete"  # in a base copied from the object store: its file sizes
 
 
 def _seed_all(seed: int) -> None:
@@ -124,14 +129,49 @@ def local_base_dir(config: dict[str, Any]) -> str:
     path = Path(config["base_dir"])
     if (path / "config.json").is_file() or config.get("base_files") is None:
         return str(path)
-    files: dict[str, bytes] = ray.get(config["base_files"])
     local = Path(tempfile.gettempdir()) / "hybridft-base" / path.name
+    return str(materialise_base(ray.get(config["base_files"]), local))
+
+
+def materialise_base(files: dict[str, bytes], local: Path) -> Path:
+    """Write ``files`` as the directory ``local`` once per node, whoever asks first.
+
+    Every worker of a node asks for the same path: under a file lock the first writes a temporary
+    directory and renames it into place (``os.replace``), the others wait and reuse it, so no
+    worker ever sees a half-written base (a 2-node job once failed on "no config.json").
+    """
+    if _base_complete(local, files):
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(local) + ".lock"):
+        if _base_complete(local, files):
+            return local
+        tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}.", dir=local.parent))
+        try:
+            _write_tree(files, tmp)
+            sizes = {name: len(blob) for name, blob in files.items()}
+            (tmp / BASE_COMPLETE).write_text(json.dumps(sizes, sort_keys=True))
+            shutil.rmtree(local, ignore_errors=True)  # a stale or partial copy (none is in use)
+            os.replace(tmp, local)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+def _write_tree(files: dict[str, bytes], root: Path) -> None:
     for name, blob in files.items():
-        target = local / name
+        target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.is_file() or target.stat().st_size != len(blob):
-            target.write_bytes(blob)
-    return str(local)
+        target.write_bytes(blob)
+
+
+def _base_complete(local: Path, files: dict[str, bytes]) -> bool:
+    """``local`` was renamed into place whole, with these files (by size)."""
+    try:
+        recorded = json.loads((local / BASE_COMPLETE).read_text())
+    except (OSError, ValueError):  # none yet, or a stale copy being replaced
+        return False
+    return recorded == {name: len(blob) for name, blob in files.items()}
 
 
 def read_checkpoint(
@@ -398,6 +438,14 @@ def _record(
     return record
 
 
+def keep_score(stage_steps: list[int], s_idx: int, done: int) -> int:
+    """A checkpoint's retention rank: every stage end above every other checkpoint, each group
+    by global step. Keeping the ``keep + len(stages)`` highest (``train.run.checkpoint_config``)
+    keeps every stage model and at least the ``keep`` latest checkpoints."""
+    global_step = sum(stage_steps[:s_idx]) + done
+    return global_step + (sum(stage_steps) if done == stage_steps[s_idx] else 0)
+
+
 def _checkpoint(
     config: dict[str, Any],
     engine: Engine,
@@ -425,6 +473,7 @@ def _checkpoint(
     metrics = dict(history[-1]) if history else {}
     metrics["stage_end"] = stages[s_idx]["name"] if last else ""
     metrics["done"] = bool(last and s_idx == len(stages) - 1)
+    metrics[KEEP_SCORE] = keep_score([s["steps"] for s in stages], s_idx, done)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if not last:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from hybridft.errors import RunFailed, UserError
-from hybridft.specs import JobSpec, ScalingSpec, stage_adapter
+from hybridft.specs import JobSpec, ScalingSpec, TrainingSpec, stage_adapter
+from hybridft.train.resources import schedulable_capacity, worker_group_refusal, worker_resources
 
 # Ray Train's controller consumes one report per health-check poll (2 s by default): on a local
 # instance with short steps every report would wait for it. A quicker poll is cheap locally.
@@ -70,26 +71,47 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def check_resources(scaling: ScalingSpec, spec_file: str) -> None:
-    """Fail before fit() when the worker group can never be scheduled (Ray would retry forever)."""
-    import ray
-
+    """Fail before fit() when the worker group can never be scheduled (Ray would retry forever):
+    not on the live nodes, nor on the nodes the cluster's autoscaler can launch."""
     from hybridft.specfile import line_of
 
-    total = ray.cluster_resources()
-    need = dict(scaling.resources_per_worker)
-    if scaling.use_gpu:
-        need.setdefault("GPU", 1.0)
-    for resource, per_worker in need.items():
-        have = total.get(resource, 0.0)
-        if per_worker * scaling.num_workers > have + 1e-9:
-            line = line_of(spec_file, ("scaling", "num_workers")) if spec_file else None
-            where = f"{spec_file}:{line}: " if spec_file else ""
-            raise UserError(
-                f"{where}scaling.num_workers: expected at most "
-                f"{int(have // per_worker) if per_worker else 'any'} workers with "
-                f"{per_worker:g} {resource} each (the cluster has {have:g} {resource}), "
-                f"got {scaling.num_workers}"
-            )
+    refusal = worker_group_refusal(
+        schedulable_capacity(), worker_resources(scaling), scaling.num_workers
+    )
+    if refusal is None:
+        return
+    key, problem = refusal
+    line = line_of(spec_file, tuple(key.split("."))) if spec_file else None
+    if spec_file and line is None:  # resources_per_worker left to its default
+        line = line_of(spec_file, ("scaling", "num_workers"))
+    where = f"{spec_file}:{line}: " if spec_file else ""
+    raise UserError(f"{where}{key}: {problem}")
+
+
+def checkpoint_config(training: TrainingSpec, n_stages: int) -> Any:
+    """Ray Train's retention: ``training.keep_checkpoints`` latest, besides every stage's end.
+
+    The loop scores each checkpoint (``loop.keep_score``) so that stage ends outrank every other
+    checkpoint, then by step: keeping the top ``keep + n_stages`` keeps every stage model the run
+    returns (``_finish`` copies them at the end) and at least the ``keep`` latest; Ray never
+    deletes the latest, which a resume starts from. None: every checkpoint is kept.
+    """
+    from ray.train import CheckpointConfig
+
+    from hybridft.train.loop import KEEP_SCORE
+
+    keep = checkpoints_to_keep(training, n_stages)
+    if keep is None:
+        return CheckpointConfig(num_to_keep=None)
+    return CheckpointConfig(
+        num_to_keep=keep, checkpoint_score_attribute=KEEP_SCORE, checkpoint_score_order="max"
+    )
+
+
+def checkpoints_to_keep(training: TrainingSpec, n_stages: int) -> int | None:
+    """How many checkpoints a run keeps at most (see ``checkpoint_config``); None: all."""
+    keep = training.keep_checkpoints
+    return None if keep is None else keep + n_stages
 
 
 def parse_fault(text: str) -> dict[str, Any] | None:
@@ -136,7 +158,7 @@ def run(
             worker process to start. For processes that train run after run (sweep trials).
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from hybridft.model import base_of, is_random_init, load_tokenizer
@@ -214,7 +236,10 @@ def run(
     }
     prepared_at = time.perf_counter()
     if in_process:
-        session = fit_in_process(train_loop, config, storage, run_name, callbacks or [])
+        session = fit_in_process(
+            train_loop, config, storage, run_name, callbacks or [],
+            checkpoints_to_keep(spec.training, len(spec.stages)),
+        )  # fmt: skip
         return _finish(
             spec, run_name, run_dir, Path(base_dir), prepared, mixture_path, t0, prepared_at,
             session.reported, session.get_checkpoint(),
@@ -235,7 +260,7 @@ def run(
                 max_failures=spec.scaling.max_failures,
                 controller_failure_limit=controller_failure_limit,
             ),
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            checkpoint_config=checkpoint_config(spec.training, len(spec.stages)),
             worker_runtime_env={"env_vars": _worker_env(spec.scaling)},
             callbacks=callbacks,
         ),
