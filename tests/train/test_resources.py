@@ -174,7 +174,7 @@ def _whole(local: Path, files: dict[str, bytes]) -> bool:
 
 
 def test_a_shipped_base_is_written_once_and_never_seen_half_written(monkeypatch, tmp_path) -> None:
-    from hybridft.train import loop
+    from hybridft.train import node_base as loop
 
     files, local = _base_files(), tmp_path / "hybridft-base" / "tiny-0123"
     writes = []
@@ -217,7 +217,7 @@ def test_a_shipped_base_is_written_once_and_never_seen_half_written(monkeypatch,
 
 
 def test_a_partial_copy_left_by_an_older_run_is_replaced(tmp_path) -> None:
-    from hybridft.train import loop
+    from hybridft.train import node_base as loop
 
     files, local = _base_files(), tmp_path / "tiny-0123"
     local.mkdir()

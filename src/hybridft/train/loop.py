@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -24,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
 
 from hybridft.train.adapters import apply_policy, is_peft, merged, rebuild, recipe_of
 from hybridft.train.devices import all_reduce_sum, allow_tf32_on_cuda
 from hybridft.train.loss import micro_batch_loss, per_source_sums
+from hybridft.train.node_base import local_base_dir
 from hybridft.train.packing import PackedRows, shift_loss_mask
 from hybridft.train.strategy import Engine, make_engine
 from hybridft.train.throughput import MatmulPeak, measure_matmul_peak, train_flops_per_token
@@ -41,7 +40,6 @@ STATE_FILE = "train_state.pt"
 MODEL_STATE_FILE = "train_model.pt"
 HISTORY_FILE = "metrics.jsonl"
 KEEP_SCORE = "keep_score"  # every checkpoint's retention rank (see keep_score)
-BASE_COMPLETE = ".hybridft-complete"  # in a base copied from the object store: its file sizes
 
 
 def _seed_all(seed: int) -> None:
@@ -67,7 +65,6 @@ def maybe_inject_fault(fault: dict[str, Any] | None, rank: int, stage: int, step
     if marker.exists():
         return
     marker.write_text(f"killed rank {rank} at stage {stage} step {step}\n")
-    import os
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
@@ -116,62 +113,6 @@ def save_hf(lm: torch.nn.Module, tokenizer_dir: str, out: Path) -> None:
         lm.save_pretrained(str(out / "adapter"))
         lm = merged(copy.deepcopy(lm))
     save_model(lm, _tokenizer(tokenizer_dir), out / "model")
-
-
-def local_base_dir(config: dict[str, Any]) -> str:
-    """The base model on this node: the driver's path, or a copy from the object store.
-
-    On a multi-node cluster without shared storage the driver's directory does not exist on a
-    worker's node; small bases travel through the object store (``base_files``) instead.
-    """
-    import ray
-
-    path = Path(config["base_dir"])
-    if (path / "config.json").is_file() or config.get("base_files") is None:
-        return str(path)
-    local = Path(tempfile.gettempdir()) / "hybridft-base" / path.name
-    return str(materialise_base(ray.get(config["base_files"]), local))
-
-
-def materialise_base(files: dict[str, bytes], local: Path) -> Path:
-    """Write ``files`` as the directory ``local`` once per node, whoever asks first.
-
-    Every worker of a node asks for the same path: under a file lock the first writes a temporary
-    directory and renames it into place (``os.replace``), the others wait and reuse it, so no
-    worker ever sees a half-written base (a 2-node job once failed on "no config.json").
-    """
-    if _base_complete(local, files):
-        return local
-    local.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(local) + ".lock"):
-        if _base_complete(local, files):
-            return local
-        tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}.", dir=local.parent))
-        try:
-            _write_tree(files, tmp)
-            sizes = {name: len(blob) for name, blob in files.items()}
-            (tmp / BASE_COMPLETE).write_text(json.dumps(sizes, sort_keys=True))
-            shutil.rmtree(local, ignore_errors=True)  # a stale or partial copy (none is in use)
-            os.replace(tmp, local)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return local
-
-
-def _write_tree(files: dict[str, bytes], root: Path) -> None:
-    for name, blob in files.items():
-        target = root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(blob)
-
-
-def _base_complete(local: Path, files: dict[str, bytes]) -> bool:
-    """``local`` was renamed into place whole, with these files (by size)."""
-    try:
-        recorded = json.loads((local / BASE_COMPLETE).read_text())
-    except (OSError, ValueError):  # none yet, or a stale copy being replaced
-        return False
-    return recorded == {name: len(blob) for name, blob in files.items()}
 
 
 def read_checkpoint(
