@@ -157,6 +157,7 @@ def run_demo(
             swept.sweep_dir,
             seeds=REPORT_SEEDS,
             evidence_seeds=1,  # the label-efficiency runs: one seed each (intervals over rows)
+            label_sizes=(50, 200),  # 1000 and all labels: `hybridft study`
             eval_examples=100,
             register_as=MODEL_NAME,  # a new version of the demo model: the loop's canary
             policy_path=POLICY,
