@@ -165,7 +165,9 @@ def build_report(
     decision = decide_or_hold(arms, rows, train_rows, target, space, score, margin)
     evidence = measure_evidence(
         rows, directions, margin, space.budget.tokens,
-        _base_heldout(space.base_job, arms) if "heldout_clusters" in directions else None,
+        _base_heldout(space.base_job, arms, eval_examples)
+        if "heldout_clusters" in directions
+        else None,
         seed=space.seed,
     )  # fmt: skip
     # the label-efficiency curve: subsets from both starts, all labels at the arms' budget
@@ -257,9 +259,10 @@ def decide_or_hold(
             "arm_scores": arm_scores}  # fmt: skip
 
 
-def _base_heldout(job: JobSpec, arms: list[dict[str, Any]]) -> list[float] | None:
-    """The base model's per-row scores on the held-out clusters' tasks the arms were scored on
-    (FLAN's comparison: the instruction-tuned model against the model it started from)."""
+def _base_heldout(job: JobSpec, arms: list[dict[str, Any]], rows: int) -> list[float] | None:
+    """The base model's per-row scores on the held-out clusters' tasks the arms were scored on,
+    the same ``rows`` per task (FLAN's comparison: the instruction-tuned model against the model
+    it started from)."""
     from hybridft.evaluate.run import evaluate_model
     from hybridft.pipeline import load_eval_sets
 
@@ -269,7 +272,7 @@ def _base_heldout(job: JobSpec, arms: list[dict[str, Any]]) -> list[float] | Non
     tasks = it_rows[0]["heldout_tasks"]
     every = [e for rows in load_eval_sets(job.data).values() for e in rows]
     sets = {t: [e for e in every if e.task == t] for t in tasks}
-    scored = evaluate_model(it_rows[0]["base_dir"], sets, max_examples=job.eval.max_examples,
+    scored = evaluate_model(it_rows[0]["base_dir"], sets, max_examples=rows,
                             max_new_tokens=job.eval.max_new_tokens)  # fmt: skip
     return [x for t in tasks for x in scored.tasks[t].per_example]
 
