@@ -39,12 +39,19 @@ def majority_baseline(train_labels: Sequence[str], test_labels: Sequence[str], s
 
 
 def val_curves(rows: Sequence[Row], arms: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
-    """Seed 0's validation-loss curve of each arm: (trained tokens, val loss) points."""
+    """Seed 0's validation-loss curve of each arm's last stage: (tokens trained in that stage,
+    val loss) points. The target task's loss is flat through an instruction stage and drops when
+    the SFT stage starts; only the stage that trains it says whether it still falls."""
     out = {}
     for arm in arms:
         for r in _select(rows, arm, seed=0, labels=None):
-            if r.get("val_curve"):
-                out[arm] = [(float(t), float(v)) for t, v in r["val_curve"]]
+            points = [(float(p[0]), float(p[1]), p[2] if len(p) > 2 else None)
+                      for p in r.get("val_curve") or []]  # fmt: skip
+            if not points:
+                continue
+            last = points[-1][2]
+            start = max((t for t, _, s in points if s != last), default=0.0)
+            out[arm] = [(t - start, v) for t, v, s in points if s == last]
     return out
 
 

@@ -126,8 +126,8 @@ def train_runs(
             "base_dir": str(result.base_dir), "mlflow_run_id": run_id,
             "trained_tokens": int(result.final_metrics.get("trained_tokens", 0)),
             "wall_s": float(result.wall_s),
-            "val_curve": [(h["trained_tokens"], h["val_loss"]) for h in result.history
-                          if "val_loss" in h and "trained_tokens" in h],
+            "val_curve": [(h["trained_tokens"], h["val_loss"], h.get("stage")) for h in
+                          result.history if "val_loss" in h and "trained_tokens" in h],
         }  # fmt: skip
         write_atomic(runs_dir / planned.name / RUN_RESULT, json.dumps(row, indent=2))
         done[planned.name] = {**row, **summarise_run(doc, target, score)}
