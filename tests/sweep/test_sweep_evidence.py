@@ -98,10 +98,12 @@ def test_a_zero_effect_with_many_rows_is_ruled_out_beyond_the_margin():
     assert -MARGIN < e.ci95[0] <= 0 <= e.ci95[1] < MARGIN
 
 
-def test_the_largest_count_is_the_full_set_without_all_and_a_lone_full_set_is_used():
+def test_without_all_every_count_is_pooled_and_a_lone_full_set_is_used():
     data = _labels(0.2, 200)
-    no_all = {50: data[50], 200: data[200], 1000: data[1000]}
+    no_all = {50: data[50], 200: data[200]}
     assert "50/200 labels" in label_efficiency(no_all, MARGIN).measured
+    full = label_efficiency(data, MARGIN)  # "all" is the full set: a point, not pooled
+    assert "50/200/1000 labels" in full.measured and full.points[-1]["labels"] == "all"
     only = label_efficiency({"all": data["all"]}, MARGIN)
     assert "with all labels" in only.measured and len(only.points) == 1
 

@@ -130,15 +130,16 @@ def label_efficiency(
 
     Args:
         by_labels: label count (or ``"all"``) -> (instruction-tuned start, base start) scores,
-            seeds x rows on the same test rows. ``"all"``, else the largest count, is the full
-            set; the measure pools the counts below it (the full set alone when it is the only).
+            seeds x rows on the same test rows. ``"all"`` is the full set; the measure
+            pools the counts below it (every count without ``"all"``; the full set alone when it
+            is the only one).
         margin: smallest difference that matters (score units).
     """
     head = _head("label_efficiency")
     if not by_labels:
         return _not_measured(*head, "no label-count runs were evaluated")
     order = sorted(by_labels, key=_label_rank)
-    pooled = order[:-1] or order
+    pooled = [k for k in order if k != "all"] or order  # the subsets; all labels alone if only
     diffs = _paired_differences({_label_name(k): by_labels[k] for k in order}, n_boot, seed)
     ci = _pooled([diffs[_label_name(k)] for k in pooled])
     counts = "/".join(_label_name(k) for k in pooled)
