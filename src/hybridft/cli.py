@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from hybridft.errors import UserError
+from hybridft.quiet import quiet_library_chatter
 
 # no rich tracebacks: main() turns every error into one line (--debug shows the trace)
 app = typer.Typer(
@@ -309,6 +310,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not debug:  # transformers' "Loading weights" / "Writing model shards" bars (workers too)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        quiet_library_chatter()
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     try:

@@ -20,9 +20,8 @@ RECIPE = PretrainSpec(steps=3, batch_size=2, seq_len=32, warmup_steps=1)
 
 
 def _build(cache: Path, recipe: PretrainSpec = RECIPE, events: list[str] | None = None) -> Path:
-    return resolve_base(
-        "pretrained", CFG, str(cache), pretrain=recipe, on_event=(events or []).append
-    )
+    sink = events if events is not None else []  # the caller's list, even when empty
+    return resolve_base("pretrained", CFG, str(cache), pretrain=recipe, on_event=sink.append)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hybridft.quiet import quiet_library_chatter
 from hybridft.train.adapters import apply_policy, is_peft, merged, rebuild, recipe_of
 from hybridft.train.devices import all_reduce_sum, allow_tf32_on_cuda
 from hybridft.train.loss import micro_batch_loss, per_source_sums
@@ -170,6 +171,7 @@ def quiet_train_logs() -> None:
     from ray.train.v2._internal.execution import context as train_context
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    quiet_library_chatter()
 
 
 def train_loop(config: dict[str, Any]) -> None:
