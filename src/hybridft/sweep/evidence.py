@@ -143,7 +143,7 @@ def label_efficiency(
     diffs = _paired_differences({_label_name(k): by_labels[k] for k in order}, n_boot, seed)
     ci = _pooled([diffs[_label_name(k)] for k in pooled])
     counts = "/".join(_label_name(k) for k in pooled)
-    where = f"mean over {counts} labels" if pooled != order else f"with {counts} labels"
+    where = f"mean over {counts} labels" if len(pooled) > 1 else f"with {counts} labels"
     verdict = judge(ci, margin, "positive")
     points = [
         {"labels": _label_name(k), **_point(by_labels[k], diffs[_label_name(k)], STARTS)}

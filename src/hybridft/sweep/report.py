@@ -243,14 +243,8 @@ def decide_or_hold(
                  verdict.differences, seed=space.seed)  # fmt: skip
     out = verdict.to_json()
     out["inconclusive"] = held.inconclusive
-    if held.inconclusive:
-        budget = (
-            f" A budget of about {held.suggested_tokens:,} tokens per arm would resolve the "
-            "learning curves." if held.suggested_tokens else ""
-        )  # fmt: skip
-        out["text"] = (
-            "Inconclusive: " + " ".join(held.reasons) + budget + " Nothing is recommended."
-        )
+    if held.inconclusive:  # each reason says what would resolve it (a budget, more seeds)
+        out["text"] = "Inconclusive: " + " ".join(held.reasons) + " Nothing is recommended."
         out["recommended"] = None
     arm_scores = {
         arm: {"mean": iv.mean, "ci95": [iv.low, iv.high]} for arm, iv in verdict.intervals.items()
