@@ -72,7 +72,7 @@ def test_cached_by_content_and_built_once_under_concurrent_callers(tmp_path) -> 
         t.join()
     assert len(set(paths)) == 1 and len(paths) == 3
     assert sum("pretraining" in e for e in events) == 1  # one build, two waited and reused it
-    assert not list(tmp_path.glob("*.tmp-*"))  # no half-written directory left behind
+    assert not list(tmp_path.glob(".pretrained-*"))  # no half-written directory left behind
     events.clear()
     assert _build(tmp_path, events=events) == paths[0] and not events  # cached: nothing rebuilt
 

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
-
+from hybridft.model.hf import build_once
 from hybridft.model.hub import resolve_model_ref
 from hybridft.model.pretrain import pretrained_base
 from hybridft.model.tiny import build_tiny_base
@@ -45,16 +42,7 @@ def resolve_base(
     for path in corpus:  # the cache key covers the corpus content, not only its names
         digest.update(Path(path).read_bytes())
     out = (Path(cache_dir) / f"tiny-{digest.hexdigest()[:12]}").resolve()
-    if not (out / "model.safetensors").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(out) + ".lock"):  # concurrent workers of one node: built once
-            if not (out / "model.safetensors").is_file():
-                tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-                shutil.rmtree(tmp, ignore_errors=True)
-                build_tiny_base(cfg, tmp, corpus, seed)
-                shutil.rmtree(out, ignore_errors=True)
-                os.replace(tmp, out)
-    return out
+    return build_once(out, "model.safetensors", lambda tmp: build_tiny_base(cfg, tmp, corpus, seed))
 
 
 def base_of(model: ModelSpec, seed: int = 0, on_event: Callable[[str], None] | None = None) -> Path:

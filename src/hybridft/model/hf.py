@@ -7,8 +7,14 @@ only, never ``trust_remote_code``.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from hybridft.errors import UserError
 
@@ -62,3 +68,26 @@ def weights_digest(model_dir: str | Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def build_once(out: Path, done: str, build: Callable[[Path], object]) -> Path:
+    """``out``, built by ``build(tmp)`` at most once; the file ``done`` inside marks it complete.
+
+    Under a file lock a temporary directory beside ``out`` is built and renamed into place, so
+    concurrent callers (workers of one node, threads) wait and reuse it, and none ever sees half
+    of it; a partial directory left by a killed build is replaced.
+    """
+    if (out / done).is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / done).is_file():  # built by another caller while this one waited
+            return out
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            build(tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -18,8 +18,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-import shutil
 import sys
 import sysconfig
 import time
@@ -28,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock
-
-from hybridft.model.hf import save_model, weights_digest
+from hybridft.model.hf import build_once, save_model, weights_digest
 from hybridft.model.tiny import build_model, train_tokenizer
 from hybridft.specs import PretrainSpec, TinyModelSpec
 
@@ -115,18 +111,10 @@ def pretrained_base(
     """
     corpus = general_corpus()
     out = (Path(cache_dir) / f"pretrained-{base_key(cfg, spec, corpus)}").resolve()
-    if (out / BASE_INFO).is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if (out / BASE_INFO).is_file():  # built by another process while we waited
-            return out
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        build_pretrained_base(cfg, spec, corpus, tmp, on_event or (lambda _msg: None))
-        shutil.rmtree(out, ignore_errors=True)  # a partial directory of an older, killed build
-        os.replace(tmp, out)
-    return out
+    say = on_event or (lambda _msg: None)
+    return build_once(
+        out, BASE_INFO, lambda tmp: build_pretrained_base(cfg, spec, corpus, tmp, say)
+    )
 
 
 def build_pretrained_base(
