@@ -17,7 +17,9 @@ browser:
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: the CPU wheel (a bare `torch` would pull a CUDA build)
+	# torch first, pinned, so no bare `torch` requirement pulls another build. Where pip is set up
+	# with a local CPU wheel (our machines) it is that one; elsewhere the platform's default
+	# (PyPI's for Linux is a CUDA build). GPU clusters use the image in cluster/ (a CUDA build).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	# DeepSpeed (ZeRO-2/3): built against the installed torch, no CUDA ops on CPU

@@ -154,6 +154,13 @@ class TrainingSpec(Strict):
     threads_per_worker: PosInt = 1
     # torch.compile each decoder layer (fixed packed shapes compile once; ~10-30 s per worker)
     compile: bool = False
+    # Memory over speed, for models that do not fit otherwise (both off: the CPU default).
+    # Recompute each decoder layer in backward (activations of one layer at a time); packed rows
+    # then take transformers' masked attention, not the varlen path.
+    gradient_checkpointing: bool = False
+    # LM head + cross-entropy over chunks of this many target tokens, each recomputed in backward:
+    # the fp32 logits of one chunk at a time (a 128k vocabulary x 8k targets is 4 GB otherwise).
+    loss_chunk_tokens: PosInt | None = None
 
 
 class ScalingSpec(Strict):

@@ -2,14 +2,16 @@
 
 One checker, ``manifest_problems``, knows four kinds: the Ray cluster launcher config (checked
 against Ray's own ray-schema.json, then our rules), KubeRay RayCluster and RayJob (a small
-handwritten schema, then our rules), and the PersistentVolumeClaim they share. It returns a list
-of problems; the tests below also feed it deliberately broken copies, so a checker that passes
-everything would fail here. No Ray cluster is started.
+handwritten schema, then our rules), and the PersistentVolumeClaim they share; a second,
+``dockerfile_problems``, reads cluster/Dockerfile with the same install rules as the launcher.
+Each returns a list of problems; the tests below also feed them deliberately broken copies, so a
+checker that passes everything would fail here. No Ray cluster is started and no image is built.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import re
 import shlex
@@ -40,6 +42,22 @@ def torch_pin() -> str:
     """The torch requirement pyproject pins (``torch==X``): clusters install the same one."""
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     return next(d for d in deps if d.replace(" ", "").startswith("torch=="))
+
+
+def deepspeed_pin() -> str:
+    """The DeepSpeed this venv runs (``deepspeed==X``): clusters install the same one."""
+    return f"deepspeed=={importlib.metadata.version('deepspeed')}"
+
+
+def _pinned(pin: str) -> str:
+    """A pattern for exactly ``pin`` (torch==2.13.0 but not torch==2.13.0.1)."""
+    return re.escape(pin) + r"(?![\w.])"
+
+
+# PyTorch's index for one CUDA build (cu128 = CUDA 12.8). PyPI's default torch is whatever CUDA
+# that release chose, not one matched to the nodes' drivers; an --extra-index-url leaves pip the
+# choice between the two.
+CUDA_INDEX = re.compile(r"--index-url[= ]https://download\.pytorch\.org/whl/cu\d+(?![\w.])")
 
 
 # -- handwritten schemas for the KubeRay CRDs (ray.io/v1): shapes only; the rules live in code ----
@@ -145,11 +163,49 @@ def auth_disabled_problems(doc: Doc) -> list[str]:
     return []
 
 
-# -- the Ray cluster launcher config -------------------------------------------------------------
+# -- installs: the same rules for the launcher's setup_commands and the Dockerfile's RUN lines ----
 def _first_index(commands: list[str], pattern: str) -> int | None:
     return next((i for i, c in enumerate(commands) if re.search(pattern, c)), None)
 
 
+def install_indices(commands: list[str]) -> dict[str, int | None]:
+    """Where torch, the project (``-e .``) and DeepSpeed are installed in ``commands``."""
+    return {
+        "torch": _first_index(commands, r"pip install\b.*\btorch\b"),
+        "package": _first_index(commands, r"pip install\b.*\s-e\s+\.(\s|$)"),
+        "deepspeed": _first_index(commands, r"pip install\b.*\bdeepspeed\b"),
+    }
+
+
+def install_problems(commands: list[str], where: str) -> list[str]:
+    """pyproject's torch from a CUDA index, then the project, then this venv's DeepSpeed."""
+    problems = []
+    pin, ds_pin = torch_pin(), deepspeed_pin()
+    at = install_indices(commands)
+    torch_at, package_at, deepspeed_at = at["torch"], at["package"], at["deepspeed"]
+    if torch_at is None or not re.search(_pinned(pin), commands[torch_at]):
+        problems.append(f"{where}: expected `pip install {pin}` (pyproject's pin)")
+    elif not CUDA_INDEX.search(commands[torch_at]):
+        problems.append(
+            f"{where}: expected {pin} from a CUDA index "
+            "(--index-url https://download.pytorch.org/whl/cuXXX)"
+        )
+    if package_at is None:
+        problems.append(f"{where}: expected `pip install -e .` (the project)")
+    if torch_at is not None and package_at is not None and torch_at > package_at:
+        problems.append(f"{where}: expected {pin} installed before the package")
+    if deepspeed_at is None or not re.search(_pinned(ds_pin), commands[deepspeed_at]):
+        problems.append(f"{where}: expected `pip install {ds_pin}` (the version the tests run)")
+    if deepspeed_at is not None:
+        ds = commands[deepspeed_at]
+        if "DS_BUILD_OPS=0" not in ds or "--no-build-isolation" not in ds:
+            problems.append(f"{where}: deepspeed needs DS_BUILD_OPS=0 --no-build-isolation")
+        if torch_at is None or deepspeed_at < torch_at:
+            problems.append(f"{where}: deepspeed must come after torch")
+    return problems
+
+
+# -- the Ray cluster launcher config -------------------------------------------------------------
 def launcher_problems(doc: Doc) -> list[str]:
     problems = schema_problems(doc, RAY_LAUNCHER_SCHEMA)
     types: dict[str, Doc] = doc.get("available_node_types") or {}
@@ -174,24 +230,18 @@ def launcher_problems(doc: Doc) -> list[str]:
     if doc.get("max_workers", 0) < min_total:
         problems.append(f"max_workers: expected >= {min_total} (sum of min_workers)")
 
-    setup = [str(c) for c in doc.get("setup_commands", [])]
-    pin = torch_pin()
-    torch_at = _first_index(setup, re.escape(pin))
-    package_at = _first_index(setup, r"pip install\b.*\s-e\s+\.(\s|$)")
-    deepspeed_at = _first_index(setup, r"pip install\b.*\bdeepspeed\b")
-    if torch_at is None:
-        problems.append(f"setup_commands: expected `pip install {pin}`")
-    if package_at is None:
-        problems.append("setup_commands: expected `pip install -e .` (the project)")
-    if torch_at is not None and package_at is not None and torch_at > package_at:
-        problems.append(f"setup_commands: expected {pin} installed before the package")
-    if deepspeed_at is not None:
-        ds = setup[deepspeed_at]
-        if "DS_BUILD_OPS=0" not in ds or "--no-build-isolation" not in ds:
-            problems.append("setup_commands: deepspeed needs DS_BUILD_OPS=0 --no-build-isolation")
-        if torch_at is None or deepspeed_at < torch_at:
-            problems.append("setup_commands: deepspeed must come after torch")
-
+    problems += install_problems([str(c) for c in doc.get("setup_commands", [])], "setup_commands")
+    docker = doc.get("docker") or {}
+    options = [
+        str(o)
+        for key in ("run_options", "head_run_options", "worker_run_options")
+        for o in docker.get(key, [])
+    ]
+    if docker.get("disable_shm_size_detection") and not any("--shm-size" in o for o in options):
+        problems.append(
+            "docker: /dev/shm would be Docker's 64 MB: set --shm-size in run_options "
+            "or leave disable_shm_size_detection off (Ray then sizes it per node)"
+        )
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         starts = [str(c) for c in doc.get(key, []) if "ray start" in str(c)]
         if not starts or not all("RAY_AUTH_MODE=token" in c for c in starts):
@@ -229,6 +279,26 @@ def shared_paths(cluster_spec: Doc) -> set[str]:
     return {path for path, _ in set.intersection(*mounts)} if mounts else set()
 
 
+def shm_problems(pod: Doc) -> list[str]:
+    """The Ray container mounts a RAM-backed emptyDir with a sizeLimit at /dev/shm.
+
+    A container's /dev/shm is 64 MB by default: NCCL, torch data loaders and Ray's object store
+    need more. The volume counts against the pod's memory limit, hence the sizeLimit.
+    """
+    in_memory = {
+        v["name"]: v["emptyDir"]
+        for v in pod.get("volumes", [])
+        if (v.get("emptyDir") or {}).get("medium") == "Memory"
+    }
+    mounts = pod["containers"][0].get("volumeMounts", [])
+    name = next((m["name"] for m in mounts if m.get("mountPath") == "/dev/shm"), None)
+    if name not in in_memory:
+        return ["expected an emptyDir {medium: Memory} mounted at /dev/shm (the default is 64 MB)"]
+    if not in_memory[name].get("sizeLimit"):
+        return ["the /dev/shm emptyDir needs a sizeLimit (it counts against the memory limit)"]
+    return []
+
+
 def _gpu_limit(group: Doc) -> int:
     limits = group["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
     return int(limits.get("nvidia.com/gpu", 0))
@@ -258,6 +328,7 @@ def raycluster_spec_problems(spec: Doc, where: str, pvcs: dict[str, Doc]) -> lis
         image = pod["containers"][0]["image"]
         if RAY_VERSION not in image.rsplit(":", 1)[-1]:
             problems.append(f"{where}.{pod_name}: image {image!r} does not name Ray {RAY_VERSION}")
+        problems += [f"{where}.{pod_name}: {p}" for p in shm_problems(pod)]
         for claim in _shared_mounts(pod).values():
             modes = pvcs.get(claim, {}).get("spec", {}).get("accessModes", [])
             if "ReadWriteMany" not in modes:
@@ -373,6 +444,69 @@ def manifest_problems(doc: Any, pvcs: dict[str, Doc]) -> list[str]:
     return problems + [f"unknown manifest kind {kind!r}"]
 
 
+# -- the image ----------------------------------------------------------------------------------
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order: continuations joined, comments dropped, ARGs expanded.
+
+    Handwritten (no Dockerfile parser is a dependency): enough for our one-stage file.
+    """
+    logical, current = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        logical.append(current + stripped)
+        current = ""
+    args: dict[str, str] = {}
+    instructions = []
+    for entry in logical:
+        keyword, _, rest = entry.partition(" ")
+        rest = re.sub(
+            r"\$\{(\w+)\}|\$(\w+)",
+            lambda m: args.get(m[1] or m[2], m[0]),
+            rest.strip(),
+        )
+        if keyword.upper() == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+        instructions.append((keyword.upper(), rest))
+    return instructions
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    """Everything wrong with cluster/Dockerfile (empty: it would build the image we test for)."""
+    instructions = dockerfile_instructions(text)
+    base = next((args for keyword, args in instructions if keyword == "FROM"), "")
+    runs = [args for keyword, args in instructions if keyword == "RUN"]
+    problems = []
+    if not base.startswith(f"rayproject/ray:{RAY_VERSION}-"):
+        problems.append(f"FROM: expected rayproject/ray:{RAY_VERSION}-..., got {base!r}")
+    problems += install_problems(runs, "Dockerfile")
+    at = install_indices(runs)
+    # No GPU at build time: torch.cuda.is_available() is False even in a CUDA build.
+    cuda_check_at = _first_index(runs, r"\bpython3?\s+-c\b.*\btorch\.version\.cuda\b")
+    if cuda_check_at is None or at["torch"] is None or cuda_check_at < at["torch"]:
+        problems.append(
+            "Dockerfile: expected a RUN after the torch install that fails unless "
+            "torch.version.cuda is set (a CUDA build)"
+        )
+    imports_at = [
+        i
+        for i, run in enumerate(runs)
+        if re.search(r"\bpython3?\s+-c\b", run)
+        and all(re.search(rf"\bimport\b[^;]*\b{name}\b", run) for name in ("deepspeed", "hybridft"))
+    ]
+    installed_at = [i for i in (at["package"], at["deepspeed"]) if i is not None]
+    if not any(i > max(installed_at, default=len(runs)) for i in imports_at):
+        problems.append(
+            'Dockerfile: expected `python -c "import deepspeed, hybridft"` after both installs'
+        )
+    return problems
+
+
 # -- the shipped files -------------------------------------------------------------------------
 def cluster_yaml_files() -> list[Path]:
     return sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
@@ -411,13 +545,8 @@ def test_every_cluster_kind_is_shipped() -> None:
     assert {"launcher", "RayCluster", "RayJob", "PersistentVolumeClaim"} <= kinds
 
 
-def test_dockerfile_pins_ray_and_installs_torch_first() -> None:
-    lines = [ln.strip() for ln in (CLUSTER / "Dockerfile").read_text().splitlines()]
-    base = next(ln for ln in lines if ln.startswith("FROM "))
-    assert f"rayproject/ray:{RAY_VERSION}-" in base
-    torch_at = next(i for i, ln in enumerate(lines) if torch_pin() in ln)
-    package_at = next(i for i, ln in enumerate(lines) if re.search(r"pip install .*-e \.$", ln))
-    assert torch_at < package_at
+def test_dockerfile_would_build_as_shipped() -> None:
+    assert dockerfile_problems((CLUSTER / "Dockerfile").read_text()) == []
 
 
 # -- the checker rejects broken copies -----------------------------------------------------------
@@ -470,9 +599,34 @@ def _auth_disabled_env(doc: Doc) -> None:
     container.setdefault("env", []).append({"name": "RAY_AUTH_MODE", "value": "disabled"})
 
 
+def _pods(doc: Doc) -> list[Doc]:
+    spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+    return [pod for _, pod in _pod_specs(spec)]
+
+
+def _shm_on_disk(doc: Doc) -> None:
+    """The last pod's /dev/shm volume loses medium: Memory (a disk-backed emptyDir)."""
+    volume = next(v for v in _pods(doc)[-1]["volumes"] if v["name"] == "dshm")
+    volume["emptyDir"].pop("medium")
+
+
+def _shm_without_size_limit(doc: Doc) -> None:
+    volume = next(v for v in _pods(doc)[0]["volumes"] if v["name"] == "dshm")
+    volume["emptyDir"].pop("sizeLimit")
+
+
+def _shm_unmounted(doc: Doc) -> None:
+    container = _pods(doc)[0]["containers"][0]
+    container["volumeMounts"] = [
+        m for m in container["volumeMounts"] if m["mountPath"] != "/dev/shm"
+    ]
+
+
 LAUNCHER, RAYCLUSTER, RAYJOB = "aws-gpu.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml"
 HEAD_SPEC = "spec.headGroupSpec.template.spec"
 SMOKE = "hybridft train jobs/cluster_smoke.yaml"
+EXTRA_INDEX = "--extra-index-url https://download.pytorch.org/whl/cu128"
+DS_INSTALL = "cd ~/hybridft && DS_BUILD_OPS=0 pip install -q --no-build-isolation"
 BROKEN = [
     (LAUNCHER, _reverse_setup, "installed before the package"),
     (LAUNCHER, _set("head_node_type", "head.gpu"), "head_node_type"),
@@ -482,6 +636,12 @@ BROKEN = [
     (LAUNCHER, _set("file_mounts", {}), "auth_token"),
     (LAUNCHER, _set("setup_commands.2", "pip install deepspeed"), "DS_BUILD_OPS=0"),
     (LAUNCHER, _set("autoscale", True), "schema"),
+    (LAUNCHER, _set("setup_commands.0", f"pip install -q {torch_pin()}"), "CUDA index"),
+    (LAUNCHER, _set("setup_commands.0", f"pip install {torch_pin()} {EXTRA_INDEX}"), "CUDA index"),
+    (LAUNCHER, _set("setup_commands.0", "pip install -q torch"), "pyproject's pin"),
+    (LAUNCHER, _set("setup_commands.2", f"{DS_INSTALL} deepspeed"), deepspeed_pin()),
+    (LAUNCHER, _set("setup_commands.2", f"{DS_INSTALL} {deepspeed_pin()}.1"), deepspeed_pin()),
+    (LAUNCHER, _set("docker.disable_shm_size_detection", True), "/dev/shm"),
     (RAYCLUSTER, _set("spec.rayVersion", "2.9.0"), "rayVersion"),
     (RAYCLUSTER, _set("spec.workerGroupSpecs.0.minReplicas", 5), "minReplicas"),
     (RAYCLUSTER, _worker_gpu_removed, "GPU group"),
@@ -490,6 +650,10 @@ BROKEN = [
     (RAYCLUSTER, _auth_disabled_env, "RAY_AUTH_MODE"),
     (RAYCLUSTER, _set("spec.authOptions", None), "authOptions"),
     (RAYCLUSTER, _set(f"{HEAD_SPEC}.containers.0.image", "ray:2.9.0"), "does not name Ray"),
+    (RAYCLUSTER, _shm_on_disk, "workerGroupSpecs[gpu]: expected an emptyDir {medium: Memory}"),
+    (RAYCLUSTER, _shm_without_size_limit, "headGroupSpec: the /dev/shm emptyDir needs a sizeLimit"),
+    (RAYJOB, _shm_unmounted, "headGroupSpec: expected an emptyDir {medium: Memory}"),
+    (RAYJOB, _shm_on_disk, "workerGroupSpecs[gpu]: expected an emptyDir {medium: Memory}"),
     (RAYJOB, _set("spec.entrypoint", "hybridft data synth && hybridft train x"), "sh -c"),
     (RAYJOB, _set("spec.entrypoint", "hybridft train jobs/missing.yaml"), "does not exist"),
     (RAYJOB, _set("spec.entrypoint", "python train.py"), "hybridft train"),
@@ -515,3 +679,54 @@ def test_checker_rejects_broken_copy(relative, mutate, expected) -> None:
 
 def test_checker_rejects_unknown_kind() -> None:
     assert manifest_problems({"apiVersion": "v1", "kind": "Deployment"}, {}) != []
+
+
+def test_launcher_shm_detection_off_with_explicit_size_passes() -> None:
+    doc = shipped(LAUNCHER)
+    doc["docker"]["disable_shm_size_detection"] = True
+    doc["docker"]["worker_run_options"] = ["--shm-size=16g"]
+    assert manifest_problems(doc, shipped_pvcs()) == []
+
+
+# -- the Dockerfile checker rejects broken copies ------------------------------------------------
+def _edit(old: str, new: str) -> Callable[[str], str]:
+    """A mutation replacing ``old`` (which must be in the shipped Dockerfile) by ``new``."""
+
+    def mutate(text: str) -> str:
+        assert old in text, old
+        return text.replace(old, new)
+
+    return mutate
+
+
+def _project_installed_first(text: str) -> str:
+    project = "RUN pip install --no-cache-dir -e .\n"
+    text = _edit(project, "")(text)
+    return _edit("WORKDIR /home/ray/hybridft\n", "WORKDIR /home/ray/hybridft\n" + project)(text)
+
+
+TORCH_FROM_INDEX = (
+    f"{torch_pin()} \\\n    --index-url https://download.pytorch.org/whl/${{CUDA_VARIANT}}"
+)
+BROKEN_IMAGE = [
+    (_edit(f"rayproject/ray:{RAY_VERSION}-", "rayproject/ray:2.9.0-"), "FROM"),
+    (_edit("ARG CUDA_VARIANT=cu128", "ARG CUDA_VARIANT=cpu"), "CUDA index"),
+    (_edit("ARG CUDA_VARIANT=cu128", "ARG CUDA_VARIANT"), "CUDA index"),
+    (_edit(TORCH_FROM_INDEX, torch_pin()), "CUDA index"),
+    (_edit(TORCH_FROM_INDEX, "torch"), "pyproject's pin"),
+    (_project_installed_first, "installed before the package"),
+    (_edit(deepspeed_pin(), "deepspeed"), deepspeed_pin()),
+    (_edit("DS_BUILD_OPS=0 pip", "pip"), "DS_BUILD_OPS=0"),
+    (_edit("torch.version.cuda", "torch.cuda.is_available()"), "torch.version.cuda"),
+    (_edit('RUN python -c "import deepspeed, hybridft"\n', ""), "import deepspeed, hybridft"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"), BROKEN_IMAGE, ids=[f"{i}:{b[1]}" for i, b in enumerate(BROKEN_IMAGE)]
+)
+def test_dockerfile_checker_rejects_broken_copy(mutate, expected) -> None:
+    text = (CLUSTER / "Dockerfile").read_text()
+    assert dockerfile_problems(text) == []
+    problems = dockerfile_problems(mutate(text))
+    assert any(expected in p for p in problems), problems

@@ -246,3 +246,92 @@ def test_saved_model_and_generation_keep_default_attention(tmp_path) -> None:
     assert reloaded.config._attn_implementation == "sdpa"
     out = lm.eval().generate(batch[0][:1, :5], max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 8)
+
+
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window_size, enable_gqa):
+    """``torch.nn.attention.varlen.varlen_attn``'s contract on CPU (flash is CUDA-only): causal
+    attention of each ``cu_seqlens`` span of the flat ``[T, H, D]`` tensors."""
+    assert window_size == (-1, 0) and torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32
+    assert max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max())
+    outs = []
+    for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
+        qs, ks, vs = (x[a:b].transpose(0, 1) for x in (q, k, v))  # [H, l, D]
+        outs.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                qs, ks, vs, scale=scale, is_causal=True, enable_gqa=enable_gqa
+            ).transpose(0, 1)
+        )
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 1])
+def test_the_one_call_varlen_route_equals_the_block_diagonal_mask(spies, monkeypatch, kv_heads):
+    """The CUDA route (rows flattened, ``cu_seqlens``, GQA, one kernel call per layer), run here
+    with a CPU kernel of the same contract: the same losses and gradients as the masked path."""
+    kernel_spy, _ = spies
+    calls = _Spy(_reference_varlen)
+    monkeypatch.setitem(
+        attention.PACKED_KERNELS, "cpu", (lambda: calls, frozenset({torch.float32}))
+    )
+    lm = _tiny_lm(kv_heads)
+    batch = _packed(lm.config.vocab_size)
+    ref, ref_grads = _losses_and_grads(lm, False, batch)
+    out, grads = _losses_and_grads(lm, True, batch)
+    assert calls.calls == lm.config.num_hidden_layers  # one call per layer, whole batch
+    assert kernel_spy.calls == 0  # no per-segment loop
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+    for (name, _), g, r in zip(lm.named_parameters(), grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_varlen_kernel_is_taken_only_for_its_dtypes(spies, monkeypatch) -> None:
+    """flash takes half types only: an fp32 forward keeps the per-segment kernel."""
+    calls = _Spy(_reference_varlen)
+    monkeypatch.setitem(
+        attention.PACKED_KERNELS, "cpu", (lambda: calls, frozenset({torch.float16}))
+    )
+    lm = _tiny_lm(2)
+    with torch.no_grad():
+        LossModel(lm)(*_packed(lm.config.vocab_size))
+    assert calls.calls == 0 and spies[0].calls > 0
+
+
+def test_host_segments_match_the_tensor_rule_and_carry_cu_seqlens() -> None:
+    pos = np.array([[0, 1, 2, 0, 1, 0, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7], [3, 4, 0, 1, 2, 3, 0, 1]])
+    seg = attention.segments_from_numpy(pos)
+    assert seg == segments_from_positions(torch.from_numpy(pos))
+    assert seg.rows == ((3, 2, 1, 2), (8,), (2, 4, 2))
+    assert seg.cu_seqlens.tolist() == [0, 3, 5, 6, 8, 16, 18, 22, 24]
+    assert seg.cu_seqlens.dtype == torch.int32 and seg.max_len == 8
+
+
+def test_the_chunked_loss_equals_the_whole_loss(spies) -> None:
+    """``loss_chunk``: the same per-token losses and gradients (logits one chunk at a time)."""
+    lm = _tiny_lm(2)
+    batch = _packed(lm.config.vocab_size)
+    results = []
+    for chunk in (None, 7):
+        lm.zero_grad(set_to_none=True)
+        losses = LossModel(lm, loss_chunk=chunk)(*batch)
+        losses.sum().backward()
+        results.append((losses.detach(), [p.grad.clone() for p in lm.parameters()]))
+    (ref, ref_grads), (out, grads) = results
+    assert ref.numel() > 7 * 3  # several chunks
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    """``training.gradient_checkpointing``: recomputed layers (masked path), same gradients."""
+    from hybridft.train.strategy import loss_model
+
+    lm = _tiny_lm(2)
+    batch = _packed(lm.config.vocab_size)
+    ref, ref_grads = _losses_and_grads(lm, False, batch)
+    module = loss_model(lm, {"gradient_checkpointing": True, "loss_chunk_tokens": None})
+    assert all(layer.gradient_checkpointing for layer in lm.get_decoder().layers)
+    lm.zero_grad(set_to_none=True)
+    module(*batch).sum().backward()
+    for g, r in zip([p.grad for p in lm.parameters()], ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)

@@ -193,7 +193,8 @@ def saved_checkpoint(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     }
     weights = {k: v.detach().clone() for k, v in layer.state_dict().items()}
     torch.save(state, ckpt_dir / STATE_FILE)
-    torch.save({"recipe": LoraSpec().model_dump(), "state": weights}, ckpt_dir / MODEL_STATE_FILE)
+    blob = {"recipe": LoraSpec().model_dump(), "state": weights, "adapter_only": False}
+    torch.save(blob, ckpt_dir / MODEL_STATE_FILE)
     (ckpt_dir / HISTORY_FILE).write_text(json.dumps({"step": 1, "loss": 3.0}) + "\n")
     return weights
 
@@ -213,10 +214,11 @@ def test_a_resume_loads_rank_0s_gpu_tensors_onto_the_cpu(tmp_path, monkeypatch):
         m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
         weights = saved_checkpoint(tmp_path)
 
-    state, recipe, loaded, history = read_checkpoint(tmp_path)
+    state, blob, history = read_checkpoint(tmp_path)
+    loaded = blob["state"]
 
     assert {t.device.type for t in tensors_in(state) + tensors_in(loaded)} == {"cpu"}
-    assert recipe == LoraSpec().model_dump()
+    assert blob["recipe"] == LoraSpec().model_dump()
     assert history == [{"step": 1, "loss": 3.0}]
     assert all(torch.equal(loaded[k], weights[k]) for k in weights)
     torch.set_rng_state(state["rng_torch"])  # the CPU generator takes only a CPU state
@@ -236,3 +238,74 @@ def test_checkpoint_files_are_loaded_weights_only(tmp_path, file):
     torch.save({**blob, "tokens": np.int64(96)}, tmp_path / file)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         read_checkpoint(tmp_path)
+
+
+class HostSyncSpy(torch.overrides.TorchFunctionMode):
+    """Records every tensor operation that makes the host wait for the device on CUDA: reading a
+    value (item, tolist, float, bool), a copy to the host, or a shape only the data decides
+    (nonzero, boolean indexing, masked_select)."""
+
+    SYNCS = frozenset(
+        {
+            torch.Tensor.item,
+            torch.Tensor.tolist,
+            torch.Tensor.__bool__,
+            torch.Tensor.__float__,
+            torch.Tensor.__int__,
+            torch.Tensor.__index__,
+            torch.Tensor.cpu,
+            torch.Tensor.numpy,
+            torch.Tensor.nonzero,
+            torch.nonzero,
+            torch.masked_select,
+            torch.Tensor.masked_select,
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SYNCS:
+            self.seen.append(func.__name__)
+        index = args[1] if func is torch.Tensor.__getitem__ and len(args) > 1 else None
+        if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
+            self.seen.append("boolean index")
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_makes_no_host_sync():
+    """Finding 7: the packed step (micro-batches, varlen forward, chunked loss, backward, the
+    window's sums) reads nothing back from the device; only the log line does (``Window.loss``).
+    On CPU the same code runs, so a sync added anywhere in it shows up here."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hybridft.train.loop import Window, micro_batches
+    from hybridft.train.loss import LossModel
+    from hybridft.train.packing import pack_rows
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, attn_implementation="sdpa",
+    ))  # fmt: skip
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(5, 64, size=int(n)).astype(np.int32) for n in rng.integers(3, 20, 12)]
+    masks = [
+        np.r_[np.zeros(len(x) // 2, np.int8), np.ones(len(x) - len(x) // 2, np.int8)] for x in ids
+    ]
+    rows = pack_rows(ids, masks, [i % 2 for i in range(12)], length=32, pad_id=0)
+    module = LossModel(lm, loss_chunk=5)
+    window = Window(2)
+    spy = HostSyncSpy()
+    with spy:
+        for mb in micro_batches(rows, np.arange(len(rows)), 2, torch.device("cpu")):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                losses = module(**mb["inputs"])
+            losses.sum().backward()
+            window.add(losses, mb)
+    assert spy.seen == []
+    with spy:
+        assert window.loss > 0  # the log line: one read
+    assert spy.seen

@@ -58,16 +58,47 @@ def apply_policy(model: torch.nn.Module, policy: str, lora: dict[str, Any]) -> t
     raise ValueError(f"unknown adapter policy {policy!r}; expected one of {POLICIES}")
 
 
-def rebuild(base_dir: str, recipe: dict[str, Any] | None, state: dict[str, Any] | None) -> Any:
-    """A training model from the base architecture, an optional adapter recipe and a state dict."""
+def rebuild(
+    base_dir: str,
+    recipe: dict[str, Any] | None,
+    state: dict[str, Any] | None,
+    adapter_only: bool = False,
+) -> Any:
+    """A training model from the base architecture, an optional adapter recipe and a state dict.
+
+    ``adapter_only``: ``state`` holds the adapter's weights alone and the frozen weights are the
+    base's own (a LoRA checkpoint written without them); any other key missing is an error.
+    """
     from hybridft.model.hf import load_model
 
     model = load_model(base_dir)
     if recipe is not None:
         model = add_adapter(model, recipe)
     if state is not None:
-        model.load_state_dict(state, strict=True)
+        result = model.load_state_dict(state, strict=not adapter_only)
+        if adapter_only:
+            adapter = set(adapter_names(model))
+            missing = adapter & set(result.missing_keys)
+            if result.unexpected_keys or missing or not state.keys() <= adapter:
+                raise ValueError(
+                    "an adapter-only checkpoint does not match the adapter: missing "
+                    f"{sorted(missing)[:3]}, unexpected {sorted(result.unexpected_keys)[:3]}"
+                )
     return model
+
+
+def adapter_names(model: torch.nn.Module) -> list[str]:
+    """The names of the weights a LoRA model trains (what an adapter-only checkpoint holds)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad] if is_peft(model) else []
+
+
+def frozen_stays_base(frozen_is_base: bool, policy: str, model: torch.nn.Module) -> bool:
+    """Whether a stage's frozen weights are still the base's own after ``policy`` is applied to
+    ``model``: only adapters have trained so far and none was merged (``continue``, or a
+    ``merge_and_new`` with no adapter to merge)."""
+    return frozen_is_base and (
+        policy == "continue" or (policy == "merge_and_new" and not is_peft(model))
+    )
 
 
 def recipe_of(model: torch.nn.Module, lora: dict[str, Any]) -> dict[str, Any] | None:

@@ -5,9 +5,14 @@ default ``sdpa`` implementation transformers turns that into a dense ``[rows, 1,
 block-diagonal mask, and SDPA then computes every query against every key of the row (the masked
 blocks included) and cannot take its causal fast path. Here the row is cut at the sample
 boundaries instead and each sample attends causally to itself only: the same result, with only
-the lower triangle of each sample's own block computed. On CPU a sample runs through plain
+the lower triangle of each sample's own block computed. On CUDA (bf16/fp16) the whole batch is one
+call per layer of torch's flash-attention varlen kernel (``torch.nn.attention.varlen``: the rows
+flattened, ``cu_seqlens`` at the sample starts, GQA native). On CPU a sample runs through plain
 matmuls in query blocks (``_segment_matmul``: the fused CPU SDPA kernels are slow on the short
-sequences of a packed row); on other devices through SDPA with ``is_causal=True``.
+sequences of a packed row); elsewhere through SDPA with ``is_causal=True``, one call per sample.
+
+No host sync in the step: the segment lengths and ``cu_seqlens`` come from the packed rows' host
+(numpy) position ids (``segments_from_numpy``), and only ``cu_seqlens`` is copied to the device.
 
 How it plugs into transformers: ``varlen_attention_forward`` is registered in the
 ``AttentionInterface`` under ``VARLEN``; ``LossModel`` switches the model config's
@@ -23,9 +28,10 @@ the default attention.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,35 +44,53 @@ MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 @dataclass(frozen=True)
 class Segments:
-    """Lengths of the consecutive segments of every row, in order (they sum to the row length)."""
+    """Lengths of the consecutive segments of every row, in order (they sum to the row length).
+
+    ``cu_seqlens``: the segment starts over the flattened rows plus the total (int32, on the
+    model's device), what a varlen kernel takes; ``max_len``: the longest segment.
+    """
 
     rows: tuple[tuple[int, ...], ...]
+    cu_seqlens: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    max_len: int = 0
 
     @property
     def count(self) -> int:
         return sum(len(r) for r in self.rows)
 
 
-def segments_from_positions(position_ids: torch.Tensor) -> Segments:
-    """Segments of each row of a ``[rows, L]`` position-id batch.
+def segments_from_numpy(position_ids: np.ndarray, device: torch.device | str = "cpu") -> Segments:
+    """Segments of each row of a ``[rows, L]`` position-id batch, from host memory.
 
     A segment starts wherever the position does not continue the previous one (``p[t] != p[t-1] +
     1``), the same rule as transformers' ``find_packed_sequence_indices``, and at every row start:
     a segment never spans two rows.
     """
+    pos = np.asarray(position_ids)
+    if pos.ndim != 2:
+        raise ValueError(f"expected [rows, length] position ids, got shape {tuple(pos.shape)}")
+    starts = np.ones(pos.shape, dtype=bool)
+    starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
+    cu = np.append(np.flatnonzero(starts), pos.size)
+    lengths = np.diff(cu)
+    per_row = np.split(lengths, np.cumsum(starts.sum(axis=1))[:-1])
+    cu_t = torch.from_numpy(cu.astype(np.int32))
+    if torch.device(device).type == "cuda":
+        cu_t = cu_t.pin_memory().to(device, non_blocking=True)
+    return Segments(
+        tuple(tuple(int(x) for x in row) for row in per_row),
+        cu_seqlens=cu_t.to(device),
+        max_len=int(lengths.max()) if lengths.size else 0,
+    )
+
+
+def segments_from_positions(position_ids: torch.Tensor) -> Segments:
+    """``segments_from_numpy`` of a tensor (one host copy; the loop passes host segments)."""
     if position_ids.dim() != 2:
         raise ValueError(
             f"expected [rows, length] position ids, got shape {tuple(position_ids.shape)}"
         )
-    pos = position_ids.detach()
-    starts = torch.ones_like(pos, dtype=torch.bool)
-    starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
-    length = pos.shape[1]
-    rows = []
-    for row_starts in starts.cpu().tolist():
-        idx = [t for t, s in enumerate(row_starts) if s] + [length]
-        rows.append(tuple(b - a for a, b in zip(idx[:-1], idx[1:], strict=True)))
-    return Segments(tuple(rows))
+    return segments_from_numpy(position_ids.detach().cpu().numpy(), position_ids.device)
 
 
 def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -126,6 +150,53 @@ def _segment_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
 # Per-segment kernel by device type; any other device uses the fused SDPA kernel.
 SEGMENT_KERNELS = {"cpu": _segment_matmul}
 
+# A varlen kernel with the contract of torch.nn.attention.varlen.varlen_attn: (q, k, v [T, H, D],
+# cu_seq_q, cu_seq_k, max_q, max_k, *, scale, window_size, enable_gqa) -> [T, H, D].
+VarlenKernel = Callable[..., torch.Tensor]
+
+
+def _torch_varlen_kernel() -> VarlenKernel | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # an older torch: the per-segment SDPA loop
+        return None
+    return varlen_attn
+
+
+# Whole-batch varlen kernels by device type, with the dtypes each takes (flash: half types only).
+PACKED_KERNELS: dict[str, tuple[Callable[[], VarlenKernel | None], frozenset[torch.dtype]]] = {
+    "cuda": (_torch_varlen_kernel, frozenset({torch.bfloat16, torch.float16})),
+}
+
+
+def _packed_varlen(
+    kernel: VarlenKernel,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: Segments,
+    scale: float,
+) -> torch.Tensor:
+    """One varlen call for the whole batch: ``[B, H, L, D]`` in, ``[B, L, H, D]`` out."""
+    b, h, length, d = query.shape
+
+    def flat(x: torch.Tensor) -> torch.Tensor:  # [B, H, L, D] -> [B * L, H, D]
+        return x.transpose(1, 2).reshape(b * length, x.shape[1], d)
+
+    out = kernel(
+        flat(query),
+        flat(key),
+        flat(value),
+        segments.cu_seqlens,
+        segments.cu_seqlens,
+        segments.max_len,
+        segments.max_len,
+        scale=scale,
+        window_size=(-1, 0),  # causal
+        enable_gqa=key.shape[1] != h,
+    )
+    return out.reshape(b, length, h, d)
+
 
 def varlen_attention_forward(
     module: nn.Module,
@@ -166,6 +237,10 @@ def varlen_attention_forward(
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else value.dtype
     query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    packed, dtypes = PACKED_KERNELS.get(device, (lambda: None, frozenset()))
+    kernel = packed() if dtype in dtypes and segments.cu_seqlens is not None else None
+    if kernel is not None:
+        return _packed_varlen(kernel, query, key, value, segments, scale), None
     segment_attention = SEGMENT_KERNELS.get(device, _segment_sdpa)
     n_rep = query.shape[1] // key.shape[1]
     rows_out = []

@@ -25,7 +25,16 @@ import numpy as np
 import torch
 
 from hybridft.quiet import quiet_library_chatter
-from hybridft.train.adapters import apply_policy, is_peft, merged, rebuild, recipe_of
+from hybridft.train.adapters import (
+    adapter_names,
+    apply_policy,
+    frozen_stays_base,
+    is_peft,
+    merged,
+    rebuild,
+    recipe_of,
+)
+from hybridft.train.attention import segments_from_numpy
 from hybridft.train.devices import all_reduce_sum, allow_tf32_on_cuda
 from hybridft.train.loss import micro_batch_loss, per_source_sums
 from hybridft.train.node_base import local_base_dir
@@ -71,9 +80,20 @@ def maybe_inject_fault(fault: dict[str, Any] | None, rank: int, stage: int, step
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``; to a GPU from pinned memory, without waiting for the copy."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def micro_batches(
     rows: PackedRows, idx: np.ndarray, batch: int, device: torch.device
 ) -> list[dict[str, Any]]:
+    """The step's micro-batches on ``device``. Everything that decides a shape (segments, target
+    positions, token counts) is computed here from the host rows: the step never waits on the
+    device to learn one."""
     out = []
     for k in range(0, len(idx), batch):
         sel = idx[k : k + batch]
@@ -81,10 +101,14 @@ def micro_batches(
         target = shift_loss_mask(rows.loss_mask[sel], pos)
         out.append(
             {
-                "input_ids": torch.from_numpy(rows.input_ids[sel].astype(np.int64)).to(device),
-                "position_ids": torch.from_numpy(pos.astype(np.int64)).to(device),
-                "target_mask": torch.from_numpy(target).to(device),
-                "target_sources": torch.from_numpy(rows.source_ids[sel][:, 1:][target]),
+                "inputs": {
+                    "input_ids": _to_device(rows.input_ids[sel].astype(np.int64), device),
+                    "position_ids": _to_device(pos.astype(np.int64), device),
+                    "target_mask": _to_device(target, device),
+                    "segments": segments_from_numpy(pos, device),
+                    "target_index": _to_device(np.flatnonzero(target).astype(np.int64), device),
+                },
+                "target_sources": _to_device(rows.source_ids[sel][:, 1:][target], device),
                 "real_tokens": int((rows.source_ids[sel] >= 0).sum()),
             }
         )
@@ -118,8 +142,9 @@ def save_hf(lm: torch.nn.Module, tokenizer_dir: str, out: Path) -> None:
 
 def read_checkpoint(
     ckpt_dir: Path,
-) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """A checkpoint's loop state, adapter recipe, model weights and history, tensors on the CPU.
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """A checkpoint's loop state, model blob (``recipe``, ``state``, ``adapter_only``) and
+    history, tensors on the CPU.
 
     Rank 0 saved the tensors from its device: loaded as saved, every rank would put them on
     rank 0's GPU. From the CPU each goes where it belongs: the RNG state into the CPU generator,
@@ -130,32 +155,34 @@ def read_checkpoint(
     # dicts, the LoRA recipe): weights_only loads them
     state = torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=True)
     blob = torch.load(ckpt_dir / MODEL_STATE_FILE, map_location="cpu", weights_only=True)
-    recipe, weights = blob["recipe"], blob["state"]
-    if weights is None:  # full fine-tuning: the fp32 HF weights are the exact state
+    if blob["state"] is None:  # a full stage's end: the fp32 HF weights are the exact state
         from safetensors.torch import load_file
 
-        weights = load_file(str(ckpt_dir / "model" / "model.safetensors"), device="cpu")
+        blob["state"] = load_file(str(ckpt_dir / "model" / "model.safetensors"), device="cpu")
     history = [json.loads(x) for x in (ckpt_dir / HISTORY_FILE).read_text().splitlines()]
-    return state, recipe, weights, history
+    return state, blob, history
 
 
 class Window:
-    """Sums over the steps since the last log line."""
+    """Sums over the steps since the last log line. The loss sums stay on the device until the
+    log line reads them (``totals``): no host sync per micro-batch."""
 
-    def __init__(self, n_sources: int) -> None:
-        self.loss = 0.0
+    def __init__(self, n_sources: int, device: torch.device | str = "cpu") -> None:
         self.loss_tokens = 0
         self.tokens = 0
-        self.src = torch.zeros(2, n_sources, dtype=torch.float64)
+        self.src = torch.zeros(2, n_sources, dtype=torch.float64, device=device)
         self.t0 = time.perf_counter()
 
     def add(self, token_losses: torch.Tensor, mb: dict[str, Any]) -> None:
-        self.loss += float(token_losses.detach().sum())
-        self.loss_tokens += token_losses.numel()
+        self.loss_tokens += token_losses.numel()  # a shape: known without a sync
         self.tokens += mb["real_tokens"]
-        s, c = per_source_sums(token_losses.cpu(), mb["target_sources"], self.src.shape[1])
+        s, c = per_source_sums(token_losses, mb["target_sources"], self.src.shape[1])
         self.src[0] += s
         self.src[1] += c
+
+    @property
+    def loss(self) -> float:
+        return float(self.src[0].sum())
 
 
 def say(line: str) -> None:
@@ -197,17 +224,19 @@ def train_loop(config: dict[str, Any]) -> None:
 
     entered = time.perf_counter()
     # 1) where to start: a fresh run, or this run's last checkpoint
-    state: dict[str, Any] = {"stage": 0, "step": 0, "tokens": 0}
+    state: dict[str, Any] = {"stage": 0, "step": 0, "tokens": 0, "frozen_is_base": True}
     history: list[dict[str, Any]] = []
-    recipe, weights, ckpt_dir = None, None, None
+    blob: dict[str, Any] = {"recipe": None, "state": None, "adapter_only": False}
+    ckpt_dir = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         ckpt_dir = Path(checkpoint.to_directory())
-        state, recipe, weights, history = read_checkpoint(ckpt_dir)
+        state, blob, history = read_checkpoint(ckpt_dir)
         if rank == 0:
             say(f"resuming at stage {state['stage']} step {state['step']}")
     _seed_all(config["seed"])
-    lm = rebuild(config["base_dir"], recipe, weights)
+    lm = rebuild(config["base_dir"], blob["recipe"], blob["state"], blob["adapter_only"])
+    del blob
     # the threads set above, kept for every step; raised per run if a window beats it (<= 100%)
     peak = MatmulPeak(
         matmul_peak(torch.bfloat16 if use_bf16 else torch.float32, torch.get_num_threads(), device)
@@ -230,6 +259,9 @@ def train_loop(config: dict[str, Any]) -> None:
         mid_stage = ckpt_dir is not None and state["stage"] == s_idx and state["step"] > 0
         if not mid_stage:
             torch.manual_seed(config["seed"] * 1009 + s_idx)  # a new adapter's init, per stage
+            state["frozen_is_base"] = frozen_stays_base(
+                state.get("frozen_is_base", False), stage["adapter"], lm
+            )
             lm = apply_policy(lm, stage["adapter"], lora)
         engine = make_engine(strategy, lm, stage, training, world)
         # per stage: what is trained (LoRA or full, a new adapter) decides the FLOPs per token
@@ -240,7 +272,7 @@ def train_loop(config: dict[str, Any]) -> None:
             torch.set_rng_state(state["rng_torch"])
             start = state["step"]
         timings["time/setup_s"] += time.perf_counter() - stage_setup
-        window = Window(len(stage["sources"]))
+        window = Window(len(stage["sources"]), device)
         for step in range(start, stage["steps"]):
             # 2) the step's rows: the loss normaliser counts every worker's rows, no all_reduce
             all_idx = step * per_worker * world + np.arange(per_worker * world)
@@ -252,9 +284,7 @@ def train_loop(config: dict[str, Any]) -> None:
             )
             for m_idx, mb in enumerate(micro):
                 with engine.autocast():
-                    token_losses = engine.module(
-                        mb["input_ids"], mb["position_ids"], mb["target_mask"]
-                    )
+                    token_losses = engine.module(**mb["inputs"])
                 loss = micro_batch_loss(token_losses, global_loss_tokens, world)
                 engine.backward(loss, m_idx == len(micro) - 1)
                 window.add(token_losses, mb)
@@ -290,7 +320,9 @@ def train_loop(config: dict[str, Any]) -> None:
             elif logged:
                 ray.train.report(dict(history[-1]))
             if logged:
-                window = Window(len(stage["sources"]))  # after the checkpoint: timing excludes it
+                window = Window(
+                    len(stage["sources"]), device
+                )  # after the checkpoint: timing excludes it
         stage_end = time.perf_counter()
         lm = (
             engine.lm
@@ -317,21 +349,15 @@ def validation_loss(
     rows: PackedRows = validation["rows"]
     names: list[str] = validation["sources"]
     idx = np.arange(rank, len(rows), world)
-    loss, count = 0.0, 0
-    src = torch.zeros(2, len(names), dtype=torch.float64)
+    window = Window(len(names), device)
     was_training = engine.module.training
     engine.module.eval()
     with torch.no_grad():
         for mb in micro_batches(rows, idx, training["batch_size"], device):
             with engine.autocast():
-                token_losses = engine.module(mb["input_ids"], mb["position_ids"], mb["target_mask"])
-            loss += float(token_losses.sum())
-            count += token_losses.numel()
-            sums, counts = per_source_sums(token_losses.cpu(), mb["target_sources"], len(names))
-            src[0] += sums
-            src[1] += counts
+                window.add(engine.module(**mb["inputs"]), mb)
     engine.module.train(was_training)
-    totals = all_reduce_sum([loss, count, *src.flatten().tolist()])
+    totals = all_reduce_sum([window.loss, window.loss_tokens, *window.src.flatten().tolist()])
     per_source = np.array(totals[2:]).reshape(2, len(names))
     out = {"val_loss": totals[0] / max(totals[1], 1)}
     for i, name in enumerate(names):
@@ -400,18 +426,30 @@ def _checkpoint(
     rank: int,
     timings: dict[str, float],
 ) -> None:
-    """Every rank calls this (it gathers state and reports); rank 0 writes the model files."""
+    """Every rank calls this (it gathers state and reports); rank 0 writes the model files.
+
+    What a checkpoint holds: the loop state (data position, RNG, optimizer and scheduler; under
+    ZeRO each rank's shard) and the training weights. LoRA whose frozen weights are still the
+    base's own: the adapter alone (megabytes, the base is re-read on resume). A stage's end also
+    exports the plain HF model (LoRA merged into a copy, adapter beside it) — the stage model a
+    run returns; in between none is written.
+    """
     import ray.train
     from ray.train import Checkpoint
 
     started = time.perf_counter()
     weights = engine.full_state()  # collective under ZeRO-3
+    adapter_only = is_peft(engine.lm) and bool(state.get("frozen_is_base"))
+    if adapter_only:
+        names = set(adapter_names(engine.lm))
+        weights = {k: v for k, v in weights.items() if k in names}
     stages = config["stages"]
     next_state = {
         "stage": s_idx + 1 if last else s_idx,
         "step": 0 if last else done,
         "tokens": state["tokens"],
         "rng_torch": torch.get_rng_state(),
+        "frozen_is_base": bool(state.get("frozen_is_base")),
     }
     metrics = dict(history[-1]) if history else {}
     metrics["stage_end"] = stages[s_idx]["name"] if last else ""
@@ -423,12 +461,20 @@ def _checkpoint(
             next_state.update(engine.save(out, rank))  # DeepSpeed: every rank writes its shard
         attach = config["strategy"] != "ddp" and not last
         if rank == 0:
-            lm = engine.lm
-            if config["strategy"] != "ddp":
-                lm = rebuild(config["base_dir"], recipe_of(engine.lm, config["lora"]), weights)
-            save_hf(lm, config["base_dir"], out)
+            recipe = recipe_of(engine.lm, config["lora"])
+            # a full stage's end: the fp32 HF export is the exact state, not written twice
+            full_export = last and recipe is None
+            if last:
+                lm = engine.lm
+                if config["strategy"] != "ddp":
+                    lm = rebuild(config["base_dir"], recipe, weights, adapter_only)
+                save_hf(lm, config["base_dir"], out)
             torch.save(
-                {"recipe": recipe_of(engine.lm, config["lora"]), "state": weights},
+                {
+                    "recipe": recipe,
+                    "state": None if full_export else weights,
+                    "adapter_only": adapter_only,
+                },
                 out / MODEL_STATE_FILE,
             )
             torch.save(next_state, out / STATE_FILE)

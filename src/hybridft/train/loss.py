@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hybridft.train.attention import (
     SEGMENTS_KWARG,
+    Segments,
     segments_from_positions,
     varlen_attention,
     varlen_supported,
@@ -35,20 +37,35 @@ class LossModel(nn.Module):
     ``attention.py`` (causal attention per sample, no dense block-diagonal mask) whenever the
     model allows it (``varlen_supported``: e.g. a Llama on the default ``sdpa`` implementation);
     ``varlen=False`` keeps transformers' masked path.
+
+    No host sync: the loop passes the segments and the flat indices of the target positions
+    (``target_index``) computed on the host; given only ``target_mask``, both are derived here.
+
+    ``loss_chunk``: the LM head and cross-entropy run over chunks of that many target tokens, each
+    recomputed in backward (activation checkpointing), so the fp32 logits of only one chunk exist
+    at a time (``vocab x chunk x 4`` bytes instead of ``vocab x targets x 4``). Same losses and
+    gradients.
     """
 
-    def __init__(self, lm: nn.Module, varlen: bool = True) -> None:
+    def __init__(self, lm: nn.Module, varlen: bool = True, loss_chunk: int | None = None) -> None:
         super().__init__()
         self.lm = lm
         self.varlen = varlen
+        self.loss_chunk = loss_chunk
 
     def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, target_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        target_mask: torch.Tensor,
+        segments: Segments | None = None,
+        target_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         backbone = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
         # use_cache=False: with a cache, transformers skips the packed-sequence (block-diagonal) mask
         if self.varlen and varlen_supported(backbone):
-            segments = segments_from_positions(position_ids)
+            if segments is None:
+                segments = segments_from_positions(position_ids)
             with varlen_attention(backbone):
                 hidden = backbone(
                     input_ids=input_ids,
@@ -60,10 +77,25 @@ class LossModel(nn.Module):
             hidden = backbone(
                 input_ids=input_ids, position_ids=position_ids, use_cache=False
             ).last_hidden_state
-        selected = hidden[:, :-1][target_mask]
-        logits = self.lm.get_output_embeddings()(selected).float()
-        targets = input_ids[:, 1:][target_mask]
-        return nn.functional.cross_entropy(logits, targets, reduction="none")
+        if target_index is None:
+            target_index = target_mask.reshape(-1).nonzero().squeeze(1)
+        selected = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, target_index)
+        targets = input_ids[:, 1:].reshape(-1).index_select(0, target_index)
+        head = self.lm.get_output_embeddings()
+        chunk = self.loss_chunk
+        if not chunk or selected.shape[0] <= chunk:
+            return _head_loss(head, selected, targets)
+        return torch.cat(
+            [
+                checkpoint(_head_loss, head, h, t, use_reentrant=False)
+                for h, t in zip(selected.split(chunk), targets.split(chunk), strict=True)
+            ]
+        )
+
+
+def _head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of the LM head's fp32 logits."""
+    return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
 
 
 def micro_batch_loss(
@@ -78,10 +110,11 @@ def per_source_sums(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of loss, number of tokens) per source id, for the realised per-source loss."""
     idx = target_sources.long().clamp(min=0)
-    sums = torch.zeros(n_sources, dtype=torch.float64).index_add_(
+    device = token_losses.device
+    sums = torch.zeros(n_sources, dtype=torch.float64, device=device).index_add_(
         0, idx, token_losses.detach().double()
     )
-    counts = torch.zeros(n_sources, dtype=torch.float64).index_add_(
+    counts = torch.zeros(n_sources, dtype=torch.float64, device=device).index_add_(
         0, idx, torch.ones_like(token_losses, dtype=torch.float64)
     )
     return sums, counts

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from hybridft.train.adapters import is_peft
 from hybridft.train.loss import LossModel
 from hybridft.train.schedule import lr_lambda
 
@@ -64,6 +65,14 @@ def compile_layers(lm: torch.nn.Module) -> None:
         layer.compile(dynamic=False)
 
 
+def loss_model(lm: torch.nn.Module, training: dict[str, Any]) -> LossModel:
+    """The loss module of a job's training options (gradient checkpointing, chunked loss)."""
+    if training.get("gradient_checkpointing"):
+        # non-reentrant: frozen inputs (LoRA) need no enable_input_require_grads
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return LossModel(lm, loss_chunk=training.get("loss_chunk_tokens"))
+
+
 def ddp_engine(
     lm: torch.nn.Module, stage: dict[str, Any], training: dict[str, Any], world: int
 ) -> Engine:
@@ -71,9 +80,9 @@ def ddp_engine(
 
     device = ray.train.torch.get_device()
     wrapped = (
-        ray.train.torch.prepare_model(LossModel(lm), parallel_strategy="ddp")
+        ray.train.torch.prepare_model(loss_model(lm, training), parallel_strategy="ddp")
         if world > 1
-        else LossModel(lm).to(device)
+        else loss_model(lm, training).to(device)
     )
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = _optimizer(params, stage, training)
@@ -151,7 +160,7 @@ def deepspeed_engine(
     accum = training["grad_accum"]
     params = [p for p in lm.parameters() if p.requires_grad]
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=LossModel(lm),
+        model=loss_model(lm, training),
         optimizer=_optimizer(params, stage, training),
         lr_scheduler=lambda opt: _schedule(opt, stage),
         config=deepspeed_config(training, zero),
@@ -170,7 +179,9 @@ def deepspeed_engine(
         return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
 
     def save(path: Path, _: int) -> dict[str, Any]:
-        engine.save_checkpoint(str(path), tag=DS_TAG)
+        # LoRA: DeepSpeed's module file would hold the frozen base again (the loop writes the
+        # adapter); the optimizer shards cover the trained weights only
+        engine.save_checkpoint(str(path), tag=DS_TAG, exclude_frozen_parameters=is_peft(lm))
         return {}
 
     def load(path: Path, _: dict[str, Any]) -> None:
