@@ -78,3 +78,31 @@ def write_job(tmp: Path, spec: dict[str, Any], name: str = "job.yaml") -> Path:
     path = tmp / name
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+class FirstForward(Exception):
+    """Raised by ``first_forward_devices``'s hook: the model's first call was seen."""
+
+
+def first_forward_devices(model: Any, call: Any) -> dict[str, str]:
+    """Device type of each tensor keyword the model's first forward gets while ``call()`` runs.
+
+    The forward is stopped there, so a model on ``meta`` (no weights, no numbers) shows where
+    a caller puts its inputs without computing anything.
+    """
+    import torch
+
+    seen: dict[str, str] = {}
+
+    def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        seen.update({k: v.device.type for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+        raise FirstForward
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        call()
+    except FirstForward:
+        pass
+    finally:
+        handle.remove()
+    return seen

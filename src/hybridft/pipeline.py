@@ -10,7 +10,7 @@ from rich.table import Table
 from hybridft.data.records import Example
 from hybridft.errors import UserError
 from hybridft.registry.tracking import RunRecord
-from hybridft.specs import DataSpec, JobSpec, load_job
+from hybridft.specs import DataSpec, JobSpec, ScalingSpec, load_job
 
 
 def train_and_log(
@@ -210,6 +210,30 @@ def evaluate_run(run_dir: str | Path, tracking_uri: str | None = None, full: boo
     return result
 
 
+def evaluate_on_job_hardware(
+    scaling: ScalingSpec, model_dir: str | Path, eval_sets: dict[str, list[Example]], **kwargs: Any
+) -> Any:
+    """``evaluate_model(model_dir, eval_sets, **kwargs)`` on the kind of device the job trains on.
+
+    A GPU job (``scaling.use_gpu``) is scored in a Ray task holding one GPU, on CUDA: on a
+    cluster this process is the driver on the head pod, which has no GPU. A CPU job is scored
+    here, in this process, as before. ``on_progress`` (a callback into this process) is not sent
+    to the task.
+    """
+    from hybridft.evaluate.run import evaluate_model
+
+    if not scaling.use_gpu:
+        return evaluate_model(model_dir, eval_sets, **kwargs)
+    import ray
+
+    from hybridft.train.run import ensure_ray
+
+    ensure_ray()
+    kwargs.pop("on_progress", None)
+    task = ray.remote(num_gpus=1)(evaluate_model)
+    return ray.get(task.remote(str(model_dir), eval_sets, device="cuda", **kwargs))
+
+
 def evaluate_spec(
     spec: JobSpec,
     run_dir: str | Path,
@@ -224,17 +248,19 @@ def evaluate_spec(
     from rich.progress import Progress
 
     from hybridft.evaluate.model_index import write_model_index
-    from hybridft.evaluate.run import evaluate_model, task_groups, write_eval
+    from hybridft.evaluate.run import task_groups, write_eval
 
     sets = load_eval_sets(spec.data)
     calibration = {n: _read_source(spec.data, n, p) for n, p in spec.eval.calibration.items()}
     train = training_examples(spec) if spec.eval.leakage else None
     out_dir = Path(run_dir) / "eval"
     total = sum(len(rows) for _, rows in task_groups(sets, spec.eval.max_examples).values())
-    bar = Progress(transient=True) if progress else None
+    # a GPU job is scored in a Ray task (evaluate_on_job_hardware): no bar to advance from here
+    bar = Progress(transient=True) if progress and not spec.scaling.use_gpu else None
     with bar or nullcontext():
         task = bar.add_task("evaluating", total=total) if bar else None
-        result = evaluate_model(
+        result = evaluate_on_job_hardware(
+            spec.scaling,
             model_dir,
             sets,
             max_examples=spec.eval.max_examples,
@@ -266,7 +292,6 @@ def graph_scores(
     Forgetting compares the instruction tasks' scores of the model before the last stage (the
     previous stage's model) with the final model's; it needs two or more stages.
     """
-    from hybridft.evaluate.run import evaluate_model
     from hybridft.evaluate.task_graph import forgetting, heldout_tasks, load_task_graph
 
     graph = load_task_graph(spec.eval.task_graph or "")
@@ -295,7 +320,8 @@ def graph_scores(
                 t: [e for rows in load_eval_sets(spec.data).values() for e in rows if e.task == t]
                 for t in instruction
             }
-            before = evaluate_model(
+            before = evaluate_on_job_hardware(
+                spec.scaling,
                 before_dir,
                 sets,
                 max_examples=spec.eval.max_examples,

@@ -100,3 +100,122 @@ def test_graph_scores_know_a_single_task_source_by_its_rows_task(small_demo_data
     train = [replace(train[0], task="it_desk")]
     graph = graph_scores(spec, {}, result, train)
     assert graph["heldout_tasks"] == ["extract_date"] and graph["heldout_score"] == 0.25
+
+
+# --- the device evaluation runs on ------------------------------------------------------------
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="here 'auto' would be CUDA")
+
+
+@NO_CUDA
+def test_device_resolution_auto_is_cpu_here_and_bad_devices_are_user_errors():
+    from hybridft.errors import UserError
+    from hybridft.model.device import model_dtype, resolve_device
+
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert model_dtype(torch.device("cpu")) == torch.float32
+    assert model_dtype(torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(UserError, match="device: 'cuda' asked for, but torch sees no CUDA"):
+        resolve_device("cuda")
+    with pytest.raises(UserError, match="device: expected 'auto', 'cpu', 'cuda'.*got 'meta'"):
+        resolve_device("meta")
+    with pytest.raises(UserError, match="device: expected .*got 'gpu0'"):
+        resolve_device("gpu0")
+
+
+def _labelled(n: int) -> list[Example]:
+    labels = ["network low", "network high"]
+    return [
+        _example(f"Ticket {i}: my laptop cannot reach the VPN", labels[i % 2], labels[i % 2], i)
+        for i in range(n)
+    ]
+
+
+@NO_CUDA
+def test_evaluate_model_on_an_explicit_cpu_equals_the_default(tiny_model_dir):
+    from hybridft.errors import UserError
+    from hybridft.evaluate.run import evaluate_model
+
+    sets = {"t": _labelled(4)}
+
+    def scores(**device: str) -> dict:
+        doc = evaluate_model(tiny_model_dir, sets, max_new_tokens=4, **device).to_json()
+        doc.pop("examples_per_s")
+        return doc
+
+    default = scores()
+    assert default["tasks"]["t"]["calibration"] is not None  # label scoring ran as well
+    assert scores(device="cpu") == default
+    with pytest.raises(UserError, match="device: .*got 'meta'"):
+        evaluate_model(tiny_model_dir, sets, device="meta")
+
+
+def test_generation_and_scoring_put_inputs_and_autocast_on_the_models_device(
+    tiny_model_dir, monkeypatch
+):
+    """On ``meta`` (the one device besides the CPU a CPU-only torch has) the model's first call
+    shows where the inputs were made; autocast is asked for the model's device type."""
+    from contextlib import nullcontext
+
+    from helpers import FirstForward, first_forward_devices
+
+    from hybridft.evaluate.generate import generate_answers
+
+    model, tokenizer = load_model(tiny_model_dir).eval().to("meta"), load_tokenizer(tiny_model_dir)
+    autocast: list[str] = []
+    monkeypatch.setattr(torch, "autocast", lambda kind, **_: autocast.append(kind) or nullcontext())
+    generated: dict[str, str] = {}
+
+    def generate(**kwargs):  # HF generate itself cannot run on meta: look at what it is given
+        generated.update({k: v.device.type for k, v in kwargs.items() if torch.is_tensor(v)})
+        raise FirstForward
+
+    monkeypatch.setattr(model, "generate", generate)
+    with pytest.raises(FirstForward):
+        generate_answers(model, tokenizer, ["Ticket 1: VPN"], max_new_tokens=2)
+    assert generated == {"input_ids": "meta", "attention_mask": "meta"}
+    scored = first_forward_devices(
+        model, lambda: label_logprobs(model, tokenizer, _labelled(1), LABELS)
+    )
+    assert scored == {"input_ids": "meta"}
+    assert autocast == ["meta", "meta"]
+
+
+def test_a_gpu_jobs_evaluation_runs_in_a_ray_task_holding_one_gpu(monkeypatch):
+    """``scaling.use_gpu``: a Ray task with ``num_gpus=1`` scores on CUDA (the driver may be a
+    GPU-less head); a CPU job is scored in this process, with the progress callback."""
+    import ray
+
+    import hybridft.evaluate.run as run
+    from hybridft.pipeline import evaluate_on_job_hardware
+    from hybridft.specs import ScalingSpec
+
+    local: list[dict] = []
+    monkeypatch.setattr(run, "evaluate_model", lambda *a, **kw: local.append(kw) or "here")
+    remote: dict = {}
+
+    def fake_remote(**options):
+        class Task:
+            @staticmethod
+            def remote(*args, **kwargs):
+                remote.update(options=options, args=args, kwargs=kwargs)
+                return "ref"
+
+        return lambda fn: remote.update(fn=fn) or Task()
+
+    monkeypatch.setattr(ray, "remote", fake_remote)
+    monkeypatch.setattr(ray, "get", lambda ref: f"got {ref}")
+    monkeypatch.setattr("hybridft.train.run.ensure_ray", lambda: None)
+    progress = print
+
+    cpu = evaluate_on_job_hardware(ScalingSpec(), "m", {}, max_examples=3, on_progress=progress)
+    assert cpu == "here" and local == [{"max_examples": 3, "on_progress": progress}]
+    assert not remote
+
+    gpu = ScalingSpec(use_gpu=True)
+    assert evaluate_on_job_hardware(gpu, "m", {}, max_examples=3, on_progress=progress) == "got ref"
+    assert remote["options"] == {"num_gpus": 1} and remote["fn"] is run.evaluate_model
+    assert remote["args"] == ("m", {})
+    assert remote["kwargs"] == {"device": "cuda", "max_examples": 3}
+    assert len(local) == 1

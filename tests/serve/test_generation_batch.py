@@ -189,3 +189,50 @@ def test_label_probs_ignore_label_order_and_flatten_with_temperature(engine):
 def test_label_probs_reject_bad_arguments(engine, labels, temperature, message):
     with pytest.raises(UserError, match=message):
         engine.label_probs(engine.text_prompt_ids("Ticket 3"), labels, temperature=temperature)
+
+
+# --- the engine's device ----------------------------------------------------------------------
+
+
+def test_every_input_and_sampling_rng_is_made_on_the_models_device(tiny_model_dir, monkeypatch):
+    """A model on ``meta`` (the one device besides the CPU a CPU-only torch has): the first
+    forward of each path shows where its inputs were made, and each request's RNG is asked for
+    on that device."""
+    from helpers import first_forward_devices
+
+    model = load_model(tiny_model_dir).to("meta")
+    engine = GenerationEngine(model, load_tokenizer(tiny_model_dir))
+    assert engine.device == torch.device("meta")
+    rng_devices: list[str] = []
+    real_generator = torch.Generator
+
+    def generator(device="cpu"):  # meta has no RNG: note where it was asked for, use the CPU's
+        rng_devices.append(torch.device(device).type)
+        return real_generator()
+
+    monkeypatch.setattr(torch, "Generator", generator)
+    ids = [5, 6, 7]
+    sampled = SamplingParams(max_tokens=2, temperature=1.0, seed=3)
+    runs = {
+        "stream": lambda: engine.generate(ids, sampled),
+        "batch": lambda: engine.generate_batch([(ids, sampled), ([5, 6], sampled)]),
+        "label_probs": lambda: engine.label_probs(ids, ["a b", "c"]),
+    }
+    for name, run in runs.items():
+        devices = first_forward_devices(model, run)
+        assert devices and set(devices.values()) == {"meta"}, (name, devices)
+    assert rng_devices == ["meta"] * 3
+
+
+def test_from_dir_on_an_explicit_cpu_equals_the_default_and_rejects_meta(tiny_model_dir):
+    default = GenerationEngine.from_dir(tiny_model_dir)
+    on_cpu = GenerationEngine.from_dir(tiny_model_dir, device="cpu", dtype="auto")
+    assert default.device == on_cpu.device == torch.device("cpu")
+    assert next(on_cpu.model.parameters()).dtype == torch.float32
+    ids = default.text_prompt_ids(TEXTS[3])
+    for params in (SamplingParams(max_tokens=6), SamplingParams(6, temperature=1.0, seed=7)):
+        assert on_cpu.generate(ids, params) == default.generate(ids, params)
+    with pytest.raises(UserError, match="device: .*got 'meta'"):
+        GenerationEngine.from_dir(tiny_model_dir, device="meta")
+    with pytest.raises(UserError, match="dtype: expected one of auto, bfloat16, float32"):
+        GenerationEngine.from_dir(tiny_model_dir, dtype="float16")

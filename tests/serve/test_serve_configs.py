@@ -36,6 +36,9 @@ def test_serve_config_files_validate_against_ray_serve(path):
     for app in config.applications:
         module, _, attr = app.import_path.partition(":")
         assert callable(getattr(importlib.import_module(module), attr))
+    from hybridft.serve.endpoint import check_serve_config
+
+    check_serve_config(path)  # each model application's args against its builder's schema
 
 
 def test_classification_tasks_come_from_the_versions_eval_json(registry, tmp_path):
@@ -61,3 +64,53 @@ def test_classification_tasks_come_from_the_versions_eval_json(registry, tmp_pat
     registry.end_run(bare)
     ref = registry.resolve(f"desk@{registry.register('desk', bare, source, {}).version}")
     assert classification_tasks(registry, ref) == {}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("num_gpus: -1", r"args\.num_gpus: expected a number >= 0, got -1"),
+        ("num_gpus: lots", r"args\.num_gpus: expected a number >= 0, got \"lots\""),
+        ("dtype: fp16", r"args\.dtype: expected one of 'auto', 'bfloat16' or 'float32'"),
+        ("num_gpu: 1", r"args\.num_gpu: unknown key \(did you mean 'num_gpus'\?\)"),
+    ],
+)
+def test_a_model_applications_bad_num_gpus_or_dtype_is_named_by_file_line_and_key(
+    tmp_path, line, message
+):
+    from hybridft.serve.endpoint import build_version_app, check_serve_config
+
+    text = (SERVE / "endpoint.yaml").read_text()
+    path = tmp_path / "endpoint.yaml"
+    path.write_text(text + f"      {line}\n")
+    where = rf"endpoint\.yaml:{text.count(chr(10)) + 1}: applications\[1\]\."
+    with pytest.raises(UserError, match=where + message):
+        check_serve_config(path)
+    # Serve runs the builder without the file's name: the key is still named
+    args = yaml.safe_load(path.read_text())["applications"][1]["args"]
+    with pytest.raises(UserError, match=r"^serve config args: " + message.removeprefix(r"args\.")):
+        build_version_app(args)
+
+
+def _model_dir(tmp_path: Path) -> Path:
+    """What ServeModelArgs checks: config.json and safetensors weights (never loaded here)."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    return tmp_path
+
+
+def test_num_gpus_reserves_gpus_for_the_replica_and_runs_the_engine_on_cuda(tmp_path):
+    """The built application's deployment options, read without deploying it."""
+    from hybridft.serve.launch import ServeModelArgs, build_app
+
+    base = {"model_dir": str(_model_dir(tmp_path)), "model_name": "m", "version": "1"}
+    gpu = build_app(ServeModelArgs(**base, num_gpus=0.5, dtype="float32"))._bound_deployment
+    assert gpu.ray_actor_options == {"num_cpus": 0.5, "num_gpus": 0.5}
+    assert gpu.init_kwargs["device"] == "cuda" and gpu.init_kwargs["dtype"] == "float32"
+    cpu = build_app(base)._bound_deployment  # a dict, as `serve run ... key=value` passes
+    assert cpu.ray_actor_options == {"num_cpus": 0.5}
+    assert cpu.init_kwargs["device"] == "cpu" and cpu.init_kwargs["dtype"] == "auto"
+    with pytest.raises(UserError, match=r"serve config args: dtype: expected one of 'auto'"):
+        build_app({**base, "dtype": "half"})
+    with pytest.raises(UserError, match=r"serve config args: num_gpus: expected a number >= 0"):
+        build_app({**base, "num_gpus": -0.5})

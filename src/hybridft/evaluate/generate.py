@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from hybridft.data.records import Example
+from hybridft.model.device import model_device
 
 
 def chat_prompt(tokenizer: Any, example: Example) -> str:
@@ -24,13 +25,18 @@ def generate_answers(
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Greedy completions of ``prompts`` (already chat-formatted), stopping at EOS."""
+    """Greedy completions of ``prompts`` (already chat-formatted), stopping at EOS.
+
+    Inputs go to the model's device; bf16 autocast runs on that device's type.
+    """
     tokenizer.padding_side = "left"
+    device = model_device(model)
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        enc = enc.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,

@@ -144,6 +144,7 @@ def evaluate_model(
     n_bins: int = 15,
     target_sources: set[str] | None = None,
     label_probs: bool = True,
+    device: str = "auto",
 ) -> EvalResult:
     """Score a model on held-out examples, per task.
 
@@ -155,14 +156,19 @@ def evaluate_model(
     first and every task reports its clean and dirty scores; ``contamination`` (the figure a
     policy gates on) covers the eval rows of ``target_sources`` (all sources when None), and
     ``contamination_all`` every eval row, diagnostic instruction suites included.
+
+    ``device``: where the model runs (``model.device.resolve_device``: ``"auto"`` is CUDA when
+    torch sees a GPU, else the CPU); bfloat16 weights on CUDA, float32 on CPU.
     """
     import torch
 
-    from hybridft.model.hf import load_model, load_tokenizer
+    from hybridft.model.device import load_model_on, resolve_device
+    from hybridft.model.hf import load_tokenizer
 
+    where = resolve_device(device)  # a bad device fails before anything loads
     torch.manual_seed(0)
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir).eval()
+    model = load_model_on(model_dir, where)
     tasks: dict[str, TaskScore] = {}
     samples: dict[str, list[dict[str, str]]] = {}
     artifacts: dict[str, str] = {}

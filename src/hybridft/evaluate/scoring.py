@@ -20,6 +20,7 @@ import torch
 
 from hybridft.data.records import Example, Message
 from hybridft.evaluate.generate import chat_prompt
+from hybridft.model.device import model_device
 
 
 def rephrase(example: Example, template: str) -> Example:
@@ -74,7 +75,7 @@ def label_logprobs(
         candidates: the label set, in column order.
     """
     out = np.full((len(examples), len(candidates)), -np.inf)
-    device = next(model.parameters()).device
+    device = model_device(model)  # every input tensor is made there
     for i, example in enumerate(examples):
         prompt = chat_prompt(tokenizer, example)
         groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
@@ -103,7 +104,7 @@ def _score_group(
             cache.batch_repeat_interleave(len(conts))
             ids = torch.zeros((len(conts), width), dtype=torch.long, device=device)
             for r, (_, c) in enumerate(conts):
-                ids[r, : len(c)] = torch.tensor(c)
+                ids[r, : len(c)] = torch.tensor(c, device=device)
             logits = model(input_ids=ids, cache=cache, use_cache=True).logits
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             for r, (_, c) in enumerate(conts):

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from ray import serve
 
 from hybridft.errors import UserError
+from hybridft.model.device import Dtype
 from hybridft.serve.adapters import AdapterHandle, AdapterSet
 from hybridft.serve.generation import GenerationEngine, SamplingParams
 from hybridft.serve.openai_api import (
@@ -145,6 +146,9 @@ class ModelServer:
     With ``adapters`` (name -> peft LoRA directory), model id ``<name>:<adapter>`` answers with
     that adapter on the shared base (``serve.multiplexed``: loaded on first use, LRU-unloaded;
     callers that set the multiplexed model id reach a replica that has it loaded).
+
+    ``device`` / ``dtype``: where and in which dtype the replica runs the model (``"cuda"`` when
+    the deployment reserves GPUs, see ``launch.build_app``).
     """
 
     def __init__(
@@ -158,8 +162,10 @@ class ModelServer:
         batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
         adapters: dict[str, str] | None = None,
         channel: bool = True,
+        device: str = "cpu",
+        dtype: Dtype = "auto",
     ) -> None:
-        self.engine = GenerationEngine.from_dir(model_dir)
+        self.engine = GenerationEngine.from_dir(model_dir, device=device, dtype=dtype)
         self.adapters = AdapterSet(self.engine.model, adapters) if adapters else None
         self.model_name = model_name
         self.version = version

@@ -9,12 +9,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from hybridft.errors import UserError
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from hybridft.errors import UserError, located
+from hybridft.model.device import Dtype
 from hybridft.registry.client import ModelRef, Registry
 from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths
 from hybridft.serve.traffic import model_app_name
+from hybridft.specfile import key_path, line_of
+from hybridft.specs import NonNegFloat, Strict
 
 logger = logging.getLogger(__name__)
 
@@ -49,22 +55,26 @@ def version_app(
     cache: str | Path = ".hybridft/served",
     num_cpus: float = 0.5,
     num_replicas: int = 1,
+    num_gpus: float = 0.0,
+    dtype: Dtype = "auto",
 ) -> Any:
     """The Serve application of ``model`` at ``version`` (a number or an alias), fetched from
     the registry with its classification tasks' labels and temperatures."""
-    from hybridft.serve.launch import ServeModelArgs, build_app
+    from hybridft.serve.launch import ServeModelArgs, build_app, serve_args
 
     ref = registry.resolve(f"{model}@{version}")
     model_dir = registry.download(ref, Path(cache) / ref.name / ref.version)
-    args = ServeModelArgs(
-        model_dir=str(model_dir.resolve()),
-        model_name=ref.name,
-        version=ref.version,
-        num_cpus=num_cpus,
-        num_replicas=num_replicas,
-        tasks=classification_tasks(registry, ref),
-    )
-    return build_app(args)
+    values = {
+        "model_dir": str(model_dir.resolve()),
+        "model_name": ref.name,
+        "version": ref.version,
+        "num_cpus": num_cpus,
+        "num_replicas": num_replicas,
+        "num_gpus": num_gpus,
+        "dtype": dtype,
+        "tasks": classification_tasks(registry, ref),
+    }
+    return build_app(serve_args(ServeModelArgs, values))
 
 
 def router_app(
@@ -97,12 +107,16 @@ class ServeDeployer:
         cache: str | Path = ".hybridft/served",
         num_cpus: float = 0.5,
         num_replicas: int = 1,
+        num_gpus: float = 0.0,
+        dtype: Dtype = "auto",
     ) -> None:
         self.registry = registry
         self.model = model
         self.cache = Path(cache)
         self.num_cpus = num_cpus
         self.num_replicas = num_replicas
+        self.num_gpus = num_gpus
+        self.dtype = dtype
 
     def deploy(self, version: str) -> None:
         from ray import serve
@@ -114,6 +128,8 @@ class ServeDeployer:
             cache=self.cache,
             num_cpus=self.num_cpus,
             num_replicas=self.num_replicas,
+            num_gpus=self.num_gpus,
+            dtype=self.dtype,
         )
         # No route prefix: versions are reached only through the router (keys, logging).
         serve.run(
@@ -166,27 +182,62 @@ def start_endpoint(
     return f"http://{probe}:{port}/v1"
 
 
+class VersionAppArgs(Strict):
+    """The ``args`` of ``build_version_app``: one registered version as a Serve application."""
+
+    model: Annotated[str, Field(min_length=1)]
+    version: int | str  # a number or an alias
+    tracking_uri: str | None = None
+    cache: str = ".hybridft/served"
+    num_cpus: Annotated[float, Field(gt=0)] = 0.5
+    num_replicas: Annotated[int, Field(ge=1)] = 1
+    # GPUs reserved per replica (a fraction shares one GPU); 0 runs on CPU, > 0 on CUDA.
+    num_gpus: NonNegFloat = 0.0
+    dtype: Dtype = "auto"  # the weights' dtype: auto is bfloat16 on CUDA, float32 on CPU
+
+
 def build_version_app(args: dict[str, Any]) -> Any:
     """Serve config builder for one registered version (``serve deploy serve/endpoint.yaml``).
 
-    ``args``: ``model``, ``version`` (a number or an alias), optional ``tracking_uri``,
-    ``num_cpus``, ``num_replicas``.
+    ``args``: the fields of ``VersionAppArgs``.
     """
-    allowed = {"model", "version", "tracking_uri", "num_cpus", "num_replicas", "cache"}
-    unknown = sorted(set(args) - allowed)
-    if unknown or "model" not in args or "version" not in args:
-        raise UserError(
-            f"serve config args: expected model, version (and {', '.join(sorted(allowed))}); "
-            f"got {', '.join(sorted(args))}"
-        )
+    from hybridft.serve.launch import serve_args
+
+    spec = serve_args(VersionAppArgs, args)
     return version_app(
-        Registry(args.get("tracking_uri")),
-        args["model"],
-        str(args["version"]),
-        cache=args.get("cache", ".hybridft/served"),
-        num_cpus=float(args.get("num_cpus", 0.5)),
-        num_replicas=int(args.get("num_replicas", 1)),
+        Registry(spec.tracking_uri),
+        spec.model,
+        str(spec.version),
+        cache=spec.cache,
+        num_cpus=spec.num_cpus,
+        num_replicas=spec.num_replicas,
+        num_gpus=spec.num_gpus,
+        dtype=spec.dtype,
     )
+
+
+def check_serve_config(path: str | Path) -> None:
+    """Check the ``args`` of every model application in a Serve config file (``serve/*.yaml``)
+    against its builder's schema, before Serve runs the builder; a problem is one UserError
+    ``file:line: applications[i].args.key: expected ..., got ...``."""
+    from hybridft.serve.launch import ServeModelArgs, first_problem
+
+    schemas: dict[str, type[BaseModel]] = {
+        "hybridft.serve.endpoint:build_version_app": VersionAppArgs,
+        "hybridft.serve.launch:build_app": ServeModelArgs,
+    }
+    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    for i, app in enumerate(doc.get("applications") or []):
+        schema = schemas.get(app.get("import_path", ""))
+        if schema is None:  # the router's args, or another application's
+            continue
+        try:
+            schema.model_validate(app.get("args") or {})
+        except ValidationError as exc:
+            loc, key, problem = first_problem(schema, exc)
+            where = ("applications", i, "args")
+            line = line_of(path, (*where, *loc))
+            raise located(str(path), line, f"{key_path(where)}.{key}", problem) from None
 
 
 def build_router_app(args: dict[str, Any]) -> Any:

@@ -4,7 +4,8 @@ A hand-written loop rather than ``model.generate``: it gives a per-request seede
 ``torch.Generator`` (``generate`` samples from the global RNG), exact stop-string truncation and
 token-by-token streaming without a helper thread. It is checked against a full forward pass in
 the tests. ``generate_batch`` runs many requests as one left-padded batch (Serve's dynamic
-batching), each row answering exactly as it would alone.
+batching), each row answering exactly as it would alone. Every tensor, and every request's RNG,
+lives on the engine's device (the model's).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hybridft.errors import UserError
+from hybridft.model.device import Dtype, load_model_on, model_device, resolve_device
 
 FinishReason = Literal["stop", "length"]
 _PARTIAL_CHAR = "\ufffd"  # what a byte-level decode shows for an unfinished UTF-8 sequence
@@ -52,14 +54,17 @@ class Completion:
 
 
 class GenerationEngine:
-    """Generate text from a loaded model and tokenizer (fp32, ``torch.inference_mode``).
+    """Generate text from a loaded model and tokenizer (``torch.inference_mode``).
 
     Thread-safe for concurrent requests: each call owns its cache and generator, the model is
-    only read.
+    only read. ``device``: where to run (the model is moved there); None keeps the model's own.
     """
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: str | None = None) -> None:
+        if device is not None:
+            model = model.to(resolve_device(device))
         self.model = model.eval()
+        self.device = model_device(model)
         self.tokenizer = tokenizer
         self.eos_ids = _eos_ids(model, tokenizer)
         self.max_position = _max_position(model)
@@ -73,21 +78,26 @@ class GenerationEngine:
         self._pad_id = min(self.eos_ids) if pad is None else int(pad)
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> GenerationEngine:
+    def from_dir(
+        cls, model_dir: str | Path, device: str = "cpu", dtype: Dtype = "auto"
+    ) -> GenerationEngine:
         """Load a local HF causal-LM directory (safetensors only).
 
         Args:
             model_dir: Directory with config.json, *.safetensors and the tokenizer files.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when torch sees one).
+            dtype: The weights' dtype; ``auto`` is bfloat16 on CUDA, float32 on CPU.
 
         Returns:
             The engine, ready to generate.
         """
-        from hybridft.model.hf import load_model, load_tokenizer
+        from hybridft.model.hf import load_tokenizer
 
+        where = resolve_device(device)  # a bad device fails before anything loads
         tokenizer = load_tokenizer(model_dir)
         if not getattr(tokenizer, "chat_template", None):
             raise UserError(f"{model_dir}: tokenizer has no chat_template; cannot serve chat")
-        return cls(load_model(model_dir), tokenizer)
+        return cls(load_model_on(model_dir, where, dtype), tokenizer)
 
     def chat_prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Token ids of ``messages`` rendered by the tokenizer's chat template, ready to answer."""
@@ -130,7 +140,7 @@ class GenerationEngine:
         prompt_len = len(prompt_ids)
         budget = self._budget(prompt_ids, params.max_tokens)
         holdback = max((len(s) for s in params.stop), default=1) - 1
-        generator = _generator(params)
+        generator = _generator(params, self.device)
 
         from transformers import DynamicCache
 
@@ -138,7 +148,7 @@ class GenerationEngine:
         new_ids: list[int] = []
         text, emitted = "", 0
         finish: FinishReason = "length"
-        inputs = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        inputs = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
         with torch.inference_mode():
             for _ in range(budget):
                 out = self.model(input_ids=inputs, use_cache=True, **{self._cache_kwarg: cache})
@@ -156,7 +166,7 @@ class GenerationEngine:
                 if ready > emitted:
                     yield StreamStep(text[emitted:ready])
                     emitted = ready
-                inputs = torch.tensor([[token]], dtype=torch.long)
+                inputs = torch.tensor([[token]], dtype=torch.long, device=self.device)
         yield StreamStep(text[emitted:], finish, prompt_len, len(new_ids))
 
     def generate_batch(
@@ -183,7 +193,8 @@ class GenerationEngine:
             except UserError as err:
                 results[slot] = err
                 continue
-            row = _BatchRow(slot, list(prompt_ids), params, budget, _generator(params))
+            generator = _generator(params, self.device)
+            row = _BatchRow(slot, list(prompt_ids), params, budget, generator)
             if budget > 0:
                 rows.append(row)
             else:
@@ -251,14 +262,14 @@ class GenerationEngine:
         import torch
         from transformers import DynamicCache
 
-        width = max(len(row.prompt) for row in rows)
+        width, device = max(len(row.prompt) for row in rows), self.device
         with torch.inference_mode():
-            inputs = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+            inputs = torch.full((len(rows), width), self._pad_id, dtype=torch.long, device=device)
             # Room for every step's column; column `length - 1` is the newest token.
             steps = max(row.budget for row in rows) - 1
-            mask = torch.zeros((len(rows), width + steps), dtype=torch.long)
+            mask = torch.zeros((len(rows), width + steps), dtype=torch.long, device=device)
             for i, row in enumerate(rows):
-                inputs[i, width - len(row.prompt) :] = torch.tensor(row.prompt)
+                inputs[i, width - len(row.prompt) :] = torch.tensor(row.prompt, device=device)
                 mask[i, width - len(row.prompt) : width] = 1
             positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
             cache = DynamicCache(config=self.model.config)
@@ -281,14 +292,14 @@ class GenerationEngine:
                     return
                 if len(keep) < len(rows):
                     # Finished rows leave the batch: no more compute spent on them.
-                    index = torch.tensor(keep)
+                    index = torch.tensor(keep, device=device)
                     cache.batch_select_indices(index)
                     mask, positions = mask[index], positions[index]
                     rows, tokens = [rows[i] for i in keep], [tokens[i] for i in keep]
                 mask[:, length] = 1
                 length += 1
                 positions = positions[:, -1:] + 1
-                inputs = torch.tensor(tokens, dtype=torch.long)[:, None]
+                inputs = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
 
     def _label_ids(self, labels: Sequence[str]) -> list[list[int]]:
         if isinstance(labels, str) or not labels:
@@ -307,15 +318,18 @@ class GenerationEngine:
     def _continuation_logprobs(self, prompt: list[int], conts: list[list[int]]) -> list[float]:
         """Summed log-probs of each continuation after ``prompt`` (prompt run once, cache shared).
 
-        ``evaluate.scoring`` scores ``Example``s under bf16 autocast; serving stays in fp32.
+        ``evaluate.scoring`` scores ``Example``s under bf16 autocast; serving runs in the
+        model's own dtype (float32 on CPU).
         """
         import torch
         from transformers import DynamicCache
 
+        device = self.device
         with torch.inference_mode():
             cache = DynamicCache(config=self.model.config)
             kwargs = {self._cache_kwarg: cache, "use_cache": True}
-            head = self.model(input_ids=torch.tensor([prompt]), **kwargs, **self._last_logits)
+            prompt_ids = torch.tensor([prompt], device=device)
+            head = self.model(input_ids=prompt_ids, **kwargs, **self._last_logits)
             first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
             scores = [float(first[c[0]]) for c in conts]
             width = max(len(c) for c in conts) - 1
@@ -324,13 +338,13 @@ class GenerationEngine:
             # Every continuation but its last token, right-padded (causal attention keeps the
             # padding after a row's tokens from reaching them), on the prompt's repeated cache.
             cache.batch_repeat_interleave(len(conts))
-            ids = torch.full((len(conts), width), self._pad_id, dtype=torch.long)
+            ids = torch.full((len(conts), width), self._pad_id, dtype=torch.long, device=device)
             for r, c in enumerate(conts):
-                ids[r, : len(c) - 1] = torch.tensor(c[:-1])
+                ids[r, : len(c) - 1] = torch.tensor(c[:-1], device=device)
             logp = torch.log_softmax(self.model(input_ids=ids, **kwargs).logits.float(), dim=-1)
             for r, c in enumerate(conts):
                 if len(c) > 1:
-                    target = torch.tensor(c[1:])[:, None]
+                    target = torch.tensor(c[1:], device=device)[:, None]
                     scores[r] += float(logp[r, : len(c) - 1].gather(1, target).sum())
         return scores
 
@@ -370,13 +384,14 @@ class _BatchRow:
         return Completion(text, self.finish, len(self.prompt), len(self.new_ids))
 
 
-def _generator(params: SamplingParams) -> Any:
-    """The request's own sampling RNG (None when greedy), seeded when the request has a seed."""
+def _generator(params: SamplingParams, device: Any) -> Any:
+    """The request's own sampling RNG on ``device`` (None when greedy), seeded when the request
+    has a seed. ``torch.multinomial`` needs it on the device of the probabilities it samples."""
     import torch
 
     if not params.temperature > 0:
         return None
-    generator = torch.Generator()
+    generator = torch.Generator(device=device)
     if params.seed is None:
         generator.seed()
     else:

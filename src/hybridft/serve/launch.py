@@ -10,17 +10,22 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
 
 from hybridft.errors import UserError
+from hybridft.model.device import Dtype
 from hybridft.serve.adapters import check_adapter_dir
 from hybridft.serve.deployment import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_TOKENS_LIMIT, ModelServer
 from hybridft.serve.openai_api import VERSION_HEADER
+from hybridft.specfile import describe_error
+from hybridft.specs import NonNegFloat
 
 logger = logging.getLogger(__name__)
+
+A = TypeVar("A", bound=BaseModel)
 
 
 class ServeModelArgs(BaseModel):
@@ -39,6 +44,10 @@ class ServeModelArgs(BaseModel):
     # How long a first request waits for others to join its batch.
     batch_wait_s: Annotated[float, Field(ge=0, le=1)] = DEFAULT_BATCH_WAIT_S
     num_replicas: Annotated[int, Field(ge=1)] = 1
+    # GPUs reserved per replica (a fraction shares one GPU); 0 runs on CPU, > 0 on CUDA.
+    num_gpus: NonNegFloat = 0.0
+    # The weights' dtype: auto is bfloat16 on CUDA, float32 on CPU.
+    dtype: Dtype = "auto"
     # LoRA adapters on this base, served as model ids "<model_name>:<adapter>" (multiplexed).
     adapters: dict[str, str] = {}
     # A loopback channel the canary router uses instead of the Serve handle (serve.channel).
@@ -63,6 +72,26 @@ class ServeModelArgs(BaseModel):
         return str(path)
 
 
+def serve_args(model: type[A], values: dict[str, Any], where: str = "serve config args") -> A:
+    """``values`` validated as ``model``; a problem is one UserError naming the key.
+
+    Serve hands a builder its ``args`` without the config file's name, so the key is what can be
+    named here; ``endpoint.check_serve_config`` names the file and line as well.
+    """
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        _, key, problem = first_problem(model, exc)
+        raise UserError(f"{where}: {key}: {problem}") from None
+
+
+def first_problem(model: type[BaseModel], exc: ValidationError) -> tuple[tuple[Any, ...], str, str]:
+    """The error of ``exc`` to report: its location, key path and "expected ..., got ..."."""
+    # a typo'd key also makes the intended key "missing": report the typo, the real cause
+    first = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+    return (tuple(first["loc"]), *describe_error(model, first))
+
+
 def build_app(args: ServeModelArgs) -> serve.Application:
     """The Serve application for one model version (a Serve application builder).
 
@@ -73,10 +102,11 @@ def build_app(args: ServeModelArgs) -> serve.Application:
         The bound application, for ``serve.run`` or a Serve config's ``import_path``.
     """
     if not isinstance(args, ServeModelArgs):  # `serve run ... key=value` passes a dict
-        args = ServeModelArgs.model_validate(args)
-    return ModelServer.options(
-        ray_actor_options={"num_cpus": args.num_cpus}, num_replicas=args.num_replicas
-    ).bind(
+        args = serve_args(ServeModelArgs, args)
+    resources = {"num_cpus": args.num_cpus}
+    if args.num_gpus > 0:
+        resources["num_gpus"] = args.num_gpus
+    return ModelServer.options(ray_actor_options=resources, num_replicas=args.num_replicas).bind(
         model_dir=args.model_dir,
         model_name=args.model_name,
         version=args.version,
@@ -86,6 +116,8 @@ def build_app(args: ServeModelArgs) -> serve.Application:
         batch_wait_s=args.batch_wait_s,
         adapters=args.adapters or None,
         channel=args.channel,
+        device="cuda" if args.num_gpus > 0 else "cpu",
+        dtype=args.dtype,
     )
 
 
@@ -102,6 +134,8 @@ def deploy(
     app_name: str = "hybridft",
     blocking: bool = False,
     adapters: dict[str, str] | None = None,
+    num_gpus: float = 0.0,
+    dtype: Dtype = "auto",
 ) -> str:
     """Serve a model directory on an already initialised Ray and return its OpenAI base URL.
 
@@ -120,6 +154,8 @@ def deploy(
         app_name: Serve application name (replaced if it exists).
         blocking: Keep serving until Ctrl-C, then delete the application.
         adapters: LoRA adapter directories by name, served as ``<model_name>:<name>``.
+        num_gpus: GPUs reserved per replica; > 0 runs the model on CUDA.
+        dtype: The weights' dtype (``auto``: bfloat16 on CUDA, float32 on CPU).
 
     Returns:
         The base URL for OpenAI clients, e.g. ``http://127.0.0.1:8000/v1``.
@@ -128,19 +164,17 @@ def deploy(
 
     if not ray.is_initialized():
         raise UserError("serve: Ray is not initialised; call ray.init() before deploy()")
-    try:
-        args = ServeModelArgs(
-            model_dir=model_dir,
-            model_name=model_name,
-            version=version,
-            num_cpus=num_cpus,
-            max_tokens_limit=max_tokens_limit,
-            adapters=adapters or {},
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"]))
-        raise UserError(f"serve: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+    values = {
+        "model_dir": model_dir,
+        "model_name": model_name,
+        "version": version,
+        "num_cpus": num_cpus,
+        "max_tokens_limit": max_tokens_limit,
+        "adapters": adapters or {},
+        "num_gpus": num_gpus,
+        "dtype": dtype,
+    }
+    args = serve_args(ServeModelArgs, values, where="serve")
     # Serve's per-request INFO access lines drown a terminal; warnings and errors still show
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
     serve.run(

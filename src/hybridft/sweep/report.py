@@ -257,8 +257,7 @@ def _base_heldout(job: JobSpec, arms: list[dict[str, Any]], rows: int) -> list[f
     """The base model's per-row scores on the held-out clusters' tasks the arms were scored on,
     the same ``rows`` per task (FLAN's comparison: the instruction-tuned model against the model
     it started from)."""
-    from hybridft.evaluate.run import evaluate_model
-    from hybridft.pipeline import load_eval_sets
+    from hybridft.pipeline import evaluate_on_job_hardware, load_eval_sets
 
     it_rows = [r for r in arms if r["arm"] == "instruction_only" and r.get("heldout_tasks")]
     if not it_rows:
@@ -266,8 +265,10 @@ def _base_heldout(job: JobSpec, arms: list[dict[str, Any]], rows: int) -> list[f
     tasks = it_rows[0]["heldout_tasks"]
     every = [e for rows in load_eval_sets(job.data).values() for e in rows]
     sets = {t: [e for e in every if e.task == t] for t in tasks}
-    scored = evaluate_model(it_rows[0]["base_dir"], sets, max_examples=rows,
-                            max_new_tokens=job.eval.max_new_tokens)  # fmt: skip
+    base = it_rows[0]["base_dir"]
+    scored = evaluate_on_job_hardware(
+        job.scaling, base, sets, max_examples=rows, max_new_tokens=job.eval.max_new_tokens
+    )
     return [x for t in tasks for x in scored.tasks[t].per_example]
 
 
