@@ -62,7 +62,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_demo_data(tmp_path_factory) -> Path:
     """The synthetic demo data at a small size (same generator, same tasks)."""
-    from hybridft.data.synth import synthesize
+    from hybridft.demo import synthesize
 
     out = tmp_path_factory.mktemp("demo-small") / "data"
     synthesize(

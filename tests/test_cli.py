@@ -91,3 +91,22 @@ def test_data_stats_on_demo_rows(small_demo_data: Path, tiny_model_dir: Path) ->
     assert proc.returncode == 0, proc.stderr
     assert "300" in proc.stdout  # rows
     assert "refund" in proc.stdout  # label balance
+
+
+def test_data_stats_counts_truncation_against_the_jobs_max_len(
+    small_demo_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """``--max-len`` / ``--job``: truncation is counted against what the job would keep."""
+    from helpers import job_dict, write_job
+
+    def truncated(*extra: str) -> str:
+        path = str(small_demo_data / "sft/support/train.jsonl")
+        proc = hybridft("data", "stats", path, "--tokenizer", str(tiny_model_dir), *extra)
+        assert proc.returncode == 0, proc.stderr
+        return next(line for line in proc.stdout.splitlines() if "longer than" in line)
+
+    spec = job_dict(tmp_path, small_demo_data)
+    spec["data"]["max_len"] = 16
+    job = write_job(tmp_path, spec)
+    assert truncated("--max-len", "16") == truncated("--job", str(job))
+    assert truncated("--max-len", "16") != truncated()  # the default (256) truncates fewer

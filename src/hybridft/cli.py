@@ -48,7 +48,7 @@ def data_synth(
     seed: int = typer.Option(0, help="generator seed (same seed, same bytes)"),
 ) -> None:
     """Generate the demo data: three enterprise SFT tasks and a broad instruction suite."""
-    from hybridft.data.synth import synthesize
+    from hybridft.demo import synthesize
 
     manifest = synthesize(out, seed=seed)
     rows = sum(sum(c.values()) for c in manifest.counts.values())
@@ -73,16 +73,32 @@ def data_validate(
 def data_stats(
     paths: list[str] = typer.Argument(..., help="JSONL / Parquet files or globs"),
     fmt: str = typer.Option("auto", "--format"),
-    tokenizer: str = typer.Option("", help="HF directory of the tokenizer (default: tiny base)"),
+    tokenizer: str = typer.Option(
+        "", help="HF directory of the tokenizer (default: the --job's base, else the tiny base)"
+    ),
+    max_len: int = typer.Option(0, "--max-len", help="count truncation against N tokens"),
+    job: Path | None = typer.Option(
+        None, "--job", help="a job spec: its data.max_len and its base's tokenizer"
+    ),
 ) -> None:
-    """Rows, tokens, length histogram and label balance."""
+    """Rows, tokens, length histogram and label balance (truncation against --max-len, else the
+    --job's data.max_len, else the default)."""
+    from hybridft.data.render import DEFAULT_MAX_LEN
     from hybridft.data.stats import dataset_stats, render_stats
-    from hybridft.model import load_tokenizer, resolve_base
-    from hybridft.specs import ModelSpec
+    from hybridft.model import base_of, load_tokenizer, resolve_base
+    from hybridft.specs import ModelSpec, load_job
 
-    default = ModelSpec()
-    tok_dir = tokenizer or resolve_base("tiny", default.tiny, default.cache_dir)
-    Console().print(render_stats(dataset_stats(paths, fmt, load_tokenizer(tok_dir))))
+    limit, tok_dir = DEFAULT_MAX_LEN, tokenizer
+    if job is not None:
+        spec = load_job(job)
+        limit, tok_dir = spec.data.max_len, tokenizer or str(base_of(spec.model, spec.seed))
+    if max_len:
+        limit = max_len
+    if not tok_dir:
+        default = ModelSpec()
+        tok_dir = str(resolve_base("tiny", default.tiny, default.cache_dir))
+    stats = dataset_stats(paths, fmt, load_tokenizer(tok_dir), max_len=limit)
+    Console().print(render_stats(stats))
 
 
 @app.command()

@@ -21,7 +21,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
-    from hybridft.data.synth import synthesize
+    from hybridft.demo import synthesize
 
     out = tmp_path_factory.mktemp("demo") / "data"
     synthesize(out, seed=0)

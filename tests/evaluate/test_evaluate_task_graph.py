@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridft.data.synth import task_graph
+from hybridft.demo import task_graph
 from hybridft.errors import UserError
 from hybridft.evaluate.task_graph import (
     TaskGraph,

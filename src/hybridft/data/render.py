@@ -102,11 +102,16 @@ class RenderStream:
         return self._report
 
 
+# Tokens kept per rendered example unless a job says otherwise (``data.max_len``): the one place
+# this default is written.
+DEFAULT_MAX_LEN = 256
+
+
 def render_examples(
     examples: Iterable[Example],
     tokenizer: Any,
     loss: LossMode = "completion_only",
-    max_len: int | None = 256,
+    max_len: int | None = DEFAULT_MAX_LEN,
     batch_size: int = 512,
 ) -> RenderStream:
     """Render Examples with the chat template into token ids and a loss mask, streaming.

@@ -13,7 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from hybridft.data.reader import OnBadRows, ReadReport, read_examples
-from hybridft.data.render import render_examples
+from hybridft.data.render import DEFAULT_MAX_LEN, render_examples
 
 BAR_WIDTH = 30
 
@@ -93,7 +93,7 @@ def dataset_stats(
     fmt: str = "auto",
     tokenizer: Any = None,
     labels: list[str] | None = None,
-    max_len: int = 256,
+    max_len: int = DEFAULT_MAX_LEN,
 ) -> DataStats:
     """Rows, tokens, completion tokens, length histogram, label balance and per-task counts.
 

@@ -1,17 +1,15 @@
-"""The instruction suite: 17 small task types in four clusters, each with five phrasings.
+"""Draft makers of the instruction suite: one function per task type, each drawing one example.
 
-The last phrasing of every task is held out of train and validation (it appears in test only), so
-evaluation can tell following an instruction from memorising its wording. A few tasks share skills
-and vocabulary with the SFT tasks (``related``) so that transfer can show up; the rest do not.
+Each maker takes the task's own ``random.Random`` and returns an ``InstructionDraft`` (input,
+output, extra phrasing slots); ``synth_instructions`` pairs it with the task's phrasings.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from hybridft.data import synth_vocab as v
+from hybridft.demo import synth_vocab as v
 
 
 @dataclass(frozen=True)
@@ -19,19 +17,6 @@ class InstructionDraft:
     input: str
     output: str
     slots: tuple[tuple[str, str], ...] = ()  # extra ``{name}`` slots the phrasings use
-
-
-@dataclass(frozen=True)
-class InstructionTask:
-    name: str
-    cluster: str
-    domain: str
-    skills: tuple[str, ...]
-    related: tuple[str, ...]  # SFT tasks this one shares skills with
-    phrasings: tuple[str, ...]  # the last one is held out; "{input}" inlines the input
-    make: Callable[[random.Random], InstructionDraft]
-    labels: tuple[str, ...] = ()  # closed output set (classification, yes/no), for balance
-    system: str | None = None  # set: rows are written in chat format with this system turn
 
 
 WORDS = (
@@ -61,7 +46,7 @@ PRODUCTS = ("blender", "jacket", "phone", "hotel room", "pizza", "laptop bag", "
             "novel", "bike", "kettle", "sofa")  # fmt: skip
 
 
-def _sentiment(rng: random.Random) -> InstructionDraft:
+def sentiment(rng: random.Random) -> InstructionDraft:
     label = rng.choice(tuple(SENTIMENT))
     adjectives, tails = SENTIMENT[label]
     product, adj = rng.choice(PRODUCTS), rng.choice(adjectives)
@@ -91,7 +76,7 @@ TOPICS = {
 }  # fmt: skip
 
 
-def _topic(rng: random.Random) -> InstructionDraft:
+def topic(rng: random.Random) -> InstructionDraft:
     label = rng.choice(tuple(TOPICS))
     city, city2 = rng.sample(v.CITIES, 2)
     slots = {"city": city, "city2": city2, "person": v.person(rng), "month": rng.choice(v.MONTHS),
@@ -105,7 +90,7 @@ SUBJECTS = (
 )  # fmt: skip
 
 
-def _urgency(rng: random.Random) -> InstructionDraft:
+def urgency(rng: random.Random) -> InstructionDraft:
     label = rng.choice(("low", "medium", "high"))
     cue, subject = v.zipf_choice(rng, v.URGENCY_CUES[label]), rng.choice(SUBJECTS)
     first = rng.choice(v.FIRST_NAMES)
@@ -137,7 +122,7 @@ LANGUAGES = {
 }  # fmt: skip
 
 
-def _language(rng: random.Random) -> InstructionDraft:
+def language(rng: random.Random) -> InstructionDraft:
     label = rng.choice(tuple(LANGUAGES))
     greetings, requests, objects = LANGUAGES[label]
     tail = rng.choice(("", f" ({v.order_id(rng)})", f" - {rng.choice(v.FIRST_NAMES)}", "!", "?"))
@@ -152,7 +137,7 @@ def _phone(rng: random.Random) -> str:
     return f"0{rng.randint(100, 999)}-{rng.randint(1000, 9999)}"
 
 
-def _order_number(rng: random.Random) -> InstructionDraft:
+def order_number(rng: random.Random) -> InstructionDraft:
     o, n, m = v.order_id(rng), rng.randint(2, 60), rng.randint(1, 9)
     hash_o = rng.choice((o, "#" + o))
     text = rng.choice((
@@ -165,7 +150,7 @@ def _order_number(rng: random.Random) -> InstructionDraft:
     return InstructionDraft(text, o)
 
 
-def _date(rng: random.Random) -> InstructionDraft:
+def date(rng: random.Random) -> InstructionDraft:
     y, mo, d = rng.randint(2019, 2027), rng.randint(1, 12), rng.randint(1, 28)
     month = v.MONTHS[mo - 1]
     written = rng.choice((f"{month} {d}, {y}", f"{d} {month} {y}", f"{y}-{mo:02d}-{d:02d}"))
@@ -177,7 +162,7 @@ def _date(rng: random.Random) -> InstructionDraft:
     return InstructionDraft(text, f"{y}-{mo:02d}-{d:02d}")
 
 
-def _email(rng: random.Random) -> InstructionDraft:
+def email(rng: random.Random) -> InstructionDraft:
     e = v.email(rng)
     text = rng.choice((
         f"Please reply to {e} by Friday.", f"Contact {v.person(rng)} at {e} or call {_phone(rng)}.",
@@ -187,7 +172,7 @@ def _email(rng: random.Random) -> InstructionDraft:
     return InstructionDraft(text, e)
 
 
-def _person(rng: random.Random) -> InstructionDraft:
+def person(rng: random.Random) -> InstructionDraft:
     name = v.person(rng)
     text = rng.choice((
         f"Please forward this to {name} in {rng.choice(v.CITIES)}.",
@@ -198,7 +183,7 @@ def _person(rng: random.Random) -> InstructionDraft:
     return InstructionDraft(text, name)
 
 
-def _amount(rng: random.Random) -> InstructionDraft:
+def amount(rng: random.Random) -> InstructionDraft:
     amount, n = rng.choice((rng.randint(10, 999), rng.randint(1000, 20000))), rng.randint(2, 90)
     written = rng.choice((f"${amount:,}", f"${amount}", f"{amount} dollars"))
     text = rng.choice((
@@ -213,12 +198,12 @@ def _amount(rng: random.Random) -> InstructionDraft:
 # --- rewriting --------------------------------------------------------------------------------
 
 
-def _uppercase(rng: random.Random) -> InstructionDraft:
+def uppercase(rng: random.Random) -> InstructionDraft:
     text = " ".join(_words(rng, 3, 7))
     return InstructionDraft(text, text.upper())
 
 
-def _reverse(rng: random.Random) -> InstructionDraft:
+def reverse(rng: random.Random) -> InstructionDraft:
     words = _words(rng, 3, 7)
     return InstructionDraft(" ".join(words), " ".join(reversed(words)))
 
@@ -231,7 +216,7 @@ OBJECTS = (
 WHENS = ("", " today", " by Friday", " this week")
 
 
-def _polite(rng: random.Random) -> InstructionDraft:
+def polite(rng: random.Random) -> InstructionDraft:
     vp = f"{rng.choice(VERBS)} {rng.choice(OBJECTS)}{rng.choice(WHENS)}"
     blunt = rng.choice((f"{vp.capitalize()} now.", f"{vp.capitalize()}. Do it.",
                         f"I want you to {vp}.", f"Just {vp}!", f"You need to {vp}.",
@@ -244,7 +229,7 @@ BASES = ("I need the {o}{w}", "can you send the {o}{w}", "we should check the {o
          "please update the {o}{w}", "they want the {o}{w}")  # fmt: skip
 
 
-def _filler(rng: random.Random) -> InstructionDraft:
+def filler(rng: random.Random) -> InstructionDraft:
     obj = rng.choice(("report", "invoice", "contract", "budget", "schedule", "draft", "slides"))
     words = v.fill(rng.choice(BASES), {"o": obj, "w": rng.choice(WHENS)}).split()
     noisy = list(words)
@@ -257,7 +242,7 @@ def _filler(rng: random.Random) -> InstructionDraft:
 # --- short QA ---------------------------------------------------------------------------------
 
 
-def _arithmetic(rng: random.Random) -> InstructionDraft:
+def arithmetic(rng: random.Random) -> InstructionDraft:
     a, b = rng.randint(0, 99), rng.randint(0, 99)
     if rng.random() < 0.5:
         return InstructionDraft(f"{a} + {b}", str(a + b))
@@ -271,7 +256,7 @@ TOWNS = ("Mellin", "Tarsk", "Quor", "Aldby", "Vesh", "Pirano", "Holt", "Dravo", 
          "Lorn", "Fask", "Yelm", "Corvi", "Brast", "Olde")  # fmt: skip
 
 
-def _capital(rng: random.Random) -> InstructionDraft:
+def capital(rng: random.Random) -> InstructionDraft:
     countries = rng.sample([h + t for h in HEADS for t in TAILS], 2)
     *capitals, port = rng.sample(TOWNS, 3)
     facts = [f"The capital of {c} is {k}." for c, k in zip(countries, capitals, strict=True)]
@@ -284,7 +269,7 @@ OWNED = ("bike", "car", "boat", "kite", "piano", "tent")
 COLOURS = ("red", "blue", "green", "black", "white", "yellow")
 
 
-def _yes_no(rng: random.Random) -> InstructionDraft:
+def yes_no(rng: random.Random) -> InstructionDraft:
     people = rng.sample(v.FIRST_NAMES, 3)
     things = [(rng.choice(COLOURS), rng.choice(OWNED)) for _ in people]
     context = " ".join(f"{p} owns a {c} {t}." for p, (c, t) in zip(people, things, strict=True))
@@ -303,7 +288,7 @@ def _yes_no(rng: random.Random) -> InstructionDraft:
 UNITS = ("days", "hours", "dollars")
 
 
-def _threshold(rng: random.Random) -> InstructionDraft:
+def threshold(rng: random.Random) -> InstructionDraft:
     limit = rng.choice((10, 24, 30, 48, 60, 72, 90, 100, 120, 180, 250, 365, 500, 1000, 5000))
     answer = rng.choice(("yes", "no"))
     x, unit = v.number_beside_limit(rng, limit, within=answer == "yes"), rng.choice(UNITS)
@@ -315,116 +300,3 @@ def _threshold(rng: random.Random) -> InstructionDraft:
         f"Observed {shown(x)} against a limit of {shown(limit)}.",
     ))  # fmt: skip
     return InstructionDraft(text, answer)
-
-
-# --- the suite ----------------------------------------------------------------------------------
-
-_CLS = ("classification",)
-INSTRUCTION_TASKS = (
-    InstructionTask("sentiment", "classification", "general", _CLS + ("sentiment",), (), (
-        "What is the sentiment of this review? Answer positive, negative or neutral.",
-        "Classify the review as positive, negative or neutral.",
-        "Is the tone of this text positive, negative or neutral?",
-        "Label the sentiment (positive / negative / neutral).",
-        "How does the writer feel? Reply with positive, negative or neutral.",
-    ), _sentiment, tuple(SENTIMENT), system="You are a careful text classifier."),
-    InstructionTask("topic", "classification", "general", _CLS + ("topic",), (), (
-        "Which topic is this headline about: sports, politics, technology, food or weather?",
-        "Classify the headline into sports, politics, technology, food or weather.",
-        "Give the topic of the headline (sports/politics/technology/food/weather).",
-        "Pick one topic for this headline: sports, politics, technology, food, weather.",
-        "Which section does this belong in? sports, politics, technology, food or weather.",
-    ), _topic, tuple(TOPICS)),
-    InstructionTask("urgency_detect", "classification", "it", _CLS + ("urgency",), ("it_desk",), (
-        "How urgent is this message? Answer low, medium or high.",
-        "Rate the urgency of the message as low, medium or high.",
-        "Classify the urgency (low / medium / high).",
-        "Is this message low, medium or high priority?",
-        "Decide how quickly this needs handling: low, medium or high.",
-    ), _urgency, ("low", "medium", "high")),
-    InstructionTask("request_language", "classification", "general", _CLS + ("language_id",), (), (
-        "Which language is this request written in? Answer english, spanish, french or german.",
-        "Identify the language of the text (english/spanish/french/german).",
-        "Name the language of this message: english, spanish, french or german.",
-        "What language is used here? english, spanish, french or german.",
-        "Tell me the language of the request, one of english, spanish, french, german.",
-    ), _language, tuple(LANGUAGES)),
-    InstructionTask("extract_order_number", "extraction", "support", ("extraction", "order_number"),
-                    ("support",), (
-        "Extract the order number from the message.",
-        "What is the order number mentioned? Give only the number.",
-        "Find the order ID in this text and return only it.",
-        "Pull out the order number.",
-        "Which order is the customer talking about? Reply with its number only.",
-    ), _order_number),
-    InstructionTask("extract_date", "extraction", "general", ("extraction", "dates"), (), (
-        "Extract the date and write it as YYYY-MM-DD.",
-        "What date is mentioned? Answer in ISO format (YYYY-MM-DD).",
-        "Find the date in the text and give it as YYYY-MM-DD.",
-        "Return the date from this sentence in YYYY-MM-DD form.",
-        "Convert the date in the message to YYYY-MM-DD.",
-    ), _date),
-    InstructionTask("extract_email", "extraction", "general", ("extraction", "emails"), (), (
-        "Extract the email address.", "What email address appears in the text?",
-        "Find the email address and return it.", "Give me the email address from this message.",
-        "Copy out the email address mentioned here.",
-    ), _email),
-    InstructionTask("extract_person_name", "extraction", "general", ("extraction", "names"), (), (
-        "Extract the full name of the person mentioned.", "Who is the person named in the text?",
-        "Find the person's name and return it.", "Give the first and last name in this sentence.",
-        "Which person does the text mention? Full name only.",
-    ), _person),
-    InstructionTask("extract_amount", "extraction", "compliance", ("extraction", "numbers"),
-                    ("compliance",), (
-        "Extract the dollar amount as a plain number.",
-        "How many dollars are mentioned? Digits only.",
-        "Find the money amount and write it without symbols or commas.",
-        "What is the amount in dollars? Answer with the number.",
-        "Give the sum of money in the text as digits only.",
-    ), _amount),
-    InstructionTask("uppercase", "rewriting", "general", ("rewriting", "casing"), (), (
-        "Rewrite the text in uppercase.", "Convert this to capital letters.",
-        "Make every letter uppercase.", "Uppercase: {input}",
-        "Shout this by writing it in all caps.",
-    ), _uppercase),
-    InstructionTask("reverse_words", "rewriting", "general", ("rewriting", "word_order"), (), (
-        "Reverse the order of the words.", "Write the words in reverse order.",
-        "Reverse the word order: {input}", "Put these words backwards, last word first.",
-        "Flip the sequence of words so the last comes first.",
-    ), _reverse),
-    InstructionTask("polite_rewrite", "rewriting", "support",
-                    ("rewriting", "politeness", "templated_reply"), ("support",), (
-        "Rewrite this message politely.", "Make this request polite.",
-        "Turn this into a courteous request.", "Rephrase the message so it sounds polite.",
-        "Soften this demand into a polite question.",
-    ), _polite, system="You rewrite customer messages."),
-    InstructionTask("remove_filler", "rewriting", "general", ("rewriting", "shortening"), (), (
-        "Remove the filler words.", "Shorten the sentence by deleting filler words.",
-        "Delete words like just, really and basically.", "Make this more concise: {input}",
-        "Cut the unnecessary filler from the sentence.",
-    ), _filler),
-    InstructionTask("arithmetic", "qa", "general", ("arithmetic", "numbers"), (), (
-        "What is {input}?", "Compute {input}.", "Calculate {input} and give only the number.",
-        "{input} = ?", "Work out {input}.",
-    ), _arithmetic),
-    InstructionTask("fictional_capital", "qa", "general", ("reading", "lookup"), (), (
-        "According to the text, what is the capital of {country}?",
-        "Name the capital of {country} using the passage.",
-        "Which city is the capital of {country}? Answer from the context.",
-        "Read the passage and give the capital city of {country}.",
-        "From the context only: {country}'s capital is which city?",
-    ), _capital, system="Answer using only the given context."),
-    InstructionTask("yes_no_context", "qa", "general", ("reading", "yes_no"), (), (
-        "{question} Answer yes or no.", "Based on the text: {question} Reply yes or no.",
-        "Read the facts and answer yes or no. {question}", "Yes or no: {question}",
-        "Using only these sentences, answer yes or no: {question}",
-    ), _yes_no, ("yes", "no")),
-    InstructionTask("threshold_compare", "qa", "compliance",
-                    ("threshold_comparison", "numbers", "yes_no"), ("compliance",), (
-        "Is the observed value within the limit? Answer yes or no.",
-        "Does the value stay at or under the limit? yes or no.",
-        "Within the limit (yes) or over it (no)?",
-        "Answer yes if the value does not exceed the limit, otherwise no.",
-        "Is the observed figure allowed under the limit? Reply yes or no.",
-    ), _threshold, ("yes", "no")),
-)  # fmt: skip

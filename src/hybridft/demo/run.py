@@ -7,14 +7,15 @@ training data and approves the version, dave (releaser) promotes it through the 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from hybridft.demo.loop import run_loop
+from hybridft.demo.steps import acting_as, print_step
+from hybridft.demo.synth import synthesize
 
 DEMO_SPEC = Path("jobs/demo.yaml")
 MODEL_NAME = "hybridft-demo"
@@ -25,38 +26,15 @@ STEPS = 10
 LOOP_STEPS = 16  # make demo-full: six more
 
 
-def _step(console: Console, n: int, text: str) -> float:
-    console.rule(f"[bold]{n}/{STEPS} {text}")
-    return time.perf_counter()
-
-
-@contextmanager
-def acting_as(user: str) -> Iterator[None]:
-    """Run governance actions as ``user`` (roles from policies/users.yaml)."""
-    saved = {k: os.environ.get(k) for k in ("HYBRIDFT_USER", "HYBRIDFT_ROLES")}
-    os.environ["HYBRIDFT_USER"] = user
-    os.environ.pop("HYBRIDFT_ROLES", None)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def run_demo(
     port: int = 8000, data_dir: Path = Path("data/demo"), sweep: bool = True, full: bool = False
 ) -> dict[str, str]:
     """Run the whole skeleton on the demo data and print a summary table.
 
-    ``full`` goes on round the loop (``demo_loop``): canary, drift, alerts, review, retraining
+    ``full`` goes on round the loop (``demo.loop``): canary, drift, alerts, review, retraining
     on the reviewed data, a new canary, and a trace of one of its answers.
     """
-    global STEPS
-    STEPS = LOOP_STEPS if full else 10
-    from hybridft.data.synth import synthesize
+    steps = LOOP_STEPS if full else STEPS
     from hybridft.pipeline import (
         eval_table,
         evaluate_run,
@@ -72,25 +50,25 @@ def run_demo(
 
     console = Console(width=max(Console().width, 120))
     t_start = time.perf_counter()
-    t = _step(console, 1, "demo data (deterministic, seed 0)")
+    t = print_step(console, 1, steps, "demo data (deterministic, seed 0)")
     manifest = synthesize(data_dir, seed=0)
     rows = sum(sum(c.values()) for c in manifest.counts.values())
     console.print(f"{rows} rows in {data_dir}  ({time.perf_counter() - t:.1f}s)")
 
-    t = _step(console, 2, f"train {DEMO_SPEC} on Ray Train (2 workers, DDP over gloo)")
+    t = print_step(console, 2, steps, f"train {DEMO_SPEC} on Ray Train (2 workers, DDP over gloo)")
     record = train_and_log(DEMO_SPEC)
     console.print(f"run {record.run_name} ({time.perf_counter() - t:.0f}s)")
 
-    t = _step(console, 3, "evaluate: leakage shield, scores, calibration, robustness")
+    t = print_step(console, 3, steps, "evaluate: leakage shield, scores, calibration, robustness")
     result = evaluate_run(record.run_dir)
     console.print(eval_table(result))
 
-    _step(console, 4, "register in MLflow (lineage, eval, model card)")
+    print_step(console, 4, steps, "register in MLflow (lineage, eval, model card)")
     registry = Registry(record.tracking_uri)
     version = register_version(record.run_dir, MODEL_NAME, POLICY)
     console.print(f"registered {version.name} version {version.version}")
 
-    _step(console, 5, f"governance: gate ({POLICY}), reviews, approval, promotion")
+    print_step(console, 5, steps, f"governance: gate ({POLICY}), reviews, approval, promotion")
     policy = load_policy(POLICY)
     before = evaluate_gate(registry, policy, version.name, version.version)
     console.print(f"gate before review: {'pass' if before.passed else 'FAIL'}")
@@ -111,13 +89,13 @@ def run_demo(
         console.print(f"@{alias}: {state}", highlight=False)
     champion = moves[-1].moved
     ref = f"{version.name}@{'champion' if moves[-1].moved else version.version}"
-    _step(console, 6, f"lineage of {ref}: source files -> run -> version -> alias")
+    print_step(console, 6, steps, f"lineage of {ref}: source files -> run -> version -> alias")
     console.print(lineage_tree(describe_lineage(registry, ref)), width=200)
 
-    _step(console, 7, f"serve {ref} on Ray Serve (OpenAI-compatible)")
+    print_step(console, 7, steps, f"serve {ref} on Ray Serve (OpenAI-compatible)")
     url = serve_version(ref, port=port)
 
-    _step(console, 8, "one request with the openai client")
+    print_step(console, 8, steps, "one request with the openai client")
     import openai
 
     client = openai.OpenAI(base_url=url, api_key="demo")
@@ -143,7 +121,9 @@ def run_demo(
         from hybridft.sweep.report_html import decision_tables
         from hybridft.sweep.tune import run_sweep
 
-        t = _step(console, 9, f"sweep {SWEEP_SPACE}: Ray Tune + Optuna TPE + ASHA, few long trials")
+        t = print_step(
+            console, 9, steps, f"sweep {SWEEP_SPACE}: Ray Tune + Optuna TPE + ASHA, few long trials"
+        )
         swept = run_sweep(SWEEP_SPACE, verbose=0)
         done = sum(1 for x in swept.trials if x["status"] == "completed")
         console.print(
@@ -151,8 +131,13 @@ def run_demo(
             f"{time.perf_counter() - t:.0f}s; best: {swept.best[0]['params'] if swept.best else '-'}",
             highlight=False,
         )
-        t = _step(console, 10, f"report: SFT only vs instruction only vs best hybrid, "
-                              f"{REPORT_SEEDS} seeds, label-efficiency evidence")  # fmt: skip
+        t = print_step(
+            console,
+            10,
+            steps,
+            f"report: SFT only vs instruction only vs best hybrid, {REPORT_SEEDS} seeds, "
+            "label-efficiency evidence",
+        )
         page = build_report(
             swept.sweep_dir,
             seeds=REPORT_SEEDS,
@@ -170,9 +155,7 @@ def run_demo(
 
     loop: dict[str, str] = {}
     if full:
-        from hybridft.demo_loop import run_loop
-
-        loop = run_loop(console, MODEL_NAME, data_dir, port, POLICY, first_step=11, steps=STEPS)
+        loop = run_loop(console, MODEL_NAME, data_dir, port, POLICY, first_step=11, steps=steps)
         serve.shutdown()
 
     summary = {

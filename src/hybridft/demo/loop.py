@@ -22,7 +22,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from hybridft.demo import acting_as
+from hybridft.demo.steps import acting_as, print_step
+from hybridft.demo.synth import synthesize
 
 MONITOR_POLICY = Path("policies/monitor.yaml")
 SERVE_DIR = Path(".hybridft/serve")
@@ -93,8 +94,6 @@ def live_tickets(out: Path) -> list[dict[str, Any]]:
 
     Some still overlap the evaluation set (templated text); retraining holds those out.
     """
-    from hybridft.data.synth import synthesize
-
     synthesize(out, seed=1, n_train=60, n_validation=5, n_test=400, n_instruction_train=10,
                n_instruction_validation=2, n_instruction_test=2)  # fmt: skip
     return [json.loads(x) for x in (out / "sft/it_desk/test.jsonl").read_text().splitlines()]
@@ -110,7 +109,6 @@ def run_loop(
     steps: int,
 ) -> dict[str, str]:
     """The loop, printed as steps ``first_step``.. of ``steps``; returns summary lines."""
-    from hybridft.demo import _step
     from hybridft.monitor.policy import load_monitor_policy
     from hybridft.monitor.retrain import retrain
     from hybridft.monitor.status import alerts_table, gather_status
@@ -137,7 +135,7 @@ def run_loop(
     latest = max(int(v.version) for v in registry.client.search_model_versions(f"name='{model}'"))
     summary: dict[str, str] = {}
 
-    _step(console, n, f"serve {model}@champion (v{champion}) behind the canary router")
+    print_step(console, n, steps, f"serve {model}@champion (v{champion}) behind the canary router")
     paths = ServePaths(SERVE_DIR)
     if paths.root.exists():  # a fresh endpoint per demo run: state, keys, logs
         import shutil
@@ -152,7 +150,12 @@ def run_loop(
 
     n += 1
     candidate = str(latest)
-    _step(console, n, f"canary: {model}@{candidate} (the report's recommendation) vs v{champion}")
+    print_step(
+        console,
+        n,
+        steps,
+        f"canary: {model}@{candidate} (the report's recommendation) vs v{champion}",
+    )
     with acting_as("dave"):
         controller = CanaryController(spec, paths, registry, gates, current_user(), deployer)
     if candidate != champion:
@@ -172,7 +175,7 @@ def run_loop(
     primary = CanaryStore(paths.state).read().primary
 
     n += 1
-    _step(console, n, "drift injected: long tickets for one team flood in")
+    print_step(console, n, steps, "drift injected: long tickets for one team flood in")
     traffic.send(traffic.sample(200))  # the primary's usual traffic: its reference window
     lengths = sorted(len(r["prompt"]) for r in rows)
     long = lengths[len(lengths) * 3 // 4]
@@ -197,7 +200,7 @@ def run_loop(
     summary["status page"] = str(page)
 
     n += 1
-    _step(console, n, "review: carol labels the flagged answers")
+    print_step(console, n, steps, "review: carol labels the flagged answers")
     queue = ReviewQueue(paths.review)
     gold = {a["request_id"]: a["gold"] for a in traffic.answers if a["request_id"]}
     resolved = 0
@@ -208,7 +211,7 @@ def run_loop(
     console.print(f"{resolved} flagged answers labelled; queue {queue.counts()}")
 
     n += 1
-    _step(console, n, "retrain on the reviewed data (approval first)")
+    print_step(console, n, steps, "retrain on the reviewed data (approval first)")
     with acting_as("dave"):
         outcome = retrain(monitor, registry, alerts=status.alerts, force=not status.alerts,
                           on_event=lambda m: console.print(f"  {m}", highlight=False))  # fmt: skip
@@ -234,7 +237,12 @@ def run_loop(
                 )
 
     n += 1
-    _step(console, n, "the new canary: traffic, labelled probes, the controller decides; a trace")
+    print_step(
+        console,
+        n,
+        steps,
+        "the new canary: traffic, labelled probes, the controller decides; a trace",
+    )
     new = outcome.version or primary
     if outcome.version and CanaryStore(paths.state).read().primary != new:
         controller.prober = _prober(paths, url, model, controller.traffic, data_dir)

@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hybridft.data import synth_vocab as v
+from hybridft.demo import synth_vocab as v
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridft.data import synth
-from hybridft.data.synth import SPLITS, check_disjoint, synthesize
-from hybridft.data.synth_sft import POLICY
+from hybridft.demo import synth
+from hybridft.demo.synth import SPLITS, check_disjoint, synthesize
+from hybridft.demo.synth_sft import POLICY
 from hybridft.errors import UserError
 
 ALLOWED_KEYS = {
@@ -301,7 +301,7 @@ def test_asking_for_more_examples_than_a_task_has_is_a_user_error(tmp_path):
 
 def test_import_stays_light():
     code = (
-        "import sys, hybridft.data.synth\n"
+        "import sys, hybridft.demo.synth\n"
         "heavy = {'torch', 'numpy', 'transformers', 'ray', 'pydantic', 'sklearn', 'pyarrow'}\n"
         "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
     )

@@ -1,0 +1,32 @@
+"""What both parts of the demo story share: the numbered step banner and acting as a policy user."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+
+
+def print_step(console: Console, n: int, total: int, text: str) -> float:
+    """Print the banner of step ``n`` of ``total`` and return the time it started."""
+    console.rule(f"[bold]{n}/{total} {text}")
+    return time.perf_counter()
+
+
+@contextmanager
+def acting_as(user: str) -> Iterator[None]:
+    """Run governance actions as ``user`` (roles from policies/users.yaml)."""
+    saved = {k: os.environ.get(k) for k in ("HYBRIDFT_USER", "HYBRIDFT_ROLES")}
+    os.environ["HYBRIDFT_USER"] = user
+    os.environ.pop("HYBRIDFT_ROLES", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
