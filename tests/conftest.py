@@ -24,7 +24,7 @@ def ray_session():
 
     if not ray.is_initialized():
         # address="local": a fresh instance, never a cluster some `ray start` left behind
-        from hybridft.train.run import LOCAL_RUNTIME_ENV
+        from hybridft.runtime import LOCAL_RUNTIME_ENV
 
         ray.init(
             address="local",

@@ -70,8 +70,8 @@ def canary_run(
 
     controller = _controller(spec_path, serve_dir, tracking_uri, deploy)
     if deploy:
+        from hybridft.runtime import ensure_ray
         from hybridft.serve.endpoint import start_endpoint
-        from hybridft.train.run import ensure_ray
 
         ensure_ray()
         url = start_endpoint(controller.spec, serve_dir, controller.registry, host=host, port=port)

@@ -226,7 +226,7 @@ def evaluate_on_job_hardware(
         return evaluate_model(model_dir, eval_sets, **kwargs)
     import ray
 
-    from hybridft.train.run import ensure_ray
+    from hybridft.runtime import ensure_ray
 
     ensure_ray()
     kwargs.pop("on_progress", None)
@@ -408,8 +408,8 @@ def serve_version(
     ``adapters``: LoRA adapter directories on that base, served as model ids ``NAME:ADAPTER``.
     """
     from hybridft.registry.client import Registry
+    from hybridft.runtime import ensure_ray
     from hybridft.serve.launch import deploy
-    from hybridft.train.run import ensure_ray
 
     registry = Registry(tracking_uri)
     version = registry.resolve(ref)

@@ -206,7 +206,7 @@ def test_a_gpu_jobs_evaluation_runs_in_a_ray_task_holding_one_gpu(monkeypatch):
 
     monkeypatch.setattr(ray, "remote", fake_remote)
     monkeypatch.setattr(ray, "get", lambda ref: f"got {ref}")
-    monkeypatch.setattr("hybridft.train.run.ensure_ray", lambda: None)
+    monkeypatch.setattr("hybridft.runtime.ensure_ray", lambda: None)
     progress = print
 
     cpu = evaluate_on_job_hardware(ScalingSpec(), "m", {}, max_examples=3, on_progress=progress)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hybridft.specs import TrainingSpec
+from hybridft.train.checkpoint import KEEP_SCORE, keep_score
 from hybridft.train.in_process import INDEX_FILE, InProcessSession, checkpoints_to_drop
-from hybridft.train.loop import KEEP_SCORE, keep_score
 from hybridft.train.run import checkpoint_config, checkpoints_to_keep
 
 STAGES = [("instruction", 4), ("sft", 10)]

@@ -21,7 +21,7 @@ import torch
 
 from hybridft.specs import LoraSpec, TrainingSpec
 from hybridft.train import devices, strategy
-from hybridft.train.loop import HISTORY_FILE, MODEL_STATE_FILE, STATE_FILE, read_checkpoint
+from hybridft.train.checkpoint import HISTORY_FILE, MODEL_STATE_FILE, STATE_FILE, read_checkpoint
 
 # one worker of a 2-process group: for each backend, a fresh group and the loop's metric sum
 WORKER = textwrap.dedent(
@@ -174,7 +174,7 @@ def test_tf32_is_switched_on_only_for_cuda_workers():
 
 
 def saved_checkpoint(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    """What ``loop._checkpoint`` writes for a LoRA stage under DDP (its optimizer and scheduler
+    """What ``checkpoint.write_checkpoint`` writes for a LoRA stage under DDP (its optimizer and scheduler
     after a step); returns the adapter weights."""
     layer = torch.nn.Linear(4, 3)
     stage = {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 1, "steps": 4, "min_lr_ratio": 0.1}

@@ -18,8 +18,8 @@ from helpers import job_dict, write_job
 from safetensors.torch import load_file
 
 from hybridft.specs import load_job
+from hybridft.train.checkpoint import MODEL_STATE_FILE
 from hybridft.train.in_process import INDEX_FILE
-from hybridft.train.loop import MODEL_STATE_FILE
 from hybridft.train.run import run
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

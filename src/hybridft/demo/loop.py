@@ -119,12 +119,12 @@ def run_loop(
     from hybridft.registry.client import Registry
     from hybridft.registry.gates import approve, promote
     from hybridft.registry.policy import load_policy
+    from hybridft.runtime import ensure_ray
     from hybridft.serve.canary import CanaryStore, ServePaths
     from hybridft.serve.controller import CanaryController
     from hybridft.serve.endpoint import ServeDeployer, start_endpoint
     from hybridft.serve.keys import KeyStore
     from hybridft.serve.review import ReviewQueue
-    from hybridft.train.run import ensure_ray
 
     registry = Registry()
     gates = load_policy(policy_path)

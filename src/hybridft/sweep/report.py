@@ -103,11 +103,11 @@ def build_report(
     ``report/report.html`` and ``report.json``."""
 
     from hybridft.registry.client import Registry
+    from hybridft.runtime import ensure_ray
     from hybridft.sweep.record import read_trials
     from hybridft.sweep.space import load_space
     from hybridft.sweep.tune import SWEEP_FILE, max_concurrent_trials
     from hybridft.train.resources import schedulable_capacity
-    from hybridft.train.run import ensure_ray
 
     if score not in SCORES:
         raise UserError(f"report --score {score!r}: expected one of {', '.join(SCORES)}")

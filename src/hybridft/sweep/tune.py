@@ -301,7 +301,8 @@ def run_sweep(
 
     from hybridft.model import base_of
     from hybridft.registry.client import Registry, flatten, git_commit
-    from hybridft.train.run import ensure_ray, new_run_name
+    from hybridft.runtime import ensure_ray
+    from hybridft.train.run import new_run_name
 
     t0 = time.perf_counter()
     space = load_space(space_path)

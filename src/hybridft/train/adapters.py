@@ -41,8 +41,22 @@ def add_adapter(model: torch.nn.Module, lora: dict[str, Any]) -> torch.nn.Module
 
 
 def merged(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model with any adapter folded into its weights."""
-    return model.merge_and_unload() if is_peft(model) else model
+    """The plain model with any adapter folded into its weights.
+
+    Under ZeRO-3 (partitioned parameters) each adapted layer is gathered for its merge alone,
+    merged on every rank alike and partitioned again; then the adapter modules are dropped."""
+    if not is_peft(model):
+        return model
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return model.merge_and_unload()
+    import deepspeed
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+                module.merge()
+    return model.unload()
 
 
 def apply_policy(model: torch.nn.Module, policy: str, lora: dict[str, Any]) -> torch.nn.Module:
@@ -50,7 +64,10 @@ def apply_policy(model: torch.nn.Module, policy: str, lora: dict[str, Any]) -> t
     if policy == "full":
         # merge_and_unload leaves every base weight frozen, as LoRA had it: a full stage after a
         # LoRA stage must train them again
-        return merged(model).requires_grad_(True)
+        model = merged(model)
+        if any(p.dtype != torch.float32 for p in model.parameters()):
+            model = model.to(torch.float32)  # a bf16 frozen base (lora.frozen_dtype) trains fp32
+        return model.requires_grad_(True)
     if policy == "continue":
         return model if is_peft(model) else add_adapter(model, lora)
     if policy == "merge_and_new":
@@ -63,15 +80,17 @@ def rebuild(
     recipe: dict[str, Any] | None,
     state: dict[str, Any] | None,
     adapter_only: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Any:
     """A training model from the base architecture, an optional adapter recipe and a state dict.
 
     ``adapter_only``: ``state`` holds the adapter's weights alone and the frozen weights are the
     base's own (a LoRA checkpoint written without them); any other key missing is an error.
+    ``dtype``: the base's (a bf16 frozen base for LoRA); peft keeps the adapter in fp32.
     """
     from hybridft.model.hf import load_model
 
-    model = load_model(base_dir)
+    model = load_model(base_dir, dtype=dtype)
     if recipe is not None:
         model = add_adapter(model, recipe)
     if state is not None:

@@ -41,7 +41,7 @@ from ray.train.v2._internal.execution.train_fn_utils import (
     set_train_fn_utils,
 )
 
-from hybridft.train.loop import KEEP_SCORE
+from hybridft.train.checkpoint import KEEP_SCORE
 
 INDEX_FILE = "checkpoints.json"  # the in-process run's checkpoints, in report order
 WORKER_GROUP_MARK = "checkpoint_manager_snapshot.json"  # written by a worker-group run

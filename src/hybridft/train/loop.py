@@ -9,14 +9,11 @@ worker group resumes at the exact row of the mixture.
 
 from __future__ import annotations
 
-import copy
 import functools
-import json
 import logging
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,31 +22,21 @@ import numpy as np
 import torch
 
 from hybridft.quiet import quiet_library_chatter
-from hybridft.train.adapters import (
-    adapter_names,
-    apply_policy,
-    frozen_stays_base,
-    is_peft,
-    merged,
-    rebuild,
-    recipe_of,
-)
+from hybridft.train.adapters import apply_policy, frozen_stays_base, rebuild, recipe_of
 from hybridft.train.attention import segments_from_numpy
+from hybridft.train.checkpoint import read_checkpoint, write_checkpoint
 from hybridft.train.devices import all_reduce_sum, allow_tf32_on_cuda
 from hybridft.train.loss import micro_batch_loss, per_source_sums
 from hybridft.train.node_base import local_base_dir
 from hybridft.train.packing import PackedRows, shift_loss_mask
-from hybridft.train.strategy import Engine, make_engine
+from hybridft.train.strategy import Engine, construction_config, make_engine
 from hybridft.train.throughput import MatmulPeak, measure_matmul_peak, train_flops_per_token
+from hybridft.train.weights import load_from_rank0, partitioned_construction
 
 # Seconds of our own work inside trainer.fit(), in every record (cumulative): model set-up (load,
 # adapters, the MFU peak), validation, checkpoint writes. Training steps are each record's
 # window_s. What fit() takes beyond these is Ray's (train.run.run_timings).
 PHASES = ("time/setup_s", "time/validation_s", "time/checkpoint_s")
-STATE_FILE = "train_state.pt"
-MODEL_STATE_FILE = "train_model.pt"
-HISTORY_FILE = "metrics.jsonl"
-KEEP_SCORE = "keep_score"  # every checkpoint's retention rank (see keep_score)
 
 
 def _seed_all(seed: int) -> None:
@@ -121,46 +108,6 @@ def matmul_peak(dtype: torch.dtype, threads: int, device: torch.device) -> float
     each: a process that trains run after run, in process, measures it once), with ``threads``:
     the count the training step runs with."""
     return measure_matmul_peak(dtype, device=device, threads=threads)
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(path: str) -> Any:
-    from hybridft.model.hf import load_tokenizer
-
-    return load_tokenizer(path)
-
-
-def save_hf(lm: torch.nn.Module, tokenizer_dir: str, out: Path) -> None:
-    """Write the model as a plain HF directory (LoRA merged into a copy, adapter beside it)."""
-    from hybridft.model.hf import save_model
-
-    if is_peft(lm):
-        lm.save_pretrained(str(out / "adapter"))
-        lm = merged(copy.deepcopy(lm))
-    save_model(lm, _tokenizer(tokenizer_dir), out / "model")
-
-
-def read_checkpoint(
-    ckpt_dir: Path,
-) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """A checkpoint's loop state, model blob (``recipe``, ``state``, ``adapter_only``) and
-    history, tensors on the CPU.
-
-    Rank 0 saved the tensors from its device: loaded as saved, every rank would put them on
-    rank 0's GPU. From the CPU each goes where it belongs: the RNG state into the CPU generator,
-    the weights into the model before the engine moves it, the optimizer state into the optimizer
-    (``load_state_dict`` casts it to its parameters' device).
-    """
-    # tensors, numbers, strings, lists, tuples and dicts only (optimizer and LambdaLR state
-    # dicts, the LoRA recipe): weights_only loads them
-    state = torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=True)
-    blob = torch.load(ckpt_dir / MODEL_STATE_FILE, map_location="cpu", weights_only=True)
-    if blob["state"] is None:  # a full stage's end: the fp32 HF weights are the exact state
-        from safetensors.torch import load_file
-
-        blob["state"] = load_file(str(ckpt_dir / "model" / "model.safetensors"), device="cpu")
-    history = [json.loads(x) for x in (ckpt_dir / HISTORY_FILE).read_text().splitlines()]
-    return state, blob, history
 
 
 class Window:
@@ -235,7 +182,19 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             say(f"resuming at stage {state['stage']} step {state['step']}")
     _seed_all(config["seed"])
-    lm = rebuild(config["base_dir"], blob["recipe"], blob["state"], blob["adapter_only"])
+    first_policy = stages[min(state["stage"], len(stages) - 1)]["adapter"]
+    if strategy == "ddp":
+        lm = rebuild(
+            config["base_dir"],
+            blob["recipe"],
+            blob["state"],
+            blob["adapter_only"],
+            frozen_dtype(lora, first_policy),
+        )
+    else:  # rank 0's weights into every rank's (ZeRO-3: partitioned) model
+        lm = build_from_rank0(
+            config, blob["recipe"], blob["state"] if rank == 0 else None, first_policy
+        )
     del blob
     # the threads set above, kept for every step; raised per run if a window beats it (<= 100%)
     peak = MatmulPeak(
@@ -316,7 +275,7 @@ def train_loop(config: dict[str, Any]) -> None:
                         f"lr {r['lr']:.2e} tok/s {r['tokens_per_s']:.0f} MFU {r['mfu']:.1%}",
                     )
             if last or done % training["checkpoint_every"] == 0:
-                _checkpoint(config, engine, state, history, s_idx, done, last, rank, timings)
+                write_checkpoint(config, engine, state, history, s_idx, done, last, rank, timings)
             elif logged:
                 ray.train.report(dict(history[-1]))
             if logged:
@@ -324,12 +283,39 @@ def train_loop(config: dict[str, Any]) -> None:
                     len(stage["sources"]), device
                 )  # after the checkpoint: timing excludes it
         stage_end = time.perf_counter()
-        lm = (
-            engine.lm
-            if strategy == "ddp"
-            else rebuild(config["base_dir"], recipe_of(engine.lm, lora), engine.full_state())
-        )
+        if strategy == "ddp":
+            lm = engine.lm
+        elif s_idx + 1 < len(stages):  # gathered to rank 0, rebuilt on every rank
+            weights, recipe = engine.full_state(), recipe_of(engine.lm, lora)
+            engine.close()
+            lm = build_from_rank0(config, recipe, weights, stages[s_idx + 1]["adapter"])
+            del weights
+        engine.close()
         timings["time/setup_s"] += time.perf_counter() - stage_end
+
+
+def frozen_dtype(lora: dict[str, Any], policy: str) -> torch.dtype | None:
+    """The dtype the base is loaded in: ``lora.frozen_dtype`` for a stage that trains an
+    adapter (its frozen weights), fp32 otherwise (``None``: the loader's fp32)."""
+    if policy != "full" and lora.get("frozen_dtype") == "bfloat16":
+        return torch.bfloat16
+    return None
+
+
+def build_from_rank0(
+    config: dict[str, Any],
+    recipe: dict[str, Any] | None,
+    weights: dict[str, torch.Tensor] | None,
+    policy: str,
+) -> torch.nn.Module:
+    """The model every rank starts a stage from, with rank 0's ``weights`` (``None`` on the
+    other ranks; an adapter-only state keeps the base's frozen weights). Under ZeRO-3 it is
+    partitioned at construction: no rank ever holds all of it."""
+    training = config["training"]
+    with partitioned_construction(construction_config(config["strategy"], training)):
+        lm = rebuild(config["base_dir"], recipe, None, dtype=frozen_dtype(config["lora"], policy))
+    load_from_rank0(lm, weights)
+    return lm
 
 
 def validation_loss(
@@ -405,84 +391,3 @@ def _record(
         if src[1, i] > 0:
             record[f"loss/{name}"] = float(src[0, i] / src[1, i])
     return record
-
-
-def keep_score(stage_steps: list[int], s_idx: int, done: int) -> int:
-    """A checkpoint's retention rank: every stage end above every other checkpoint, each group
-    by global step. Keeping the ``keep + len(stages)`` highest (``train.run.checkpoint_config``)
-    keeps every stage model and at least the ``keep`` latest checkpoints."""
-    global_step = sum(stage_steps[:s_idx]) + done
-    return global_step + (sum(stage_steps) if done == stage_steps[s_idx] else 0)
-
-
-def _checkpoint(
-    config: dict[str, Any],
-    engine: Engine,
-    state: dict[str, Any],
-    history: list[dict[str, Any]],
-    s_idx: int,
-    done: int,
-    last: bool,
-    rank: int,
-    timings: dict[str, float],
-) -> None:
-    """Every rank calls this (it gathers state and reports); rank 0 writes the model files.
-
-    What a checkpoint holds: the loop state (data position, RNG, optimizer and scheduler; under
-    ZeRO each rank's shard) and the training weights. LoRA whose frozen weights are still the
-    base's own: the adapter alone (megabytes, the base is re-read on resume). A stage's end also
-    exports the plain HF model (LoRA merged into a copy, adapter beside it) — the stage model a
-    run returns; in between none is written.
-    """
-    import ray.train
-    from ray.train import Checkpoint
-
-    started = time.perf_counter()
-    weights = engine.full_state()  # collective under ZeRO-3
-    adapter_only = is_peft(engine.lm) and bool(state.get("frozen_is_base"))
-    if adapter_only:
-        names = set(adapter_names(engine.lm))
-        weights = {k: v for k, v in weights.items() if k in names}
-    stages = config["stages"]
-    next_state = {
-        "stage": s_idx + 1 if last else s_idx,
-        "step": 0 if last else done,
-        "tokens": state["tokens"],
-        "rng_torch": torch.get_rng_state(),
-        "frozen_is_base": bool(state.get("frozen_is_base")),
-    }
-    metrics = dict(history[-1]) if history else {}
-    metrics["stage_end"] = stages[s_idx]["name"] if last else ""
-    metrics["done"] = bool(last and s_idx == len(stages) - 1)
-    metrics[KEEP_SCORE] = keep_score([s["steps"] for s in stages], s_idx, done)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        if not last:
-            next_state.update(engine.save(out, rank))  # DeepSpeed: every rank writes its shard
-        attach = config["strategy"] != "ddp" and not last
-        if rank == 0:
-            recipe = recipe_of(engine.lm, config["lora"])
-            # a full stage's end: the fp32 HF export is the exact state, not written twice
-            full_export = last and recipe is None
-            if last:
-                lm = engine.lm
-                if config["strategy"] != "ddp":
-                    lm = rebuild(config["base_dir"], recipe, weights, adapter_only)
-                save_hf(lm, config["base_dir"], out)
-            torch.save(
-                {
-                    "recipe": recipe,
-                    "state": None if full_export else weights,
-                    "adapter_only": adapter_only,
-                },
-                out / MODEL_STATE_FILE,
-            )
-            torch.save(next_state, out / STATE_FILE)
-        timings["time/checkpoint_s"] += time.perf_counter() - started
-        if history:  # the run's record of its own time, up to this report
-            history[-1].update(timings)
-            metrics.update(timings)
-        if rank == 0:
-            (out / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
-            attach = True
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if attach else None)

@@ -17,21 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from hybridft.errors import RunFailed, UserError
+from hybridft.runtime import ensure_ray
 from hybridft.specs import JobSpec, ScalingSpec, TrainingSpec, stage_adapter
 from hybridft.train.resources import schedulable_capacity, worker_group_refusal, worker_resources
-
-# Ray Train's controller consumes one report per health-check poll (2 s by default): on a local
-# instance with short steps every report would wait for it. A quicker poll is cheap locally.
-LOCAL_RUNTIME_ENV = {
-    "env_vars": {
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-        # worker start imports torch + transformers: on 2 busy cores that can pass Ray's 60 s
-        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
-        # a reused Tune trial actor waits this long for a stopped in-process trial to reach its
-        # next report and end (past it, Tune starts a fresh actor: correct, just slower)
-        "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",
-    }
-}
 
 
 @dataclass
@@ -50,24 +38,6 @@ class TrainResult:
     @property
     def final_metrics(self) -> dict[str, Any]:
         return self.history[-1] if self.history else {}
-
-
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` / a given cluster, or start a local instance."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    # Ray libraries log every report at INFO; users want our progress lines and warnings.
-    quiet = ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
-    if address:  # a cluster: token auth stays on, the client side sends the token
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(address=address, log_to_driver=True, logging_config=quiet)
-    else:
-        ray.init(
-            address="local", log_to_driver=True, logging_config=quiet, runtime_env=LOCAL_RUNTIME_ENV
-        )
 
 
 def check_resources(scaling: ScalingSpec, spec_file: str) -> None:
@@ -91,14 +61,14 @@ def check_resources(scaling: ScalingSpec, spec_file: str) -> None:
 def checkpoint_config(training: TrainingSpec, n_stages: int) -> Any:
     """Ray Train's retention: ``training.keep_checkpoints`` latest, besides every stage's end.
 
-    The loop scores each checkpoint (``loop.keep_score``) so that stage ends outrank every other
+    The loop scores each checkpoint (``checkpoint.keep_score``) so that stage ends outrank every other
     checkpoint, then by step: keeping the top ``keep + n_stages`` keeps every stage model the run
     returns (``_finish`` copies them at the end) and at least the ``keep`` latest; Ray never
     deletes the latest, which a resume starts from. None: every checkpoint is kept.
     """
     from ray.train import CheckpointConfig
 
-    from hybridft.train.loop import KEEP_SCORE
+    from hybridft.train.checkpoint import KEEP_SCORE
 
     keep = checkpoints_to_keep(training, n_stages)
     if keep is None:
@@ -290,7 +260,7 @@ def _finish(
     last: Any,
 ) -> TrainResult:
     """Copy the stage models and the final model out of the run's checkpoints; the result."""
-    from hybridft.train.loop import HISTORY_FILE
+    from hybridft.train.checkpoint import HISTORY_FILE
 
     fitted_at = time.perf_counter()
     stage_dirs: dict[str, Path] = {}

@@ -26,6 +26,7 @@ import torch
 from hybridft.train.adapters import is_peft
 from hybridft.train.loss import LossModel
 from hybridft.train.schedule import lr_lambda
+from hybridft.train.weights import gather_to_rank0
 
 DS_TAG = "ds"
 
@@ -40,9 +41,11 @@ class Engine:
     backward: Callable[[torch.Tensor, bool], None]  # (micro-batch loss, last micro-batch?)
     step: Callable[[], None]  # clip, optimizer + scheduler step, zero grads
     lr: Callable[[], float]
-    full_state: Callable[[], dict[str, torch.Tensor]]  # collective: every rank calls it
+    # collective: every rank calls it; rank 0 gets the state dict on its CPU, the others {}
+    full_state: Callable[[], dict[str, torch.Tensor]]
     save: Callable[[Path, int], dict[str, Any]]  # collective; returns loop-state entries
     load: Callable[[Path, dict[str, Any]], None]
+    close: Callable[[], None] = lambda: None  # frees what the engine holds (idempotent)
 
 
 def _optimizer(params: list[torch.nn.Parameter], stage: dict[str, Any], training: dict[str, Any]):
@@ -124,7 +127,7 @@ def ddp_engine(
         backward=backward,
         step=step,
         lr=lambda: scheduler.get_last_lr()[0],
-        full_state=lambda: {k: v.detach().cpu() for k, v in lm.state_dict().items()},
+        full_state=lambda: gather_to_rank0(lm),
         save=save,
         load=load,
     )
@@ -171,12 +174,12 @@ def deepspeed_engine(
         engine.backward(loss * accum)  # DeepSpeed divides by accumulation steps itself
         engine.step()  # steps the optimizer only at the accumulation boundary
 
-    def full_state() -> dict[str, torch.Tensor]:
-        inner = engine.module.lm
-        if zero == 3:
-            with deepspeed.zero.GatheredParameters(list(inner.parameters()), modifier_rank=None):
-                return {k: v.detach().clone().cpu() for k, v in inner.state_dict().items()}
-        return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+    closed = []
+
+    def close() -> None:
+        if not closed:  # the optimizer state and ZeRO's buffers and hooks go now, not at exit
+            closed.append(True)
+            engine.destroy()
 
     def save(path: Path, _: int) -> dict[str, Any]:
         # LoRA: DeepSpeed's module file would hold the frozen base again (the loop writes the
@@ -194,10 +197,17 @@ def deepspeed_engine(
         backward=backward,
         step=lambda: None,  # engine.step() in backward handles the boundary
         lr=lambda: scheduler.get_last_lr()[0],
-        full_state=full_state,
+        full_state=lambda: gather_to_rank0(engine.module.lm),
         save=save,
         load=load,
+        close=close,
     )
+
+
+def construction_config(strategy: str, training: dict[str, Any]) -> dict[str, Any] | None:
+    """The DeepSpeed config models are built under (``weights.partitioned_construction``):
+    ZeRO-3's, so its models are partitioned from the start; ``None`` for the others."""
+    return deepspeed_config(training, 3) if strategy == "zero3" else None
 
 
 def make_engine(

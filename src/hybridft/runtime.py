@@ -1,0 +1,40 @@
+"""The Ray runtime every layer connects through: ``ensure_ray`` and the local instance's settings.
+
+Below every package that talks to Ray (train, sweep, serve, pipeline, demo), so connecting does
+not make a package depend on training.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Ray Train's controller consumes one report per health-check poll (2 s by default): on a local
+# instance with short steps every report would wait for it. A quicker poll is cheap locally.
+LOCAL_RUNTIME_ENV = {
+    "env_vars": {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+        # worker start imports torch + transformers: on 2 busy cores that can pass Ray's 60 s
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
+        # a reused Tune trial actor waits this long for a stopped in-process trial to reach its
+        # next report and end (past it, Tune starts a fresh actor: correct, just slower)
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",
+    }
+}
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` / a given cluster, or start a local instance."""
+    import ray  # heavy (~1 s): only commands that use Ray pay for it
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Ray libraries log every report at INFO; users want our progress lines and warnings.
+    quiet = ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
+    if address:  # a cluster: token auth stays on, the client side sends the token
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        ray.init(address=address, log_to_driver=True, logging_config=quiet)
+    else:
+        ray.init(
+            address="local", log_to_driver=True, logging_config=quiet, runtime_env=LOCAL_RUNTIME_ENV
+        )
