@@ -1,18 +1,22 @@
-"""Data-layer throughput: ours (read + validate + render + mask + fingerprint) vs HF `datasets`.
+"""Data-layer throughput, both sides materialising every row: ours (what a training job runs) vs HF.
 
 Generates N heavy-ish instruction rows (instruction, often an input, a long output) to a temp
 JSONL, trains a byte-level BPE on a sample of them (hybridft.model.tiny.train_tokenizer, with the
 tiny chat template), then measures, each in its own subprocess so peak RSS is that run's alone:
 
-- ours:  read_examples -> ExampleHasher.tap -> render_examples(completion_only), every row consumed;
-- hf:    load_dataset("json") + batched .map applying the same chat template with the same
-         tokenizer, truncation and HF's own completion mask (return_assistant_tokens_mask=True);
-- ours again at scale x N rows, to show memory stays bounded while the input grows.
+- ours: ``train.prepare.render_source``, the function a training job calls per source: read +
+  validate + render (completion-only mask) + fingerprint, every row's ids and mask kept (in
+  memory, as the job then packs them);
+- hf:   ``load_dataset("json")`` + batched ``.map`` applying the same chat template with the same
+  tokenizer, truncation and HF's own completion mask (``return_assistant_tokens_mask=True``),
+  every row's ids and mask kept (its Arrow cache on disk, a fresh cache per run). HF does no
+  validation and no fingerprint.
 
-Both sides produce the same ids and masks (the totals are compared). Prints the figures, then a
-final line that is one JSON object.
+Both sides then write their rows (outside the timed part, after peak RSS is read) and the
+parent compares them row by row: it exits 1 naming the first row whose ids or mask differ.
+Prints the figures, then a final line that is one JSON object.
 
-    python benchmarks/data_throughput.py                 # N = 100_000, and 10 x N for ours
+    python benchmarks/data_throughput.py                 # N = 100_000
     python benchmarks/data_throughput.py --rows 5000     # quick check
 """
 
@@ -29,6 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+HF_BATCH = 512  # render_examples' default batch, which render_source uses
 SYLLABLES = "ka to ri ne sa mo lu pe di go ve ba chi ron tel mar is en al or un de".split()
 
 
@@ -57,13 +64,10 @@ def _rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def _write(rows: list[dict], path: Path, copies: int) -> None:
-    """Write `copies` distinct variants of each row (a case number keeps every row unique)."""
+def _write(rows: list[dict], path: Path) -> None:
     with path.open("w", encoding="utf-8") as fh:
-        for k in range(copies):
-            for row in rows:
-                row = {**row, "instruction": f"Case {k}. {row['instruction']}"} if k else row
-                fh.write(json.dumps(row) + "\n")
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
 
 
 def _cpu_s() -> float:
@@ -77,42 +81,34 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _measure_ours(data: str, tok_dir: str, max_len: int, batch_size: int) -> dict:
+def _measure_ours(data: str, tok_dir: str, max_len: int, work: str) -> tuple[dict, tuple]:
     from transformers import AutoTokenizer
 
-    from hybridft.data.fingerprint import ExampleHasher
-    from hybridft.data.reader import read_examples
-    from hybridft.data.render import render_examples
+    from hybridft.specs import DataSpec, SourceSpec
+    from hybridft.train.prepare import render_source
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
+    spec = DataSpec(
+        sources={"bench": SourceSpec(paths=[data], kind="instruction")},
+        rejects_dir=str(Path(work) / "rejects"),
+        max_len=max_len,
+    )
     base, cpu = _rss_mb(), _cpu_s()
     start = time.perf_counter()
-    hasher = ExampleHasher()
-    stream = read_examples([data], fmt="auto")
-    rendered = render_examples(
-        hasher.tap(stream), tok, loss="completion_only", max_len=max_len, batch_size=batch_size
-    )
-    rows = tokens = loss_tokens = 0
-    for item in rendered:  # consumed and dropped, as a packer writing shards would
-        rows += 1
-        tokens += len(item.input_ids)
-        loss_tokens += int(item.loss_mask.sum())
-    fingerprint = hasher.fingerprint(tok, "completion_only")
+    source, report = render_source("bench", spec, tok)
     seconds = time.perf_counter() - start
-    assert stream.report.accepted == rows
-    return {
-        "rows": rows,
+    assert report.accepted == len(source.ids)
+    result = {
+        "rows": len(source.ids),
         "seconds": seconds,
         "cpu_seconds": _cpu_s() - cpu,
-        "tokens": tokens,
-        "loss_tokens": loss_tokens,
-        "fingerprint": fingerprint,
+        "fingerprint": source.fingerprint,
         "base_rss_mb": base,
     }
+    return result, (source.ids, source.masks)
 
 
-def _measure_hf(data: str, tok_dir: str, max_len: int, batch_size: int, cache: str) -> dict:
-    import pyarrow.compute as pc
+def _measure_hf(data: str, tok_dir: str, max_len: int, cache: str) -> tuple[dict, tuple]:
     from datasets import load_dataset
     from transformers import AutoTokenizer
 
@@ -139,60 +135,107 @@ def _measure_hf(data: str, tok_dir: str, max_len: int, batch_size: int, cache: s
     base, cpu = _rss_mb(), _cpu_s()
     start = time.perf_counter()
     ds = load_dataset("json", data_files=data, split="train", cache_dir=cache)
-    out = ds.map(tokenize, batched=True, batch_size=batch_size, remove_columns=ds.column_names)
+    out = ds.map(tokenize, batched=True, batch_size=HF_BATCH, remove_columns=ds.column_names)
     seconds = time.perf_counter() - start
-    cpu = _cpu_s() - cpu
-    table = out.data.table
-    tokens = pc.sum(pc.list_value_length(table.column("input_ids"))).as_py()
-    loss_tokens = pc.sum(pc.list_flatten(table.column("loss_mask"))).as_py()
-    return {
+    result = {
         "rows": len(out),
         "seconds": seconds,
-        "cpu_seconds": cpu,
-        "tokens": tokens,
-        "loss_tokens": loss_tokens,
+        "cpu_seconds": _cpu_s() - cpu,
         "base_rss_mb": base,
     }
+    table = out.data.table
+    return result, (table.column("input_ids"), table.column("loss_mask"))
+
+
+def _flat(column: object) -> tuple[np.ndarray, np.ndarray]:
+    """(row lengths, concatenated values) of a list of arrays or an Arrow list column."""
+    if isinstance(column, list):
+        return np.array([len(x) for x in column]), np.concatenate(column)
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(column).to_numpy(), pc.list_flatten(column).to_numpy()
+
+
+def _dump(path: str, ids: object, masks: object) -> dict:
+    """Every row's ids and mask to ``path`` (.npz); returns the token and loss-token totals."""
+    id_lengths, flat_ids = _flat(ids)
+    mask_lengths, flat_masks = _flat(masks)
+    np.savez(
+        path,
+        id_lengths=id_lengths,
+        ids=flat_ids.astype(np.int32),
+        mask_lengths=mask_lengths,
+        masks=flat_masks.astype(np.int8),
+    )
+    return {"tokens": int(id_lengths.sum()), "loss_tokens": int(flat_masks.sum())}
 
 
 def _child(args: argparse.Namespace) -> None:
     if args.measure == "ours":
-        result = _measure_ours(args.data, args.tokenizer, args.max_len, args.batch_size)
+        result, (ids, masks) = _measure_ours(args.data, args.tokenizer, args.max_len, args.cache)
     else:
-        result = _measure_hf(args.data, args.tokenizer, args.max_len, args.batch_size, args.cache)
-    # ru_maxrss is in KiB on Linux: this process's own peak, so each measurement stands alone.
+        result, (ids, masks) = _measure_hf(args.data, args.tokenizer, args.max_len, args.cache)
+    # ru_maxrss is in KiB on Linux: this process's own peak, so each measurement stands alone;
+    # read before the rows are written out for the comparison.
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["rows_per_s"] = result["rows"] / result["seconds"]
     result["rows_per_cpu_s"] = result["rows"] / result["cpu_seconds"]
+    if args.dump:
+        result |= _dump(args.dump, ids, masks)
     print(json.dumps(result))
 
 
-def _run_child(kind: str, data: Path, tok_dir: Path, args: argparse.Namespace, work: Path) -> dict:
+def _run_child(
+    kind: str, data: Path, tok_dir: Path, args: argparse.Namespace, work: Path, dump: str = ""
+) -> dict:
     cache = tempfile.mkdtemp(prefix=f"cache-{kind}-", dir=work)  # fresh: no HF cache reuse
     cmd = [sys.executable, __file__, "--measure", kind, "--data", str(data)]
-    cmd += ["--tokenizer", str(tok_dir), "--max-len", str(args.max_len)]
-    cmd += ["--batch-size", str(args.batch_size), "--cache", cache]
+    cmd += ["--tokenizer", str(tok_dir), "--max-len", str(args.max_len), "--cache", cache]
+    cmd += ["--dump", dump] if dump else []
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"{kind} measurement failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def first_difference(ours_path: Path, hf_path: Path) -> str | None:
+    """None when both sides wrote the same ids and mask for every row, else what differs first."""
+    ours, hf = np.load(ours_path), np.load(hf_path)
+    for name, lengths in (("ids", "id_lengths"), ("masks", "mask_lengths")):
+        la, lb = ours[lengths], hf[lengths]
+        if la.size != lb.size:
+            return f"row counts differ: ours {la.size:,}, hf {lb.size:,}"
+        longer = np.flatnonzero(la != lb)
+        if longer.size:
+            i = int(longer[0])
+            return (
+                f"{longer.size:,} rows differ in {name} length; first: row {i} "
+                f"(ours {la[i]} tokens, hf {lb[i]})"
+            )
+        unequal = np.flatnonzero(ours[name] != hf[name])
+        if unequal.size:
+            starts = np.concatenate([[0], np.cumsum(la)[:-1]])
+            rows = np.searchsorted(starts, unequal, side="right") - 1
+            i, at = int(rows[0]), int(unequal[0] - starts[rows[0]])
+            return (
+                f"{np.unique(rows).size:,} rows differ in {name}; first: row {i}, token {at} "
+                f"(ours {ours[name][unequal[0]]}, hf {hf[name][unequal[0]]})"
+            )
+    return None
+
+
 def _show(name: str, r: dict) -> None:
     print(
         f"{name:<12} {r['rows']:>9,} rows {r['seconds']:6.1f} s {r['rows_per_s']:7,.0f} rows/s "
         f"({r['rows_per_cpu_s']:,.0f} rows/cpu-s)  peak RSS {r['peak_rss_mb']:4.0f} MB "
-        f"(after imports {r['base_rss_mb']:.0f})  tokens {r['tokens']:,} "
-        f"loss tokens {r['loss_tokens']:,}"
+        f"(after imports {r['base_rss_mb']:.0f})"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000, help="N rows for the comparison")
-    parser.add_argument("--scale", type=int, default=10, help="ours again at scale x N (0: skip)")
     parser.add_argument("--max-len", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -202,6 +245,7 @@ def main() -> None:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--dump", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         return _child(args)
@@ -213,7 +257,7 @@ def main() -> None:
         t0 = time.perf_counter()
         rows = _rows(args.rows, args.seed)
         data = work / "rows.jsonl"
-        _write(rows, data, copies=1)
+        _write(rows, data)
         sample = (v for row in rows[:5000] for v in row.values())
         tok_dir = work / "tokenizer"
         train_tokenizer(sample, args.vocab_size).save_pretrained(str(tok_dir))
@@ -221,48 +265,45 @@ def main() -> None:
         print(f"data: {args.rows:,} rows, {size_mb:.0f} MB ({time.perf_counter() - t0:.0f} s)")
 
         ours_runs, hf_runs = [], []
-        for _ in range(max(args.repeats, 1)):  # alternated, so load drifts hit both sides
-            ours_runs.append(_run_child("ours", data, tok_dir, args, work))
-            _show("ours", ours_runs[-1])
-            hf_runs.append(_run_child("hf", data, tok_dir, args, work))
-            _show("hf datasets", hf_runs[-1])
+        dumps = {"ours": work / "ours.npz", "hf": work / "hf.npz"}
+        for i in range(max(args.repeats, 1)):  # alternated, so load drifts hit both sides
+            for kind, runs in (("ours", ours_runs), ("hf", hf_runs)):
+                dump = str(dumps[kind]) if i == 0 else ""  # the rows are the same every time
+                runs.append(_run_child(kind, data, tok_dir, args, work, dump))
+                _show("ours" if kind == "ours" else "hf datasets", runs[-1])
+        tokens = {
+            k: (r[0]["tokens"], r[0]["loss_tokens"])
+            for k, r in (("ours", ours_runs), ("hf", hf_runs))
+        }
+        print(f"tokens, loss tokens: ours {tokens['ours']}, hf {tokens['hf']}")
+        difference = first_difference(dumps["ours"], dumps["hf"])
+        if difference is not None:
+            sys.exit(f"FAIL: ours and hf produced different rows: {difference}")
+        print(f"same ids and mask on every one of the {ours_runs[0]['rows']:,} rows")
         ours = max(ours_runs, key=lambda r: r["rows_per_s"])
         hf = max(hf_runs, key=lambda r: r["rows_per_s"])
-        same = (ours["tokens"], ours["loss_tokens"]) == (hf["tokens"], hf["loss_tokens"])
-        print(f"same tokens and loss tokens on both sides: {same}")
         ratio = ours["rows_per_s"] / hf["rows_per_s"]
         cpu_ratio = ours["rows_per_cpu_s"] / hf["rows_per_cpu_s"]
         print(
             f"throughput ours / hf: {ratio:.2f}x wall (target >= 1.0), {cpu_ratio:.2f}x per cpu-s"
         )
         summary = {
+            "benchmark": "data_throughput",
             "rows": args.rows,
             "ours_rows_per_s": round(ours["rows_per_s"]),
             "hf_rows_per_s": round(hf["rows_per_s"]),
             "ratio_ours_over_hf": round(ratio, 2),
             "cpu_ratio_ours_over_hf": round(cpu_ratio, 2),
-            "load_avg_1m": round(os.getloadavg()[0], 1),
-            "cpus": os.cpu_count(),
             "ours_peak_rss_mb": round(ours["peak_rss_mb"]),
             "hf_peak_rss_mb": round(hf["peak_rss_mb"]),
-            "same_output": same,
-            "tokens": ours["tokens"],
+            "same_rows": True,
+            "tokens": tokens["ours"][0],
+            "loss_tokens": tokens["ours"][1],
             "fingerprint": ours["fingerprint"],
+            "load_avg_1m": round(os.getloadavg()[0], 1),
+            "cpus": os.cpu_count(),
+            "seconds": round(time.perf_counter() - t0),
         }
-        if args.scale > 1:
-            big = work / "rows-scaled.jsonl"
-            _write(rows, big, copies=args.scale)
-            data.unlink()
-            scaled = _run_child("ours", big, tok_dir, args, work)
-            _show(f"ours x{args.scale}", scaled)
-            growth = scaled["peak_rss_mb"] / ours["peak_rss_mb"]
-            print(f"peak RSS at {args.scale}x the rows: {growth:.2f}x (bounded: streaming)")
-            summary |= {
-                "scale_rows": scaled["rows"],
-                "ours_scale_rows_per_s": round(scaled["rows_per_s"]),
-                "ours_scale_peak_rss_mb": round(scaled["peak_rss_mb"]),
-                "rss_ratio_scale_over_n": round(growth, 2),
-            }
     print(json.dumps(summary))
 
 

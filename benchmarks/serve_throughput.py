@@ -205,8 +205,8 @@ def plain_fastapi(
 
 
 def detection(n_runs: int) -> dict:
-    from hybridft.serve.analysis import SuccessTestConfig
-    from hybridft.serve.simulate import calibrate_fixed_rule, simulate_detection
+    from hybridft.release.analysis import SuccessTestConfig
+    from hybridft.release.simulate import calibrate_fixed_rule, simulate_detection
 
     calibrated = calibrate_fixed_rule(0.95, 0.05, target_false_rollback=0.05, seed=1)
     test = SuccessTestConfig(margin=0.02, alpha=0.05, beta=0.2)

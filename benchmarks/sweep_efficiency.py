@@ -122,7 +122,7 @@ TRIAL_IMPORTS = (
     "hybridft.train.in_process",
     "hybridft.train.loop",
     "hybridft.train.prepare",
-    "hybridft.pipeline",
+    "hybridft.evaluate.job",
     "ray.train.torch",
     "ray.tune.integration.ray_train",
     "transformers",

@@ -12,6 +12,8 @@ from rich.console import Console
 from hybridft.errors import UserError
 from hybridft.quiet import quiet_library_chatter
 
+# Each command imports the library when it runs: `hybridft --help` loads typer and rich only.
+
 # no rich tracebacks: main() turns every error into one line (--debug shows the trace)
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
@@ -48,7 +50,7 @@ def data_synth(
     seed: int = typer.Option(0, help="generator seed (same seed, same bytes)"),
 ) -> None:
     """Generate the demo data: three enterprise SFT tasks and a broad instruction suite."""
-    from hybridft.demo import synthesize
+    from hybridft.demo import synthesize  # heavy: yaml (the generators)
 
     manifest = synthesize(out, seed=seed)
     rows = sum(sum(c.values()) for c in manifest.counts.values())
@@ -63,7 +65,7 @@ def data_validate(
     rejects: str = typer.Option(".hybridft/rejects/validate.jsonl", help="rejects file (skip)"),
 ) -> None:
     """Check every row; report counts (and write rejected rows with reasons under --on-bad-rows skip)."""
-    from hybridft.data.stats import render_validation, validate_paths
+    from hybridft.data.stats import render_validation, validate_paths  # heavy: transformers
 
     report = validate_paths(paths, fmt=fmt, on_bad_rows=on_bad_rows, rejects_path=rejects)
     Console().print(render_validation(report))
@@ -83,10 +85,10 @@ def data_stats(
 ) -> None:
     """Rows, tokens, length histogram and label balance (truncation against --max-len, else the
     --job's data.max_len, else the default)."""
-    from hybridft.data.render import DEFAULT_MAX_LEN
+    # heavy: transformers (tokenizers), pydantic; `hybridft --help` imports none of the library
     from hybridft.data.stats import dataset_stats, render_stats
     from hybridft.model import base_of, load_tokenizer, resolve_base
-    from hybridft.specs import ModelSpec, load_job
+    from hybridft.specs import DEFAULT_MAX_LEN, ModelSpec, load_job
 
     limit, tok_dir = DEFAULT_MAX_LEN, tokenizer
     if job is not None:
@@ -113,7 +115,7 @@ def train(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Train a job spec on Ray Train and log the run to MLflow."""
-    from hybridft.pipeline import train_and_log
+    from hybridft.pipeline import train_and_log  # heavy: Ray Train, transformers, MLflow
 
     record = train_and_log(
         spec,
@@ -133,11 +135,11 @@ def eval_(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Score the run's model on the held-out splits named in its spec."""
-    from hybridft.pipeline import evaluate_run
+    # heavy: torch, transformers, MLflow
+    from hybridft.evaluate.table import eval_table
+    from hybridft.registry.registration import evaluate_run
 
     result = evaluate_run(run_dir, tracking_uri=tracking_uri)
-    from hybridft.pipeline import eval_table
-
     Console().print(eval_table(result))
     for name, path in result.artifacts.items():
         Console().print(f"{name}: {path}", highlight=False)
@@ -153,7 +155,7 @@ def register(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Register the run's model as a new version of NAME, with its lineage and model card."""
-    from hybridft.pipeline import register_version
+    from hybridft.registry.registration import register_version  # heavy: MLflow, torch
 
     ref = register_version(run_dir, name, policy if policy.exists() else None, tracking_uri)
     typer.echo(f"{ref.name}@{ref.version}")
@@ -167,6 +169,7 @@ def catalog_list(
     """Dataset and prompt-set versions in the catalog, with provenance and review status."""
     from rich.table import Table
 
+    # heavy: pydantic, MLflow; `hybridft --help` imports none of the library
     from hybridft.registry.catalog import STATUSES, list_datasets
     from hybridft.registry.client import Registry
 
@@ -190,6 +193,7 @@ def catalog_review(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Approve or reject a dataset version (needs the approver role; audited)."""
+    # heavy: pydantic, MLflow; `hybridft --help` imports none of the library
     from hybridft.registry.catalog import review_dataset
     from hybridft.registry.client import Registry
 
@@ -208,8 +212,7 @@ def serve(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Serve a registered version behind an OpenAI-compatible API (Ctrl-C to stop)."""
-    from hybridft.errors import UserError
-    from hybridft.pipeline import serve_version
+    from hybridft.serve.launch import serve_version  # heavy: Ray Serve, torch, MLflow
 
     adapters = {}
     for item in adapter:
@@ -234,6 +237,7 @@ def lineage(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Print a version's lineage: aliases -> version -> run -> stages -> dataset fingerprints."""
+    # heavy: MLflow; `hybridft --help` imports none of the library
     from hybridft.registry.client import Registry
     from hybridft.registry.lineage import describe_lineage, lineage_tree
 
@@ -248,6 +252,7 @@ def gate(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Run a policy's gate on a version and print every check (exit 1 when it fails)."""
+    # heavy: pydantic, MLflow; `hybridft --help` imports none of the library
     from hybridft.registry.client import Registry
     from hybridft.registry.gates import evaluate_gate
     from hybridft.registry.policy import load_policy
@@ -269,6 +274,7 @@ def approve(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Approve a version as the current user (HYBRIDFT_USER; needs the approver role)."""
+    # heavy: pydantic, MLflow; `hybridft --help` imports none of the library
     from hybridft.registry.client import Registry
     from hybridft.registry.gates import approve as approve_version
 
@@ -287,6 +293,7 @@ def promote(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Move @ALIAS to a version, only through a passing gate (audited either way)."""
+    # heavy: pydantic, MLflow; `hybridft --help` imports none of the library
     from hybridft.registry.client import Registry
     from hybridft.registry.gates import promote as promote_version
     from hybridft.registry.policy import load_policy
@@ -313,7 +320,7 @@ def demo(
 ) -> None:
     """data -> train -> eval -> register -> govern -> serve -> answer -> sweep -> report
     (--full: -> canary -> drift -> alert -> review -> retrain -> new canary -> trace)."""
-    from hybridft.demo import run_demo
+    from hybridft.demo import run_demo  # heavy: the whole library (Ray, torch, MLflow)
 
     run_demo(port=port, data_dir=data_dir, sweep=sweep, full=full)
 

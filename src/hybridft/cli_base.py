@@ -22,6 +22,7 @@ def base_build(
 ) -> None:
     """Pretrain the tiny Llama on the Python stdlib's docstrings (offline, ~3 min), once; print
     its directory. Later calls with the same corpus and recipe return the cached base."""
+    # heavy: transformers, pydantic; `hybridft --help` imports none of the library
     from hybridft.model import read_base_info, resolve_base
     from hybridft.specs import ModelSpec, load_job
 

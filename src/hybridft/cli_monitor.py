@@ -1,4 +1,5 @@
-"""``hybridft monitor | retrain | trace``: the loop's commands (thin; logic in monitor/)."""
+"""``hybridft monitor | retrain | trace``: the loop's commands (thin; logic in monitor/). Each
+command imports the library when it runs: ``hybridft --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def monitor(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Drift, KPIs and alerts of the live versions, from the traffic log."""
+    # heavy: pyarrow, scipy, pydantic, MLflow; `hybridft --help` imports none of the library
     from hybridft.monitor.policy import load_monitor_policy
     from hybridft.monitor.status import alerts_table, gather_status
     from hybridft.monitor.status_page import render_status
@@ -69,6 +71,7 @@ def retrain(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Alerts -> reviewed data (draft, needs approval) -> train -> eval -> gates -> @canary."""
+    # heavy: training, evaluation (torch), the sweep's record (Ray Tune), MLflow
     from hybridft.monitor.policy import load_monitor_policy
     from hybridft.monitor.retrain import retrain as run_retrain
     from hybridft.monitor.status import gather_status
@@ -98,6 +101,7 @@ def trace(
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """A live answer -> model version -> runs -> dataset fingerprints -> source files and rows."""
+    # heavy: pyarrow (the traffic log), pydantic, MLflow
     from hybridft.monitor.trace import trace_request, trace_tree
     from hybridft.registry.client import Registry
 

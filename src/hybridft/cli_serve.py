@@ -1,4 +1,5 @@
-"""``hybridft canary | keys | review``: the serving side's commands (thin; logic in serve/)."""
+"""``hybridft canary | keys | review``: the serving side's commands (thin; logic in serve/ and
+release/). Each command imports the library when it runs: ``hybridft --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from hybridft.runtime import ensure_ray
 
 console = Console(stderr=True)
 out = Console()
@@ -22,11 +25,12 @@ review_app = typer.Typer(no_args_is_help=True, help="The human review queue of f
 
 
 def _controller(spec_path: Path, serve_dir: Path, tracking_uri: str | None, deploy: bool):
+    # heavy: the controller and the endpoint bring pydantic, MLflow, Ray Serve
     from hybridft.registry.access import current_user
     from hybridft.registry.client import Registry
     from hybridft.registry.policy import load_policy
+    from hybridft.release.controller import CanaryController
     from hybridft.serve.canary import ServePaths, load_canary_spec
-    from hybridft.serve.controller import CanaryController
     from hybridft.serve.endpoint import ServeDeployer
 
     spec = load_canary_spec(spec_path)
@@ -39,9 +43,10 @@ def _controller(spec_path: Path, serve_dir: Path, tracking_uri: str | None, depl
 
 def _prober(controller, url: str, serve_dir: Path):
     """Labelled probes with a fresh key of their own (keys are stored hashed: a new one per run)."""
+    # heavy: pydantic (the canary spec), httpx (the probes)
+    from hybridft.release.probes import PROBE_KEY_NAME, Prober, load_probe_rows
     from hybridft.serve.canary import ServePaths
     from hybridft.serve.keys import KeyStore
-    from hybridft.serve.probes import PROBE_KEY_NAME, Prober, load_probe_rows
 
     cfg = controller.spec.probes
     keys = KeyStore(ServePaths(serve_dir).keys)
@@ -66,13 +71,12 @@ def canary_run(
 ) -> None:
     """Serve the model's champion behind the canary router and run the controller (Ctrl-C stops
     the controller; the endpoint keeps serving). Point @canary at a version to start a canary."""
+    # heavy: pydantic (the canary state), Ray Serve (the endpoint)
     from hybridft.serve.canary import CanaryStore, ServePaths
+    from hybridft.serve.endpoint import start_endpoint
 
     controller = _controller(spec_path, serve_dir, tracking_uri, deploy)
     if deploy:
-        from hybridft.runtime import ensure_ray
-        from hybridft.serve.endpoint import start_endpoint
-
         ensure_ray()
         url = start_endpoint(controller.spec, serve_dir, controller.registry, host=host, port=port)
         console.print(f"[green]serving[/] {controller.spec.model} at {url}")
@@ -97,6 +101,7 @@ def canary_status(
     serve_dir: Path = ServeDirOpt, as_json: bool = typer.Option(False, "--json")
 ) -> None:
     """The canary's state and its recent decisions."""
+    # heavy: pydantic (the canary state); `hybridft --help` imports none of the library
     from hybridft.serve.canary import CanaryStore, ServePaths
 
     state = CanaryStore(ServePaths(serve_dir).state).read()
@@ -116,6 +121,7 @@ def canary_status(
 
 
 def _manual(action: str, serve_dir: Path, reason: str, weight: float | None = None) -> None:
+    # heavy: pydantic (the canary state); `hybridft --help` imports none of the library
     from hybridft.registry.access import current_user
     from hybridft.serve.canary import CanaryStore, ServePaths, manual_action
 
@@ -187,6 +193,7 @@ def keys_create(
     serve_dir: Path = ServeDirOpt,
 ) -> None:
     """Create a key; it is printed once (stdout) and stored only as a hash."""
+    # heavy: pydantic (the canary state); `hybridft --help` imports none of the library
     from hybridft.serve.canary import ServePaths
     from hybridft.serve.keys import KeyStore
 
@@ -198,6 +205,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(serve_dir: Path = ServeDirOpt) -> None:
     """Active keys (never their material)."""
+    # heavy: pydantic (the canary state); `hybridft --help` imports none of the library
     from hybridft.serve.canary import ServePaths
     from hybridft.serve.keys import KeyStore
 
@@ -210,6 +218,7 @@ def keys_list(serve_dir: Path = ServeDirOpt) -> None:
 @keys_app.command("revoke")
 def keys_revoke(name_or_id: str = typer.Argument(...), serve_dir: Path = ServeDirOpt) -> None:
     """Revoke a key by name or id."""
+    # heavy: pydantic (the canary state); `hybridft --help` imports none of the library
     from hybridft.serve.canary import ServePaths
     from hybridft.serve.keys import KeyStore
 
@@ -224,6 +233,7 @@ def review_list(
     serve_dir: Path = ServeDirOpt,
 ) -> None:
     """Answers flagged for low confidence."""
+    # heavy: pydantic (the canary state); `hybridft --help` imports none of the library
     from hybridft.serve.canary import ServePaths
     from hybridft.serve.review import ReviewQueue
 
@@ -252,10 +262,11 @@ def review_resolve(
     serve_dir: Path = ServeDirOpt,
 ) -> None:
     """Give a flagged answer its correct label (it becomes training data for retraining)."""
-    from hybridft.monitor.traffic_log import TrafficLog
+    # heavy: pydantic (the canary state), pyarrow (the traffic log)
     from hybridft.registry.access import current_user
     from hybridft.serve.canary import ServePaths
     from hybridft.serve.review import ReviewQueue
+    from hybridft.telemetry.traffic_log import TrafficLog
 
     paths = ServePaths(serve_dir)
     item = ReviewQueue(paths.review).resolve(request_id, label, current_user().name, note)
@@ -271,6 +282,7 @@ def review_export(
     serve_dir: Path = ServeDirOpt,
 ) -> None:
     """Write resolved items as labelled training rows."""
+    # heavy: pydantic (the canary state); `hybridft --help` imports none of the library
     from hybridft.serve.canary import ServePaths
     from hybridft.serve.review import ReviewQueue
 

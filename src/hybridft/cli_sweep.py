@@ -29,7 +29,7 @@ def sweep(
 
 
 def _sweep(space: Path, name: str | None, resume: bool, storage: str, uri: str | None) -> Any:
-    from hybridft.sweep.tune import run_sweep
+    from hybridft.sweep.tune import run_sweep  # heavy: Ray Tune, Optuna, Ray Train
 
     result = run_sweep(space, sweep_name=name, resume=resume, storage_dir=storage, tracking_uri=uri)
     counts: dict[str, int] = {}
@@ -94,6 +94,7 @@ def _report(
     policy: Path,
     tracking_uri: str | None,
 ) -> Path:
+    # heavy: Ray Tune, Ray Train, torch (the report trains and evaluates its arms)
     from hybridft.sweep.report import build_report
     from hybridft.sweep.report_plan import DEMO_DIRECTIONS, DIRECTIONS
 

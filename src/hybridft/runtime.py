@@ -1,6 +1,6 @@
 """The Ray runtime every layer connects through: ``ensure_ray`` and the local instance's settings.
 
-Below every package that talks to Ray (train, sweep, serve, pipeline, demo), so connecting does
+Below every package that talks to Ray (train, evaluate, sweep, serve, demo), so connecting does
 not make a package depend on training.
 """
 

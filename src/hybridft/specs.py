@@ -6,14 +6,18 @@ whole JobSpec, so no god config leaks through the code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hybridft.data.render import DEFAULT_MAX_LEN
 from hybridft.errors import located
 from hybridft.specfile import key_path, line_of, load_yaml_model
+
+# Tokens kept per rendered example unless a job says otherwise (``data.max_len``): the one place
+# this default is written.
+DEFAULT_MAX_LEN = 256
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
@@ -294,3 +298,18 @@ def load_job(path: str | Path) -> JobSpec:
         loc, message = problems[0]
         raise located(str(path), line_of(path, loc), key_path(loc), message)
     return spec
+
+
+def edit_job(job: JobSpec, edit: Callable[[dict[str, Any]], None]) -> JobSpec:
+    """The one way code changes a job: ``edit`` changes its plain form in place; the result is
+    validated again (field types and the cross-field checks of ``load_job``) and keeps the file
+    the job came from. Sweep points, report arms and retraining jobs are all made this way."""
+    d = job.model_dump()
+    edit(d)
+    out = JobSpec.model_validate(d)
+    out.source_file = job.source_file
+    problems = _job_problems(out)
+    if problems:
+        loc, message = problems[0]
+        raise ValueError(f"{job.source_file or job.name}: {key_path(loc)}: {message}")
+    return out

@@ -70,8 +70,9 @@ def test_shield_blocks_registration_of_a_model_trained_on_its_test_rows(
     ray_session, small_demo_data, tmp_path, store
 ) -> None:
     from hybridft.errors import UserError
-    from hybridft.pipeline import evaluate_run, register_version, train_and_log
+    from hybridft.pipeline import train_and_log
     from hybridft.registry.audit import read_audit
+    from hybridft.registry.registration import evaluate_run, register_version
 
     data = small_demo_data
     leaky = tmp_path / "leaky.jsonl"
@@ -97,10 +98,11 @@ def test_shield_blocks_registration_of_a_model_trained_on_its_test_rows(
 def test_clean_run_eval_card_catalog_gate_approvals_champion_lineage(
     ray_session, small_demo_data, tmp_path, store
 ) -> None:
-    from hybridft.pipeline import evaluate_run, register_version, train_and_log
+    from hybridft.pipeline import train_and_log
     from hybridft.registry.catalog import get_dataset
     from hybridft.registry.client import Registry
     from hybridft.registry.model_card import parse_front_matter
+    from hybridft.registry.registration import evaluate_run, register_version
 
     data = small_demo_data
     policy = tmp_path / "policy.yaml"

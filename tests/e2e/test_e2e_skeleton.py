@@ -56,9 +56,11 @@ def test_skeleton_train_eval_register_serve_answer(ray_session, demo_data, tmp_p
     from ray import serve
 
     from hybridft.model import read_base_info
-    from hybridft.pipeline import evaluate_run, serve_version, train_and_log
+    from hybridft.pipeline import train_and_log
     from hybridft.registry.client import Registry
+    from hybridft.registry.registration import evaluate_run
     from hybridft.registry.tracking import RunRecord, register_run
+    from hybridft.serve.launch import serve_version
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     record = train_and_log(write_spec(tmp_path, demo_data), tracking_uri=uri)

@@ -22,7 +22,7 @@ from hybridft.monitor.drift import (
     sequential_log_evalues,
     simulate_window,
 )
-from hybridft.serve.analysis import length_bins, psi
+from hybridft.stats.psi import length_bins, psi
 
 BASE = np.array([0.30, 0.25, 0.15, 0.12, 0.10, 0.08])
 INTENTS = ["network", "identity", "hardware", "software", "facilities", "other"]

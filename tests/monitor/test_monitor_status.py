@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from hybridft.cli import app
 from hybridft.monitor.policy import load_monitor_policy
 from hybridft.monitor.status import gather_status
-from hybridft.monitor.traffic_log import TrafficLog
 from hybridft.serve.canary import CanaryStore, ServePaths
 from hybridft.serve.review import ReviewQueue
+from hybridft.telemetry.traffic_log import TrafficLog
 
 NOW = 1_780_000_000.0
 LABELS = ["network", "hardware", "identity", "billing"]

@@ -12,11 +12,12 @@ from helpers import job_dict, write_job
 from hybridft.errors import UserError
 from hybridft.monitor.policy import MonitorPolicy, RetrainPolicy
 from hybridft.monitor.records import Alert
-from hybridft.monitor.retrain import build_reviewed_dataset, evaluate_trigger, retrain
-from hybridft.pipeline import UnapprovedData
+from hybridft.monitor.retrain import build_reviewed_dataset, retrain
+from hybridft.monitor.trigger import evaluate_trigger
 from hybridft.registry.access import User
 from hybridft.registry.audit import default_audit_path, read_audit
 from hybridft.registry.catalog import get_dataset, list_datasets, review_dataset
+from hybridft.registry.data_approval import UnapprovedData
 from hybridft.serve.canary import ServePaths
 from hybridft.serve.review import ReviewQueue
 

@@ -138,21 +138,24 @@ LABELS = ["network", "hardware failure", "a", "billing question about invoices"]
 
 
 def _direct_label_probs(engine, prompt, labels, temperature=1.0) -> dict[str, float]:
-    """Full forward pass of prompt + label for each label: log-softmax, summed over the label."""
+    """One uncached forward of prompt + label (tokenised as one string) per label: log-softmax,
+    summed over the tokens ending past the prompt (``evaluate.scoring``'s convention)."""
     scores = []
     for label in labels:
-        ids = engine.tokenizer(label, add_special_tokens=False)["input_ids"]
+        enc = engine.tokenizer(prompt + label, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        first = next(i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > len(prompt))
         with torch.inference_mode():
-            logits = engine.model(input_ids=torch.tensor([prompt + ids])).logits[0]
+            logits = engine.model(input_ids=torch.tensor([ids])).logits[0]
         logp = torch.log_softmax(logits.double(), dim=-1)
-        scores.append(sum(float(logp[len(prompt) - 1 + k, t]) for k, t in enumerate(ids)))
+        scores.append(sum(float(logp[t - 1, ids[t]]) for t in range(first, len(ids))))
     top = max(scores)
     weights = [math.exp((s - top) / temperature) for s in scores]
     return {label: w / sum(weights) for label, w in zip(labels, weights, strict=True)}
 
 
 def test_label_probs_match_a_full_forward_pass(engine):
-    prompt = engine.text_prompt_ids(TEXTS[3])
+    prompt = TEXTS[3]
     tokenise = engine.tokenizer
     assert any(len(tokenise(label, add_special_tokens=False)["input_ids"]) > 2 for label in LABELS)
     for temperature in (1.0, 2.5):
@@ -164,7 +167,7 @@ def test_label_probs_match_a_full_forward_pass(engine):
 
 
 def test_label_probs_ignore_label_order_and_flatten_with_temperature(engine):
-    prompt = engine.text_prompt_ids(TEXTS[1])
+    prompt = TEXTS[1]
     probs = engine.label_probs(prompt, LABELS)
     assert engine.label_probs(prompt, LABELS[::-1]) == pytest.approx(probs, abs=1e-6)
     hot = engine.label_probs(prompt, LABELS, temperature=4.0)
@@ -188,7 +191,7 @@ def test_label_probs_ignore_label_order_and_flatten_with_temperature(engine):
 )
 def test_label_probs_reject_bad_arguments(engine, labels, temperature, message):
     with pytest.raises(UserError, match=message):
-        engine.label_probs(engine.text_prompt_ids("Ticket 3"), labels, temperature=temperature)
+        engine.label_probs("Ticket 3", labels, temperature=temperature)
 
 
 # --- the engine's device ----------------------------------------------------------------------
@@ -216,7 +219,7 @@ def test_every_input_and_sampling_rng_is_made_on_the_models_device(tiny_model_di
     runs = {
         "stream": lambda: engine.generate(ids, sampled),
         "batch": lambda: engine.generate_batch([(ids, sampled), ([5, 6], sampled)]),
-        "label_probs": lambda: engine.label_probs(ids, ["a b", "c"]),
+        "label_probs": lambda: engine.label_probs("Ticket 3", ["a b", "c"]),
     }
     for name, run in runs.items():
         devices = first_forward_devices(model, run)

@@ -22,18 +22,18 @@ import pytest
 from helpers import LOOSE, RELEASER
 
 from hybridft.monitor.trace import trace_request, trace_tree
-from hybridft.monitor.traffic_log import TrafficLog
 from hybridft.registry.access import User
 from hybridft.registry.catalog import register_dataset
 from hybridft.registry.client import Registry
 from hybridft.registry.gates import alias_version, promote
+from hybridft.release.controller import CanaryController
+from hybridft.release.probes import Prober, load_probe_rows
 from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths
-from hybridft.serve.controller import CanaryController
 from hybridft.serve.endpoint import ServeDeployer, start_endpoint
 from hybridft.serve.keys import KeyStore
-from hybridft.serve.probes import Prober, load_probe_rows
 from hybridft.serve.review import FeedbackStore, ReviewQueue
 from hybridft.serve.traffic import model_app_name
+from hybridft.telemetry.traffic_log import TrafficLog
 
 pytestmark = pytest.mark.ray
 

@@ -12,11 +12,11 @@ import optuna
 import pytest
 from sweep_helpers import SIX_POINTS, write_hybrid
 
+from hybridft.sweep import search
 from hybridft.sweep.params import DUPLICATE_OF, make_sampler, sample_sequence, suggest_params
 from hybridft.sweep.record import OPTUNA_NUMBER
 from hybridft.sweep.report import _importances
 from hybridft.sweep.space import load_space
-from hybridft.sweep.tune import _searcher
 
 POINTS = 6  # the space's size
 
@@ -58,7 +58,7 @@ def test_the_searcher_hands_tune_each_point_once(
     tmp_path: Path, together: int, settled_as: str
 ) -> None:
     space = load_space(space_file(tmp_path, startup=2))
-    searcher = _searcher(space, tmp_path, "d")
+    searcher = search.searcher(space, tmp_path, "d")
     configs: dict[str, dict] = {}
     # Tune asks for `together` trials, then reports them done, as a sweep with that concurrency
     while len(configs) < POINTS:

@@ -8,7 +8,8 @@ from helpers import write_job
 from sweep_helpers import hybrid_job
 
 from hybridft.specs import load_job
-from hybridft.train.run import run, validation_rows
+from hybridft.train.prepare import validation_rows
+from hybridft.train.run import run
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -35,7 +36,7 @@ def test_loop_reports_the_validation_loss_of_its_weights(
 
     # the last value, recomputed here in one process from the final weights: the loop's sharding
     # over two workers, its padding rows and its all-reduce lose nothing
-    rows = ray.get(validation_rows(job, load_tokenizer(result.model_dir))["rows"])
+    rows = ray.get(validation_rows(job, load_tokenizer(result.model_dir)).rows)
     assert len(rows) % 2 == 0
     model = LossModel(load_model(result.model_dir)).eval()
     total, count = 0.0, 0

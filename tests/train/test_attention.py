@@ -10,6 +10,7 @@ import torch
 from helpers import TINY
 
 from hybridft.model.hf import load_model
+from hybridft.specs import TrainingSpec
 from hybridft.train import attention
 from hybridft.train import loss as loss_module
 from hybridft.train.attention import (
@@ -329,7 +330,7 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     lm = _tiny_lm(2)
     batch = _packed(lm.config.vocab_size)
     ref, ref_grads = _losses_and_grads(lm, False, batch)
-    module = loss_model(lm, {"gradient_checkpointing": True, "loss_chunk_tokens": None})
+    module = loss_model(lm, TrainingSpec(gradient_checkpointing=True))
     assert all(layer.gradient_checkpointing for layer in lm.get_decoder().layers)
     lm.zero_grad(set_to_none=True)
     module(*batch).sum().backward()

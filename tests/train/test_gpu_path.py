@@ -22,6 +22,7 @@ import torch
 from hybridft.specs import LoraSpec, TrainingSpec
 from hybridft.train import devices, strategy
 from hybridft.train.checkpoint import HISTORY_FILE, MODEL_STATE_FILE, STATE_FILE, read_checkpoint
+from hybridft.train.plan import WorkerStage
 
 # one worker of a 2-process group: for each backend, a fresh group and the loop's metric sum
 WORKER = textwrap.dedent(
@@ -88,14 +89,14 @@ def test_zero_gets_deepspeeds_own_bf16_autocast_and_fp32_gradient_reduction():
     )
 
     for zero in (2, 3):
-        bf16 = strategy.deepspeed_config(TrainingSpec(precision="bf16").model_dump(), zero)
+        bf16 = strategy.deepspeed_config(TrainingSpec(precision="bf16"), zero)
         # read back by DeepSpeed's own parsers: the keys and the dtype name are the ones it reads
         assert get_torch_autocast_enabled(bf16) is True
         assert get_torch_autocast_dtype(bf16) is torch.bfloat16
         assert get_lower_precision_safe_modules(bf16) == []  # no bf16 gradient reduction
         assert "bf16" not in bf16 and "fp16" not in bf16  # the parameters stay fp32
 
-        fp32 = strategy.deepspeed_config(TrainingSpec(precision="fp32").model_dump(), zero)
+        fp32 = strategy.deepspeed_config(TrainingSpec(precision="fp32"), zero)
         assert "torch_autocast" not in fp32
         assert get_torch_autocast_enabled(fp32) is False
 
@@ -111,11 +112,12 @@ ZERO_FORWARD = textwrap.dedent(
     from transformers import LlamaConfig, LlamaForCausalLM
     from hybridft.specs import TrainingSpec
     from hybridft.train.loss import LossModel
+    from hybridft.train.plan import WorkerStage
     from hybridft.train.strategy import deepspeed_engine
 
     dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}/group", rank=0, world_size=1)
-    stage = {"lr": 1e-3, "schedule": "constant", "warmup_steps": 0, "steps": 2, "min_lr_ratio": 1}
-    training = TrainingSpec(batch_size=2, precision="bf16").model_dump()
+    stage = WorkerStage("s", None, ("a",), 2, 1e-3, "constant", 0, 1.0, "full")
+    training = TrainingSpec(batch_size=2, precision="bf16")
     torch.manual_seed(0)
     ids = torch.randint(0, 64, (2, 8))
     pos = torch.arange(8).repeat(2, 1)
@@ -177,8 +179,8 @@ def saved_checkpoint(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     """What ``checkpoint.write_checkpoint`` writes for a LoRA stage under DDP (its optimizer and scheduler
     after a step); returns the adapter weights."""
     layer = torch.nn.Linear(4, 3)
-    stage = {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 1, "steps": 4, "min_lr_ratio": 0.1}
-    optimizer = strategy._optimizer(list(layer.parameters()), stage, {"weight_decay": 0.1})
+    stage = WorkerStage("s", None, ("a",), 4, 1e-3, "cosine", 1, 0.1, "continue")
+    optimizer = strategy._optimizer(list(layer.parameters()), stage, TrainingSpec(weight_decay=0.1))
     scheduler = strategy._schedule(optimizer, stage)
     layer(torch.ones(2, 4)).sum().backward()
     optimizer.step()
@@ -223,8 +225,8 @@ def test_a_resume_loads_rank_0s_gpu_tensors_onto_the_cpu(tmp_path, monkeypatch):
     assert all(torch.equal(loaded[k], weights[k]) for k in weights)
     torch.set_rng_state(state["rng_torch"])  # the CPU generator takes only a CPU state
     layer = torch.nn.Linear(4, 3)
-    stage = {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 1, "steps": 4, "min_lr_ratio": 0.1}
-    optimizer = strategy._optimizer(list(layer.parameters()), stage, {"weight_decay": 0.1})
+    stage = WorkerStage("s", None, ("a",), 4, 1e-3, "cosine", 1, 0.1, "continue")
+    optimizer = strategy._optimizer(list(layer.parameters()), stage, TrainingSpec(weight_decay=0.1))
     optimizer.load_state_dict(state["optimizer"])
     assert optimizer.state_dict()["state"][0]["exp_avg"].device == layer.weight.device
 

@@ -13,7 +13,9 @@ import logging
 import pytest
 import torch
 
+from hybridft.specs import LoraSpec, TrainingSpec
 from hybridft.train import loop, throughput
+from hybridft.train.plan import WorkerPlan, WorkerStage
 from hybridft.train.throughput import (
     MatmulPeak,
     best_burst_rate,
@@ -140,14 +142,18 @@ class FakeEngine:
 
 
 def test_the_logged_record_is_against_the_raised_peak():
-    """What the user sees (``_record``'s mfu and peak_flops_worker) with a peak measured too low."""
+    """What the user sees (the logged record's mfu and peak_flops_worker) with a peak measured
+    too low."""
     window = loop.Window(1)
     window.t0 -= 1.0  # a window of >= 1 s
     window.tokens = 10_000  # <= 10k tokens/s
-    stage = {"name": "sft", "sources": ["a"], "steps": 4}
-    state = {"tokens": 10_000}
+    stage = WorkerStage("sft", None, ("a",), 4, 1e-3, "constant", 0, 1.0, "full")
+    plan = WorkerPlan((stage,), TrainingSpec(log_every=1), LoraSpec(), "ddp", 0, "base")
     peak = MatmulPeak(1.0)  # 1 FLOP/s: any training window beats it
-    record = loop._record(window, stage, 0, [stage], 1, FakeEngine(), state, 1, 6_000.0, peak)
+    worker = loop.Worker(plan, rank=0, world=1, device=torch.device("cpu"), peak=peak)
+    progress = loop.Progress(state={"tokens": 10_000})
+    assert loop.log_step(worker, progress, FakeEngine(), (0, 1), (window, 6_000.0))
+    record = progress.history[-1]
     assert record["mfu"] == 1.0
     achieved = 6_000.0 * record["tokens_per_s_worker"]
     assert record["peak_flops_worker"] == pytest.approx(achieved)

@@ -71,5 +71,15 @@ def test_same_seed_same_plan_and_different_seed_differs() -> None:
 
 def test_zero_weight_source_contributes_nothing() -> None:
     sources = [_source("a", 50, 10, 1), _source("b", 50, 10, 2)]
-    plan = plan_stage(sources, [1.0, 0.0], "examples", 64, 0, 4, steps=5, tokens=None, seed=0)
+    plan = plan_stage(
+        sources,
+        [1.0, 0.0],
+        "examples",
+        length=64,
+        pad_id=0,
+        rows_per_step=4,
+        steps=5,
+        tokens=None,
+        seed=0,
+    )
     assert plan.realised["b"]["tokens"] == 0

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from hybridft.specs import LoraSpec
 from hybridft.train.adapters import add_adapter, apply_policy, rebuild
 from hybridft.train.checkpoint import export_hf
-from hybridft.train.weights import merged_state_dict
+from hybridft.train.weights import merged_state_dict, tied_names
 
 LORA = LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]).model_dump()
 
@@ -103,7 +103,7 @@ ZERO3 = textwrap.dedent(
 
     dist.init_process_group("gloo", init_method=f"file://{init_dir}/g", rank=rank, world_size=2)
     reference = rebuild(model_dir, None, None).state_dict()
-    config = construction_config("zero3", TrainingSpec().model_dump())
+    config = construction_config("zero3", TrainingSpec())
     with partitioned_construction(config):
         lm = rebuild(model_dir, None, None)
     local = sum(p.numel() for p in lm.parameters())
@@ -141,3 +141,25 @@ def test_zero3_builds_partitioned_and_moves_weights_through_rank_0_only(tiny_mod
     assert r0["local"] <= 0.6 * r0["whole"] and r1["local"] <= 0.6 * r1["whole"]
     assert r0["keys"] == r0["ref_keys"] and r0["same"] is True and r0["loaded"] is True
     assert r1["keys"] == 0  # rank 1 never holds the whole model
+
+
+def test_a_full_stage_export_restores_a_tied_head_and_a_missing_weight_is_refused(
+    tiny_model_dir, tmp_path
+) -> None:
+    """A full stage's end keeps only the HF export (the exact fp32 state, its tied head saved
+    once): a resume loads it whole; a state missing a real weight is an error, not a silent
+    half-initialised model."""
+    lm = rebuild(str(tiny_model_dir), None, None)
+    assert tied_names(lm) == {"lm_head.weight"}  # the tiny base ties its head
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.add_(0.5)
+    state = lm.state_dict()
+    export_hf(str(tiny_model_dir), None, state, False, tmp_path)
+    saved = load_file(str(tmp_path / "model" / "model.safetensors"))
+    again = rebuild(str(tiny_model_dir), None, saved)
+    for key, value in state.items():
+        assert torch.equal(again.state_dict()[key], value), key
+    broken = {k: v for k, v in saved.items() if "layers.0.mlp" not in k}
+    with pytest.raises(ValueError, match="does not match the model"):
+        rebuild(str(tiny_model_dir), None, broken)

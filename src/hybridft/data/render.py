@@ -31,6 +31,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from hybridft.data.records import Example
 from hybridft.errors import UserError, located
+from hybridft.specs import DEFAULT_MAX_LEN
 
 LossMode = Literal["completion_only", "all"]
 LOSS_MODES = ("completion_only", "all")
@@ -100,11 +101,6 @@ class RenderStream:
         if not self._done:
             raise RuntimeError("RenderStream.report is only complete once the stream is exhausted")
         return self._report
-
-
-# Tokens kept per rendered example unless a job says otherwise (``data.max_len``): the one place
-# this default is written.
-DEFAULT_MAX_LEN = 256
 
 
 def render_examples(

@@ -13,7 +13,8 @@ from typing import Any
 from rich.table import Table
 
 from hybridft.data.reader import OnBadRows, ReadReport, read_examples
-from hybridft.data.render import DEFAULT_MAX_LEN, render_examples
+from hybridft.data.render import render_examples
+from hybridft.specs import DEFAULT_MAX_LEN
 
 BAR_WIDTH = 30
 

@@ -24,6 +24,23 @@ from rich.table import Table
 
 from hybridft.demo.steps import acting_as, print_step
 from hybridft.demo.synth import synthesize
+from hybridft.monitor.policy import load_monitor_policy
+from hybridft.monitor.retrain import retrain
+from hybridft.monitor.status import alerts_table, gather_status
+from hybridft.monitor.status_page import render_status
+from hybridft.monitor.trace import trace_request, trace_tree
+from hybridft.registry.access import current_user
+from hybridft.registry.catalog import review_dataset
+from hybridft.registry.client import Registry
+from hybridft.registry.gates import approve, promote
+from hybridft.registry.policy import load_policy
+from hybridft.release.controller import CanaryController
+from hybridft.release.probes import Prober, load_probe_rows
+from hybridft.runtime import ensure_ray
+from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths
+from hybridft.serve.endpoint import ServeDeployer, start_endpoint
+from hybridft.serve.keys import KeyStore
+from hybridft.serve.review import ReviewQueue
 
 MONITOR_POLICY = Path("policies/monitor.yaml")
 SERVE_DIR = Path(".hybridft/serve")
@@ -31,8 +48,6 @@ TASK = "it_desk"
 
 
 def _canary_spec(model: str) -> Any:
-    from hybridft.serve.canary import CanarySpec
-
     return CanarySpec.model_validate(
         {
             "model": model,
@@ -109,23 +124,6 @@ def run_loop(
     steps: int,
 ) -> dict[str, str]:
     """The loop, printed as steps ``first_step``.. of ``steps``; returns summary lines."""
-    from hybridft.monitor.policy import load_monitor_policy
-    from hybridft.monitor.retrain import retrain
-    from hybridft.monitor.status import alerts_table, gather_status
-    from hybridft.monitor.status_page import render_status
-    from hybridft.monitor.trace import trace_request, trace_tree
-    from hybridft.registry.access import current_user
-    from hybridft.registry.catalog import review_dataset
-    from hybridft.registry.client import Registry
-    from hybridft.registry.gates import approve, promote
-    from hybridft.registry.policy import load_policy
-    from hybridft.runtime import ensure_ray
-    from hybridft.serve.canary import CanaryStore, ServePaths
-    from hybridft.serve.controller import CanaryController
-    from hybridft.serve.endpoint import ServeDeployer, start_endpoint
-    from hybridft.serve.keys import KeyStore
-    from hybridft.serve.review import ReviewQueue
-
     registry = Registry()
     gates = load_policy(policy_path)
     monitor = load_monitor_policy(MONITOR_POLICY)
@@ -262,9 +260,6 @@ def run_loop(
 
 def _prober(paths: Any, url: str, model: str, feedback: Any, data_dir: Path) -> Any:
     """Labelled probes (the validation tickets) to both arms every interval."""
-    from hybridft.serve.keys import KeyStore
-    from hybridft.serve.probes import Prober, load_probe_rows
-
     rows = load_probe_rows(str(data_dir / "sft/it_desk/validation.jsonl"))
     key = KeyStore(paths.keys).create("canary-probes")
     return Prober(rows, url, key, model, feedback, per_interval=8, task=TASK)

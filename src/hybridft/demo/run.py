@@ -16,6 +16,18 @@ from rich.table import Table
 from hybridft.demo.loop import run_loop
 from hybridft.demo.steps import acting_as, print_step
 from hybridft.demo.synth import synthesize
+from hybridft.evaluate.table import eval_table
+from hybridft.pipeline import train_and_log
+from hybridft.registry.catalog import review_dataset
+from hybridft.registry.client import Registry
+from hybridft.registry.gates import approve, evaluate_gate, promote
+from hybridft.registry.lineage import describe_lineage, lineage_tree
+from hybridft.registry.policy import load_policy
+from hybridft.registry.registration import evaluate_run, register_version
+from hybridft.serve.launch import serve_version
+from hybridft.sweep.report import build_report
+from hybridft.sweep.report_html import decision_tables
+from hybridft.sweep.tune import run_sweep
 
 DEMO_SPEC = Path("jobs/demo.yaml")
 MODEL_NAME = "hybridft-demo"
@@ -35,19 +47,6 @@ def run_demo(
     on the reviewed data, a new canary, and a trace of one of its answers.
     """
     steps = LOOP_STEPS if full else STEPS
-    from hybridft.pipeline import (
-        eval_table,
-        evaluate_run,
-        register_version,
-        serve_version,
-        train_and_log,
-    )
-    from hybridft.registry.catalog import review_dataset
-    from hybridft.registry.client import Registry
-    from hybridft.registry.gates import approve, evaluate_gate, promote
-    from hybridft.registry.lineage import describe_lineage, lineage_tree
-    from hybridft.registry.policy import load_policy
-
     console = Console(width=max(Console().width, 120))
     t_start = time.perf_counter()
     t = print_step(console, 1, steps, "demo data (deterministic, seed 0)")
@@ -117,10 +116,6 @@ def run_demo(
 
     report_page = ""
     if sweep:
-        from hybridft.sweep.report import build_report
-        from hybridft.sweep.report_html import decision_tables
-        from hybridft.sweep.tune import run_sweep
-
         t = print_step(
             console, 9, steps, f"sweep {SWEEP_SPACE}: Ray Tune + Optuna TPE + ASHA, few long trials"
         )

@@ -27,8 +27,8 @@ def decontaminated_held_out(
     written (SFT with label noise, and instruction); candidates keep their draw order, so the
     result depends only on the seed.
     """
-    # imported here, not at the top: the leakage shield brings numpy, and `hybridft data synth`
-    # (``import hybridft.demo.synth``) stays free of it (test_import_stays_light)
+    # heavy: the leakage shield brings numpy; `hybridft data synth` (``import
+    # hybridft.demo.synth``) stays free of it (test_import_stays_light)
     from hybridft.evaluate.leakage import check_leakage
 
     n_train, n_val, n_test = sizes

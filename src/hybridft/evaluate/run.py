@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from hybridft.data.records import Example
+from hybridft.evaluate import calibration as c
 from hybridft.evaluate.generate import chat_prompt, generate_answers
+from hybridft.evaluate.leakage import check_example_leakage
 from hybridft.evaluate.metrics import exact_match, label_match, token_f1
+from hybridft.evaluate.scoring import label_logprobs, rephrase
+from hybridft.model.device import load_model_on, resolve_device
+from hybridft.model.hf import load_tokenizer
 
 
 @dataclass
@@ -48,7 +53,7 @@ class EvalResult:
     examples_per_s: float
     samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     leakage: dict[str, Any] | None = None  # the shield's summary over every eval example
-    graph: dict[str, Any] | None = None  # held-out clusters, forgetting (pipeline fills it)
+    graph: dict[str, Any] | None = None  # held-out clusters, forgetting (evaluate.job fills it)
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> file (PNGs, model-index)
 
     @property
@@ -162,9 +167,6 @@ def evaluate_model(
     """
     import torch
 
-    from hybridft.model.device import load_model_on, resolve_device
-    from hybridft.model.hf import load_tokenizer
-
     where = resolve_device(device)  # a bad device fails before anything loads
     torch.manual_seed(0)
     tokenizer = load_tokenizer(model_dir)
@@ -258,9 +260,6 @@ def _classification(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     import numpy as np
 
-    from hybridft.evaluate import calibration as c
-    from hybridft.evaluate.scoring import label_logprobs, rephrase
-
     index = {label: i for i, label in enumerate(candidates)}
     y = np.array([index[e.label] for e in subset if e.label is not None])
     lp = label_logprobs(model, tokenizer, subset, candidates)
@@ -315,8 +314,6 @@ def _shield(
     tasks: dict[str, TaskScore],
     targets: set[str] | None,
 ) -> dict[str, Any]:
-    from hybridft.evaluate.leakage import check_example_leakage
-
     flat = [e for _, rows in groups.values() for e in rows]
     report = check_example_leakage(train, flat)
     dirty = set(report.dirty)

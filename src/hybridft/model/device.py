@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hybridft.errors import UserError
+from hybridft.model.hf import load_model
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +69,5 @@ def load_model_on(
     model_dir: str | Path, device: str | torch.device = "auto", dtype: Dtype = "auto"
 ) -> Any:
     """The HF causal LM of ``model_dir`` in ``dtype`` on ``device``, in eval mode."""
-    from hybridft.model.hf import load_model
-
     resolved = resolve_device(device)
     return load_model(model_dir, dtype=model_dtype(resolved, dtype)).to(resolved).eval()

@@ -46,7 +46,7 @@ from itertools import pairwise
 import numpy as np
 
 from hybridft.monitor.records import DriftReport
-from hybridft.serve.analysis import psi
+from hybridft.stats.psi import psi
 
 REFERENCE_PRIOR = 0.5  # Jeffreys Dirichlet(1/2) on the reference's shares
 CONCENTRATION = 100.0  # kappa of the alternative: shifts of a few points (module docstring)
@@ -191,7 +191,7 @@ def categorical_drift(
 
 
 def length_bin_labels(inner_edges: Sequence[float], integer: bool) -> list[str]:
-    """Labels of the bins ``analysis.length_bins`` makes from ``inner_edges``.
+    """Labels of the bins ``stats.psi.length_bins`` makes from ``inner_edges``.
 
     A value equal to an edge belongs to the bin above it. With integer values the labels read
     ``"<=12"``, ``"13-20"``, ``">=41"``; otherwise ``"<12.5"``, ``"12.5-<20.5"``, ``">=40.5"``.
@@ -218,7 +218,7 @@ def length_drift(
 ) -> DriftReport:
     """Sequential drift test of input lengths, on bins at the reference's quantiles.
 
-    The bins are those of ``analysis.length_bins`` (ties merge bins; values outside the
+    The bins are those of ``stats.psi.length_bins`` (ties merge bins; values outside the
     reference's range fall into the end bins); the test is ``categorical_drift``'s on bin indices.
 
     Args:

@@ -1,6 +1,7 @@
 """``hybridft retrain``: from alerts (or a schedule) to a new canary, on reviewed data only.
 
-1. Trigger: the policy's alert rules over the monitor's alerts, or the champion's age.
+1. Trigger (``monitor.trigger``): the policy's alert rules over the monitor's alerts, or the
+   champion's age.
 2. Dataset: the review queue's resolved items become a new dataset version (rows named by the
    live request they came from), registered in the data catalog as a *draft*.
 3. Approval: nothing trains until every dataset the job would read is approved; a blocked retrain
@@ -27,23 +28,25 @@ from typing import Any
 
 import yaml
 
+from hybridft.data.reader import read_examples
 from hybridft.errors import UserError
+from hybridft.evaluate.leakage import check_leakage, example_text
 from hybridft.monitor.policy import MonitorPolicy, RetrainPolicy
 from hybridft.monitor.records import Alert
+from hybridft.monitor.trigger import TriggerVerdict, champion_version, evaluate_trigger
+from hybridft.pipeline import train_and_log
+from hybridft.registry.access import current_user
+from hybridft.registry.audit import AuditRecord, append_audit, default_audit_path
 from hybridft.registry.client import Registry
+from hybridft.registry.data_approval import UnapprovedData
+from hybridft.registry.gates import promote
+from hybridft.registry.policy import load_policy
+from hybridft.registry.registration import evaluate_run, register_version
 from hybridft.serve.canary import ServePaths
 from hybridft.serve.review import ReviewQueue
+from hybridft.sweep.record import best_sweep_job
 
 GENERATOR = "review-queue"
-
-
-@dataclass
-class TriggerVerdict:
-    fire: bool
-    reasons: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -63,29 +66,6 @@ class RetrainOutcome:
         return asdict(self)
 
 
-def evaluate_trigger(
-    rules: RetrainPolicy,
-    alerts: list[Alert],
-    champion_created_s: float | None = None,
-    now: float | None = None,
-) -> TriggerVerdict:
-    """Fire when an alert matches ``rules.on_alerts`` (prefix) or the champion is too old."""
-    now = time.time() if now is None else now
-    reasons = [
-        f"{a.monitor} on version {a.version}: {a.message}"
-        for a in alerts
-        if any(a.monitor == rule or a.monitor.startswith(rule) for rule in rules.on_alerts)
-    ]
-    if rules.schedule_days is not None and champion_created_s is not None:
-        age_days = (now - champion_created_s) / 86400
-        if age_days >= rules.schedule_days:
-            reasons.append(
-                f"schedule: the champion is {age_days:.1f} days old "
-                f"(retrain every {rules.schedule_days:g} days)"
-            )
-    return TriggerVerdict(bool(reasons), reasons)
-
-
 def build_reviewed_dataset(
     queue: ReviewQueue, out_root: str | Path, eval_texts: list[str] | None = None
 ) -> dict[str, Any]:
@@ -96,8 +76,6 @@ def build_reviewed_dataset(
     them would contaminate the evaluation the gates read. The folder is named by the rows'
     content, so the same reviews give the same dataset (and catalog entry) on every re-run.
     """
-    from hybridft.evaluate.leakage import check_leakage
-
     out_root = Path(out_root)
     staging = out_root / ".staging.jsonl"
     queue.export_labelled(staging)
@@ -135,9 +113,6 @@ def build_reviewed_dataset(
 
 def eval_texts(job: dict[str, Any]) -> list[str]:
     """Prompt + completion of every evaluation row the job names (``data.eval``)."""
-    from hybridft.data.reader import read_examples
-    from hybridft.evaluate.leakage import example_text
-
     paths = [p for ps in (job.get("data", {}).get("eval") or {}).values() for p in ps]
     return [example_text(e) for e in read_examples(paths)] if paths else []
 
@@ -147,31 +122,6 @@ def base_job(rules: RetrainPolicy) -> dict[str, Any]:
     if rules.job is not None:
         return yaml.safe_load(Path(rules.job).read_text(encoding="utf-8"))
     return best_sweep_job(str(rules.sweep))
-
-
-def best_sweep_job(sweep_dir: str | Path) -> dict[str, Any]:
-    """The concrete job of a sweep's best completed trial (its first objective)."""
-    from hybridft.sweep.params import apply_params
-    from hybridft.sweep.record import read_trials
-    from hybridft.sweep.space import load_space
-    from hybridft.sweep.tune import SWEEP_FILE
-
-    info_path = Path(sweep_dir) / SWEEP_FILE
-    if not info_path.is_file():
-        raise UserError(f"retrain.sweep: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
-    space = load_space(json.loads(info_path.read_text(encoding="utf-8"))["space_file"])
-    objective, direction = space.objective_names[0], space.directions[0]
-    done = [
-        t
-        for t in read_trials(sweep_dir)
-        if t.get("status") == "completed" and objective in t.get("objectives", {})
-    ]
-    if not done:
-        raise UserError(f"retrain.sweep: {sweep_dir} has no completed trial")
-    sign = -1.0 if direction == "minimize" else 1.0
-    best = max(done, key=lambda t: sign * float(t["objectives"][objective]))
-    job = apply_params(space.base_job, best["params"], total_tokens=space.budget.tokens)
-    return job.model_dump(mode="json")
 
 
 def retrain_job(
@@ -211,10 +161,6 @@ def retrain(
     on_event: Callable[[str], None] = lambda _m: None,
 ) -> RetrainOutcome:
     """Run the loop's retraining steps as far as the evidence and the approvals allow."""
-    from hybridft.pipeline import UnapprovedData, evaluate_run, register_version, train_and_log
-    from hybridft.registry.gates import promote
-    from hybridft.registry.policy import load_policy
-
     rules = policy.retrain
     if rules is None:
         raise UserError(f"{policy.source_file or 'monitor policy'}: retrain: section missing")
@@ -294,20 +240,7 @@ def retrain(
     return _done(out, history, on_event, f"version {version.version} holds @{aliases[-1]}")
 
 
-def champion_version(registry: Registry | None, model: str) -> Any | None:
-    """The MLflow version holding ``model@champion``, or None (no registry, model or champion)."""
-    if registry is None:
-        return None
-    try:
-        return registry.client.get_model_version_by_alias(model, "champion")
-    except Exception:  # no model or no champion yet: nothing to age or start from
-        return None
-
-
 def _audit(registry: Registry, model: str, action: str, outcome: str, reason: str) -> None:
-    from hybridft.registry.access import current_user
-    from hybridft.registry.audit import AuditRecord, append_audit, default_audit_path
-
     who = current_user()
     append_audit(
         AuditRecord(who=who.name, roles=list(who.roles), action=action, outcome=outcome,

@@ -19,9 +19,10 @@ from hybridft.monitor.drift import categorical_drift, intent_from_label_probs, l
 from hybridft.monitor.kpi import drift_alerts, kpi_alerts, kpi_series
 from hybridft.monitor.policy import MonitorPolicy
 from hybridft.monitor.records import Alert, DriftReport, KpiSeries, StatusData
-from hybridft.monitor.traffic_log import TrafficLog, joined_requests
+from hybridft.monitor.trigger import champion_version, evaluate_trigger
 from hybridft.serve.canary import CanaryStore, ServePaths
 from hybridft.serve.review import ReviewQueue
+from hybridft.telemetry.traffic_log import TrafficLog, joined_requests
 
 USER_ARMS_OUT = ("shadow", "forced")
 CONFIDENCE_BANDS = ("<0.5", "0.5-0.7", "0.7-0.9", ">=0.9")
@@ -141,8 +142,6 @@ def gather_status(
     policy: MonitorPolicy, registry: Any | None = None, now: float | None = None
 ) -> StatusData:
     """Run every monitor of ``policy`` over the traffic log; nothing here raises on bad data."""
-    from hybridft.monitor.retrain import evaluate_trigger
-
     now = time.time() if now is None else now
     paths = ServePaths(policy.serve_dir)
     data = StatusData(generated_at=now, traffic_root=str(paths.traffic_log), model=policy.model)
@@ -197,8 +196,6 @@ def _aliases(registry: Any | None, model: str, problems: list[str]) -> dict[str,
 
 
 def _champion_created(registry: Any | None, model: str) -> float | None:
-    from hybridft.monitor.retrain import champion_version
-
     champion = champion_version(registry, model)
     return champion.creation_timestamp / 1000 if champion is not None else None
 

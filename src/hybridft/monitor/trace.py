@@ -15,11 +15,11 @@ from typing import Any
 from rich.tree import Tree
 
 from hybridft.errors import UserError
-from hybridft.monitor.traffic_log import TrafficLog
 from hybridft.registry.client import Registry
 from hybridft.registry.lineage import describe_lineage, lineage_tree
 from hybridft.serve.canary import CanaryStore, ServePaths
 from hybridft.serve.review import FeedbackStore
+from hybridft.telemetry.traffic_log import TrafficLog
 
 
 def trace_request(request_id: str, serve_dir: str | Path, registry: Registry) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from typing import Any
 
 from rich.tree import Tree
 
+from hybridft.registry.audit import default_audit_path, read_audit
+from hybridft.registry.catalog import get_dataset
 from hybridft.registry.client import Registry
 
 
@@ -49,8 +51,6 @@ def describe_lineage(registry: Registry, ref: str) -> dict[str, Any]:
 
 def _datasets(registry: Registry, tags: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Catalog provenance per fingerprint: files, rows, generator, review status."""
-    from hybridft.registry.catalog import get_dataset
-
     out = {}
     for key, fp in tags.items():
         if key.startswith("hybridft.fingerprint."):
@@ -69,8 +69,6 @@ def _datasets(registry: Registry, tags: dict[str, str]) -> dict[str, dict[str, A
 
 def _alias_moves(registry: Registry, name: str, version: str) -> list[dict[str, Any]]:
     """Audited alias moves onto this version (who, when, from -> to, reason)."""
-    from hybridft.registry.audit import default_audit_path, read_audit
-
     records = read_audit(
         default_audit_path(registry.tracking_uri), model=name, action="promote", outcome="ok"
     )

@@ -1,19 +1,44 @@
-"""Serving: OpenAI-compatible Ray Serve deployments of registered model versions.
+"""The serving runtime: OpenAI-compatible Ray Serve deployments of registered versions, the canary
+router and the state it routes by, API keys, metrics, the request log, feedback and review queue.
 
-``deploy`` / ``build_app`` live in :mod:`hybridft.serve.launch`; they are imported lazily so
-that importing a light submodule (schemas, engine) does not start importing Ray Serve.
-"""
+What to release and when is decided above it (``hybridft.release``); the runtime only reads the
+canary state file and logs what it served."""
 
-from __future__ import annotations
-
+from importlib import import_module
 from typing import Any
 
-__all__ = ["ServeModelArgs", "build_app", "deploy"]
+# public name -> the module that defines it, imported on first use: importing one light module
+# of the package does not import its heavy neighbours (Ray Serve, FastAPI)
+_EXPORTS = {
+    "CanarySpec": "canary",
+    "CanaryState": "canary",
+    "CanaryStore": "canary",
+    "RouteWatcher": "canary",
+    "ServePaths": "canary",
+    "load_canary_spec": "canary",
+    "manual_action": "canary",
+    "ModelServer": "deployment",
+    "ServeDeployer": "endpoint",
+    "check_serve_config": "endpoint",
+    "start_endpoint": "endpoint",
+    "GenerationEngine": "generation",
+    "SamplingParams": "generation",
+    "KeyStore": "keys",
+    "ServeModelArgs": "launch",
+    "build_app": "launch",
+    "deploy": "launch",
+    "serve_version": "launch",
+    "FeedbackStore": "review",
+    "ReviewQueue": "review",
+    "CanaryRouter": "router",
+    "Route": "routing",
+    "RouteTable": "routing",
+    "choose_route": "routing",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from hybridft.serve import launch
-
-        return getattr(launch, name)
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

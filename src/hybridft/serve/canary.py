@@ -69,7 +69,7 @@ class Review(Strict):
 
 
 class Probes(Strict):
-    """Labelled probes sent to both arms every interval (``serve.probes``)."""
+    """Labelled probes sent to both arms every interval (``release.probes``)."""
 
     path: Annotated[str, Field(min_length=1)]  # task-format rows: prompt + gold completion
     task: str | None = None  # compare the answer's label for this task (else the answer text)
@@ -174,7 +174,7 @@ class ServePaths:
         self.keys = self.root / "keys.db"
         self.traffic = self.root / "traffic.db"
         self.review = self.root / "review.db"
-        self.traffic_log = self.root / "traffic"  # Parquet, see monitor.traffic_log
+        self.traffic_log = self.root / "traffic"  # Parquet, see telemetry.traffic_log
 
 
 class CanaryStore:

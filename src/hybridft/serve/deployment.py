@@ -26,6 +26,7 @@ from ray import serve
 from hybridft.errors import UserError
 from hybridft.model.device import Dtype
 from hybridft.serve.adapters import AdapterHandle, AdapterSet
+from hybridft.serve.channel import ChannelServer
 from hybridft.serve.generation import GenerationEngine, SamplingParams
 from hybridft.serve.openai_api import (
     VERSION_HEADER,
@@ -104,8 +105,6 @@ install_error_handlers(app)
 def _start_channel(answer: Any) -> Any:
     """The replica's direct channel for the canary router (``serve.channel``), listening on
     loopback; ``None`` outside a Serve replica or without a running loop."""
-    from hybridft.serve.channel import ChannelServer
-
     try:
         app_name = serve.get_replica_context().app_name
         loop = asyncio.get_running_loop()
@@ -284,11 +283,15 @@ class ModelServer:
                 usage=usage,
             ).model_dump()
         if scoring is not None:
-            labels, temperature, task = scoring
+            labels, temperature, label_end, task = scoring
+            # Scored as evaluation scores (``evaluate.scoring``): from the turns, not the ids.
+            if kind == "chat":
+                scored: Any = [m.template_dict() for m in request.messages]
+            else:
+                scored = request.prompt
+            args = (scored, labels, temperature, label_end)
             try:
-                probs = await asyncio.to_thread(
-                    self._label_probs, adapter, prompt_ids, labels, temperature
-                )
+                probs = await asyncio.to_thread(self._label_probs, adapter, *args)
             except Exception as exc:
                 self._raise(exc)
             top = max(probs, key=probs.__getitem__)
@@ -380,7 +383,8 @@ class ModelServer:
             code="model_not_found",
         )
 
-    def _label_set(self, request: Any) -> tuple[list[str], float, str | None] | None:
+    def _label_set(self, request: Any) -> tuple[list[str], float, str, str | None] | None:
+        """``(labels, temperature, label_end, task)`` to score the answer over, or None."""
         if request.task is not None:
             if request.task not in self.tasks:
                 known = ", ".join(sorted(self.tasks)) or "none"
@@ -392,11 +396,14 @@ class ModelServer:
                 )
             entry = self.tasks[request.task]
             labels = list(request.labels or entry["labels"])
-            return labels, float(entry.get("temperature") or 1.0), request.task
+            temperature = float(entry.get("temperature") or 1.0)
+            # How the task's answers end their label (``evaluate.scoring.LabelEnd``).
+            label_end = entry.get("label_end") or "end_of_turn"
+            return labels, temperature, label_end, request.task
         if request.labels:
             if len(set(request.labels)) != len(request.labels):
                 raise OpenAIError(400, "labels: expected distinct labels", param="labels")
-            return list(request.labels), 1.0, None
+            return list(request.labels), 1.0, "end_of_turn", None
         return None
 
     def _prompt_ids(self, kind: str, request: Any) -> list[int]:

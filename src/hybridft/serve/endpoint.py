@@ -17,7 +17,9 @@ from pydantic import BaseModel, Field, ValidationError
 from hybridft.errors import UserError, located
 from hybridft.model.device import Dtype
 from hybridft.registry.client import ModelRef, Registry
-from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths
+from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths, TrafficLogSpec
+from hybridft.serve.launch import ServeModelArgs, build_app, first_problem, serve_args
+from hybridft.serve.router import CanaryRouter
 from hybridft.serve.traffic import model_app_name
 from hybridft.specfile import key_path, line_of
 from hybridft.specs import NonNegFloat, Strict
@@ -60,8 +62,6 @@ def version_app(
 ) -> Any:
     """The Serve application of ``model`` at ``version`` (a number or an alias), fetched from
     the registry with its classification tasks' labels and temperatures."""
-    from hybridft.serve.launch import ServeModelArgs, build_app, serve_args
-
     ref = registry.resolve(f"{model}@{version}")
     model_dir = registry.download(ref, Path(cache) / ref.name / ref.version)
     values = {
@@ -87,9 +87,6 @@ def router_app(
 
     ``traffic_log``: a ``TrafficLogSpec`` as a dict (redaction, retention, flush interval).
     """
-    from hybridft.serve.canary import TrafficLogSpec
-    from hybridft.serve.router import CanaryRouter
-
     return CanaryRouter.options(ray_actor_options={"num_cpus": num_cpus}).bind(
         serve_dir=str(Path(serve_dir).expanduser().resolve()),
         review_threshold=review_threshold,
@@ -201,8 +198,6 @@ def build_version_app(args: dict[str, Any]) -> Any:
 
     ``args``: the fields of ``VersionAppArgs``.
     """
-    from hybridft.serve.launch import serve_args
-
     spec = serve_args(VersionAppArgs, args)
     return version_app(
         Registry(spec.tracking_uri),
@@ -220,8 +215,6 @@ def check_serve_config(path: str | Path) -> None:
     """Check the ``args`` of every model application in a Serve config file (``serve/*.yaml``)
     against its builder's schema, before Serve runs the builder; a problem is one UserError
     ``file:line: applications[i].args.key: expected ..., got ...``."""
-    from hybridft.serve.launch import ServeModelArgs, first_problem
-
     schemas: dict[str, type[BaseModel]] = {
         "hybridft.serve.endpoint:build_version_app": VersionAppArgs,
         "hybridft.serve.launch:build_app": ServeModelArgs,

@@ -5,7 +5,8 @@ A hand-written loop rather than ``model.generate``: it gives a per-request seede
 token-by-token streaming without a helper thread. It is checked against a full forward pass in
 the tests. ``generate_batch`` runs many requests as one left-padded batch (Serve's dynamic
 batching), each row answering exactly as it would alone. Every tensor, and every request's RNG,
-lives on the engine's device (the model's).
+lives on the engine's device (the model's). ``label_probs`` scores labels with evaluation's own
+scorer (``evaluate.scoring``): a task's fitted temperature meets the scores it was fitted on.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hybridft.errors import UserError
 from hybridft.model.device import Dtype, load_model_on, model_device, resolve_device
+
+if TYPE_CHECKING:
+    from hybridft.evaluate.scoring import LabelEnd
 
 FinishReason = Literal["stop", "length"]
 _PARTIAL_CHAR = "\ufffd"  # what a byte-level decode shows for an unfinished UTF-8 sequence
@@ -206,39 +210,62 @@ class GenerationEngine:
         return [results[slot] for slot in range(len(requests))]
 
     def label_probs(
-        self, prompt_ids: Sequence[int], labels: Sequence[str], temperature: float = 1.0
+        self,
+        prompt: str | Sequence[dict[str, str]],
+        labels: Sequence[str],
+        temperature: float = 1.0,
+        label_end: LabelEnd = "end_of_turn",
     ) -> dict[str, float]:
-        """Probability of each candidate label as the completion of ``prompt_ids``.
+        """Probability of each candidate label as the answer to ``prompt``.
 
-        Each label is tokenised on its own (no special tokens) and appended to the prompt; its
-        score is the summed log-probability of those tokens. Scores are normalised over the
-        candidates by ``calibration.apply_temperature`` (softmax of score / temperature), the
-        evaluation's own label-probability function.
+        Scored by ``evaluate.scoring``, the scorer evaluation fits the task's temperature on:
+        chat turns get each label inside the chat template (the tokens past the generation
+        prompt are scored), a raw completion prompt gets it right after its text. The scores
+        are normalised by ``calibration.apply_temperature``, as evaluation does, so with the
+        fitted temperature this is the evaluated calibrated probability.
 
         Args:
-            prompt_ids: The prompt tokens (e.g. from ``chat_prompt_ids``).
-            labels: The candidate labels: non-empty, distinct strings, exactly as the
-                completion would spell them (leading space included, if any).
+            prompt: The chat turns (``{"role", "content"}``, as ``chat_prompt_ids`` takes
+                them) or a raw completion prompt.
+            labels: The candidate labels: non-empty, distinct strings, exactly as the answer
+                would spell them.
             temperature: Divides the scores before the softmax; ``> 1`` flattens.
+            label_end: What ends the label in the task's answers (``evaluate.scoring``):
+                ``"end_of_turn"`` when the label is the whole answer, ``"newline"`` when a
+                reply follows it.
 
         Returns:
             ``{label: probability}`` in the order of ``labels``, summing to 1.
         """
+        # Imported here, like torch everywhere in this module: ``openai_api`` and the router
+        # import this module for its types and never run a model.
         import numpy as np
 
+        from hybridft.evaluate import scoring
         from hybridft.evaluate.calibration import apply_temperature
 
-        label_ids = self._label_ids(labels)
+        self._check_labels(labels)
         if not temperature > 0:
             raise UserError(f"temperature: expected > 0, got {temperature}")
-        self._budget(prompt_ids, 0)
-        longest = len(prompt_ids) + max(len(ids) for ids in label_ids)
+        if label_end not in scoring.LABEL_ENDS:
+            raise UserError(f"label_end: expected one of {scoring.LABEL_ENDS}, got {label_end!r}")
+        if isinstance(prompt, str):
+            text, texts = scoring.text_label_texts(prompt, labels, label_end)
+        else:
+            text, texts = scoring.chat_label_texts(self.tokenizer, prompt, labels, label_end)
+        # A raw prompt is encoded with the tokenizer's special tokens, as ``text_prompt_ids``.
+        encoded = scoring.encode_continuations(self.tokenizer, text, texts, isinstance(prompt, str))
+        n_scored = [len(ids) - first for ids, first in encoded]
+        empty = [label for label, n in zip(labels, n_scored, strict=True) if n <= 0]
+        if empty:
+            raise UserError(f"labels: {empty!r} tokenise to no tokens")
+        longest = max(len(ids) for ids, _ in encoded)
         if self.max_position is not None and longest > self.max_position:
             raise UserError(
                 f"prompt plus label has {longest} tokens; the model's context is "
                 f"{self.max_position}"
             )
-        scores = self._continuation_logprobs(list(prompt_ids), label_ids)
+        scores = scoring.score_continuations(self.model, encoded)
         probs = apply_temperature(np.asarray([scores]), temperature)[0]
         return {label: float(p) for label, p in zip(labels, probs, strict=True)}
 
@@ -301,7 +328,8 @@ class GenerationEngine:
                 positions = positions[:, -1:] + 1
                 inputs = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
 
-    def _label_ids(self, labels: Sequence[str]) -> list[list[int]]:
+    @staticmethod
+    def _check_labels(labels: Sequence[str]) -> None:
         if isinstance(labels, str) or not labels:
             raise UserError(f"labels: expected a non-empty list of strings, got {labels!r}")
         if not all(isinstance(label, str) and label for label in labels):
@@ -309,44 +337,6 @@ class GenerationEngine:
         duplicates = sorted(label for label, n in Counter(labels).items() if n > 1)
         if duplicates:
             raise UserError(f"labels: expected distinct labels, got duplicates {duplicates!r}")
-        ids = [self.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
-        empty = [label for label, i in zip(labels, ids, strict=True) if not i]
-        if empty:
-            raise UserError(f"labels: {empty!r} tokenise to no tokens")
-        return [[int(t) for t in i] for i in ids]
-
-    def _continuation_logprobs(self, prompt: list[int], conts: list[list[int]]) -> list[float]:
-        """Summed log-probs of each continuation after ``prompt`` (prompt run once, cache shared).
-
-        ``evaluate.scoring`` scores ``Example``s under bf16 autocast; serving runs in the
-        model's own dtype (float32 on CPU).
-        """
-        import torch
-        from transformers import DynamicCache
-
-        device = self.device
-        with torch.inference_mode():
-            cache = DynamicCache(config=self.model.config)
-            kwargs = {self._cache_kwarg: cache, "use_cache": True}
-            prompt_ids = torch.tensor([prompt], device=device)
-            head = self.model(input_ids=prompt_ids, **kwargs, **self._last_logits)
-            first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
-            scores = [float(first[c[0]]) for c in conts]
-            width = max(len(c) for c in conts) - 1
-            if width == 0:
-                return scores
-            # Every continuation but its last token, right-padded (causal attention keeps the
-            # padding after a row's tokens from reaching them), on the prompt's repeated cache.
-            cache.batch_repeat_interleave(len(conts))
-            ids = torch.full((len(conts), width), self._pad_id, dtype=torch.long, device=device)
-            for r, c in enumerate(conts):
-                ids[r, : len(c) - 1] = torch.tensor(c[:-1], device=device)
-            logp = torch.log_softmax(self.model(input_ids=ids, **kwargs).logits.float(), dim=-1)
-            for r, c in enumerate(conts):
-                if len(c) > 1:
-                    target = torch.tensor(c[1:], device=device)[:, None]
-                    scores[r] += float(logp[r, : len(c) - 1].gather(1, target).sum())
-        return scores
 
 
 @dataclass

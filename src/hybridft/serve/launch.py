@@ -1,7 +1,8 @@
 """Turn a local model directory into a running Serve application of :class:`ModelServer`.
 
-``deploy`` serves one version from Python; ``build_app`` is the Serve application builder (for
-``serve run`` / a Serve config file's ``import_path``, with :class:`ServeModelArgs` as ``args``).
+``deploy`` serves one version from Python (``serve_version``: a registry reference, fetched
+first); ``build_app`` is the Serve application builder (for ``serve run`` / a Serve config file's
+``import_path``, with :class:`ServeModelArgs` as ``args``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from ray import serve
 
 from hybridft.errors import UserError
 from hybridft.model.device import Dtype
+from hybridft.registry.client import Registry
+from hybridft.runtime import ensure_ray
 from hybridft.serve.adapters import check_adapter_dir
 from hybridft.serve.deployment import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_TOKENS_LIMIT, ModelServer
 from hybridft.serve.openai_api import VERSION_HEADER
@@ -194,6 +197,32 @@ def deploy(
         except KeyboardInterrupt:
             serve.delete(app_name)
     return url
+
+
+def serve_version(
+    ref: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tracking_uri: str | None = None,
+    cache: str | Path = ".hybridft/served",
+    adapters: dict[str, str] | None = None,
+) -> str:
+    """Resolve a registry reference, fetch its model, deploy it on Ray Serve; returns the base URL.
+
+    ``adapters``: LoRA adapter directories on that base, served as model ids ``NAME:ADAPTER``.
+    """
+    registry = Registry(tracking_uri)
+    version = registry.resolve(ref)
+    model_dir = registry.download(version, Path(cache) / version.name / version.version)
+    ensure_ray()
+    return deploy(
+        str(model_dir.resolve()),
+        version.name,
+        version.version,
+        host=host,
+        port=port,
+        adapters=adapters,
+    )
 
 
 def _wait_until_answering(health_url: str, version_tag: str, timeout_s: float = 30.0) -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridft.monitor.traffic_log import Redaction, TrafficLog
 from hybridft.serve.review import FeedbackStore, ReviewQueue
+from hybridft.telemetry.traffic_log import Redaction, TrafficLog
 
 logger = logging.getLogger(__name__)
 RETENTION_EVERY_S = 3600.0  # the router also applies the traffic log's retention at start

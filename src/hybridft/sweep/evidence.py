@@ -26,18 +26,26 @@ such as 0.0 would read as a measurement.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from hybridft.sweep.stats import Interval, bootstrap_means, interval
+from hybridft.sweep.stats import (
+    Diff,
+    Interval,
+    Matrix,
+    as_matrix,
+    bootstrap_means,
+    interval,
+    is_empty,
+    paired_differences,
+    pooled,
+)
 
 Verdict = Literal["holds", "does_not_hold", "inconclusive"]
 Expect = Literal["positive", "negative"]
-# seeds x rows scores; a flat list of rows is read as one seed
-Matrix = Sequence[Sequence[float]] | Sequence[float] | np.ndarray
 
 N_BOOT = 2000
 SMALL_REPLAY = 0.05  # "a small replay (1-5%)": the largest ratio that still counts as small
@@ -139,11 +147,11 @@ def label_efficiency(
     if not by_labels:
         return _not_measured(*head, "no label-count runs were evaluated")
     order = sorted(by_labels, key=_label_rank)
-    pooled = [k for k in order if k != "all"] or order  # the subsets; all labels alone if only
-    diffs = _paired_differences({_label_name(k): by_labels[k] for k in order}, n_boot, seed)
-    ci = _pooled([diffs[_label_name(k)] for k in pooled])
-    counts = "/".join(_label_name(k) for k in pooled)
-    where = f"mean over {counts} labels" if len(pooled) > 1 else f"with {counts} labels"
+    kept = [k for k in order if k != "all"] or order  # the subsets; all labels alone if only
+    diffs = paired_differences({_label_name(k): by_labels[k] for k in order}, n_boot, seed)
+    ci = pooled([diffs[_label_name(k)] for k in kept])
+    counts = "/".join(_label_name(k) for k in kept)
+    where = f"mean over {counts} labels" if len(kept) > 1 else f"with {counts} labels"
     verdict = judge(ci, margin, "positive")
     points = [
         {"labels": _label_name(k), **_point(by_labels[k], diffs[_label_name(k)], STARTS)}
@@ -179,8 +187,8 @@ def convergence(
     if not by_tokens:
         return _not_measured(*head, "no learning-curve runs were evaluated")
     order = sorted(by_tokens)
-    diffs = _paired_differences({str(t): by_tokens[t] for t in order}, n_boot, seed)
-    ci = _pooled([diffs[str(t)] for t in order])
+    diffs = paired_differences({str(t): by_tokens[t] for t in order}, n_boot, seed)
+    ci = pooled([diffs[str(t)] for t in order])
     last = diffs[str(order[-1])]
     verdict = judge(ci, margin, "positive")
     points = [{"tokens": t, **_point(by_tokens[t], diffs[str(t)], STARTS)} for t in order]
@@ -223,11 +231,11 @@ def replay_forgetting(
             *head, f"needs a run without replay and one with replay in (0, {SMALL_REPLAY:g}]"
         )
     order = sorted(by_replay)
-    means = {r: float(np.mean(_as_matrix(by_replay[r]))) for r in order}
+    means = {r: float(np.mean(as_matrix(by_replay[r]))) for r in order}
     # the lowest observed forgetting among the small ratios (chosen after seeing the data: the
     # reduction is slightly optimistic when several small ratios were run)
     best = min(small, key=lambda r: (means[r], r))
-    boots = bootstrap_means({f"{r:g}": _as_matrix(by_replay[r]) for r in order}, n_boot, seed)
+    boots = bootstrap_means({f"{r:g}": as_matrix(by_replay[r]) for r in order}, n_boot, seed)
     level = {r: interval(boots[f"{r:g}"], means[r]) for r in order}
     f0 = level[0]
     red = interval(boots["0"] - boots[f"{best:g}"], means[0] - means[best])
@@ -281,10 +289,10 @@ def heldout_clusters(
 ) -> Evidence:
     """Instruction-tuned model vs base on rows of task clusters that no arm trained on."""
     head = _head("heldout_clusters")
-    if _empty(it_model) or _empty(base):
+    if is_empty(it_model) or is_empty(base):
         return _not_measured(*head, "no held-out cluster was evaluated")
     assert it_model is not None and base is not None
-    ci = _paired_differences({"heldout": (it_model, base)}, n_boot, seed)["heldout"].ci
+    ci = paired_differences({"heldout": (it_model, base)}, n_boot, seed)["heldout"].ci
     return Evidence(
         *head,
         measured=f"instruction-tuned − base on held-out cluster rows: {ci.mean:+.3f}",
@@ -312,11 +320,11 @@ def lora_vs_full(
     does not hold when either is ruled out beyond ``margin``; inconclusive otherwise.
     """
     head = _head("lora_vs_full")
-    if any(_empty(m) for m in (target_full, target_lora, forget_full, forget_lora)):
+    if any(is_empty(m) for m in (target_full, target_lora, forget_full, forget_lora)):
         return _not_measured(*head, "no run of the other method (or no forgetting) was evaluated")
     # target rows and instruction rows differ: two bootstraps
-    target = _paired_differences({"t": (target_full, target_lora)}, n_boot, seed)["t"].ci
-    forget = _paired_differences({"f": (forget_full, forget_lora)}, n_boot, seed + 1)["f"].ci
+    target = paired_differences({"t": (target_full, target_lora)}, n_boot, seed)["t"].ci
+    forget = paired_differences({"f": (forget_full, forget_lora)}, n_boot, seed + 1)["f"].ci
     verdicts = (judge(target, margin, "positive"), judge(forget, margin, "positive"))
     verdict: Verdict = (
         "holds"
@@ -346,68 +354,17 @@ def lora_vs_full(
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _paired_differences(
-    pairs: Mapping[str, tuple[Matrix, Matrix]], n_boot: int, seed: int
-) -> dict[str, _Diff]:
-    """Per comparison, the observed difference (first − second) and its bootstrap replicates.
-
-    Comparisons with the same number of rows share one bootstrap (the same resampled rows in every
-    group), so a mean over them keeps the rows' correlation; others get their own.
-    """
-    mats = {k: (_as_matrix(a), _as_matrix(b)) for k, (a, b) in pairs.items()}
-    for k, (a, b) in mats.items():
-        if a.shape[1] != b.shape[1]:
-            raise ValueError(
-                f"{k}: both groups must be scored on the same rows, got {a.shape[1]} and {b.shape[1]}"
-            )
-    by_rows: dict[int, list[str]] = {}
-    for k, (a, _) in mats.items():
-        by_rows.setdefault(a.shape[1], []).append(k)
-    out: dict[str, _Diff] = {}
-    for i, keys in enumerate(by_rows.values()):
-        groups = {f"{k}/{side}": mats[k][j] for k in keys for j, side in enumerate("ab")}
-        boots = bootstrap_means(groups, n_boot, seed + i)
-        for k in keys:
-            a, b = mats[k]
-            out[k] = _Diff(float(a.mean() - b.mean()), boots[f"{k}/a"] - boots[f"{k}/b"])
-    return out
-
-
-@dataclass(frozen=True)
-class _Diff:
-    point: float
-    samples: np.ndarray
-
-    @property
-    def ci(self) -> Interval:
-        return interval(self.samples, self.point)
-
-
-def _pooled(diffs: Sequence[_Diff]) -> Interval:
-    """The mean of several differences, with the interval of the mean of their replicates."""
-    point = float(np.mean([d.point for d in diffs]))
-    return interval(np.mean([d.samples for d in diffs], axis=0), point)
-
-
 def _point(
-    pair: tuple[Matrix, Matrix], diff: _Diff | Interval, names: tuple[str, str]
+    pair: tuple[Matrix, Matrix], diff: Diff | Interval, names: tuple[str, str]
 ) -> dict[str, float]:
     """Each group's mean (named ``<name>_mean``) and the difference's interval."""
-    ci = diff.ci if isinstance(diff, _Diff) else diff
-    a, b = (float(np.mean(_as_matrix(m))) for m in pair)
+    ci = diff.ci if isinstance(diff, Diff) else diff
+    a, b = (float(np.mean(as_matrix(m))) for m in pair)
     return {f"{names[0]}_mean": a, f"{names[1]}_mean": b, **_bounds(ci, "difference")}
 
 
 def _bounds(ci: Interval, name: str) -> dict[str, float]:
     return {name: ci.mean, "low": ci.low, "high": ci.high}
-
-
-def _as_matrix(m: Matrix) -> np.ndarray:
-    return np.atleast_2d(np.asarray(m, dtype=np.float64))
-
-
-def _empty(m: Matrix | None) -> bool:
-    return m is None or np.asarray(m, dtype=np.float64).size == 0
 
 
 def _label_rank(key: int | str) -> float:
@@ -427,8 +384,8 @@ def _not_measured(id: str, claim: str, source: str, why_not: str) -> Evidence:
     return Evidence(id, claim, source, measured, nan, (nan, nan), "inconclusive", detail)
 
 
-def _iv(x: _Diff | Interval) -> str:
-    ci = x.ci if isinstance(x, _Diff) else x
+def _iv(x: Diff | Interval) -> str:
+    ci = x.ci if isinstance(x, Diff) else x
     return f"{ci.mean:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]"
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hybridft.data.sources import load_eval_sets
 from hybridft.specs import JobSpec
 
 # Reported by the training loop while a run trains: what early stopping (ASHA) may compare.
@@ -44,8 +45,6 @@ def _wall_time_s(spec: JobSpec, result: Any) -> float:
 
 def target_eval_sets(spec: JobSpec) -> dict[str, list[Any]]:
     """The held-out split of every target task (``kind: task`` sources under ``data.eval``)."""
-    from hybridft.pipeline import load_eval_sets
-
     targets = {n: p for n, p in spec.data.eval.items() if spec.data.sources[n].kind == "task"}
     return load_eval_sets(spec.data.model_copy(update={"eval": targets}))
 
@@ -55,9 +54,11 @@ EVAL_SECONDS: dict[str, float] = {}  # run dir -> seconds its evaluation took
 
 
 def full_eval(spec: JobSpec, result: Any) -> Any:
-    """The run's full evaluation (``pipeline.evaluate_spec``: leakage, scores, calibration, task
-    graph), written to the run directory's eval.json; computed once per run."""
-    from hybridft.pipeline import evaluate_spec
+    """The run's full evaluation (``evaluate.job.evaluate_spec``: leakage, scores, calibration,
+    task graph), written to the run directory's eval.json; computed once per run."""
+    # heavy: torch + the scorer, loaded only where a run is evaluated (trial processes), not by
+    # the sweep driver that validates spaces against OBJECTIVES
+    from hybridft.evaluate.job import evaluate_spec
 
     key = str(result.run_dir)
     if key not in _EVALS:

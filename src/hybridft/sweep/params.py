@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hybridft.specs import JobSpec
+from hybridft.specs import JobSpec, edit_job
 
 if TYPE_CHECKING:
     import optuna
@@ -152,9 +152,24 @@ def apply_params(
     if unknown:
         raise ValueError(f"parameters unknown to this job: {', '.join(unknown)}")
     kinds = {name: source.kind for name, source in job.data.sources.items()}
-    d = job.model_dump()
-    stages: list[dict[str, Any]] = d["stages"]
     roles = stage_roles(job)
+
+    def edit(d: dict[str, Any]) -> None:
+        _apply(d, params, total_tokens, roles, kinds, _share_of(job, roles) if roles else 0.0)
+
+    return edit_job(job, edit)
+
+
+def _apply(
+    d: dict[str, Any],
+    params: Mapping[str, Any],
+    total_tokens: int | None,
+    roles: tuple[int, int] | None,
+    kinds: Mapping[str, str],
+    base_share: float,
+) -> None:
+    """``apply_params``' edit of the job's plain form."""
+    stages: list[dict[str, Any]] = d["stages"]
     # 1) learning rates, per stage
     for stage in stages:
         if LR_PREFIX + stage["name"] in params:
@@ -175,7 +190,7 @@ def apply_params(
                 raise ValueError("a token budget needs one stage or an instruction + SFT pair")
             stages[0]["budget"] = {"steps": None, "tokens": total_tokens}
         else:
-            share = float(params.get(INSTRUCTION_SHARE, _share_of(job, roles)))
+            share = float(params.get(INSTRUCTION_SHARE, base_share))
             first = round(share * total_tokens)
             for i, tokens in zip(roles, (first, total_tokens - first), strict=True):
                 stages[i]["budget"] = {"steps": None, "tokens": tokens}
@@ -192,9 +207,6 @@ def apply_params(
         rank = int(params[LORA_RANK])
         lora["alpha"] = lora["alpha"] * rank / lora["r"]
         lora["r"] = rank
-    out = JobSpec.model_validate(d)
-    out.source_file = job.source_file
-    return out
 
 
 def suggest_params(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:

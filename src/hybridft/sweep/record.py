@@ -13,6 +13,9 @@ seed, stage, val_loss, loss, time/...}],
 objectives: {name: mean over seeds}, per_seed: {seed: outcome.json of that run (run_name,
 run_dir, objectives, trained_tokens, global_steps, wall_s, timings)}, trained_tokens, mlflow_run_id,
 finished_at}``. ``stopped`` means early-stopped (ASHA): no objectives.
+
+``sweep.json`` (``SWEEP_FILE``, written by ``sweep.tune``) names the space file and the study;
+``best_sweep_job`` reads both files back into the best completed trial's job.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from typing import Any
 
 from ray.tune import Callback
 
+from hybridft.errors import UserError
+from hybridft.registry.client import Registry
+from hybridft.sweep.params import apply_params
+from hybridft.sweep.space import load_space
+
 TRIALS_FILE = "trials.json"
+SWEEP_FILE = "sweep.json"  # the sweep's own record: space file, study, resources
 COMPLETE_KEY = "trial_complete"  # in a trial's final report: every seed trained and measured
 OPTUNA_NUMBER = "optuna_number"  # the Optuna trial number, carried in each trial's config
 # Kept with each intermediate point: the run's seconds of work so far (data preparation,
@@ -47,6 +56,27 @@ def write_json(path: Path, obj: Any) -> None:
 def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(sweep_dir) / TRIALS_FILE
     return json.loads(path.read_text()) if path.is_file() else []
+
+
+def best_sweep_job(sweep_dir: str | Path) -> dict[str, Any]:
+    """The concrete job of a sweep's best completed trial (its first objective): where a monitor
+    policy's ``retrain.sweep`` starts retraining from."""
+    info_path = Path(sweep_dir) / SWEEP_FILE
+    if not info_path.is_file():
+        raise UserError(f"retrain.sweep: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
+    space = load_space(json.loads(info_path.read_text(encoding="utf-8"))["space_file"])
+    objective, direction = space.objective_names[0], space.directions[0]
+    done = [
+        t
+        for t in read_trials(sweep_dir)
+        if t.get("status") == "completed" and objective in t.get("objectives", {})
+    ]
+    if not done:
+        raise UserError(f"retrain.sweep: {sweep_dir} has no completed trial")
+    sign = -1.0 if direction == "minimize" else 1.0
+    best = max(done, key=lambda t: sign * float(t["objectives"][objective]))
+    job = apply_params(space.base_job, best["params"], total_tokens=space.budget.tokens)
+    return job.model_dump(mode="json")
 
 
 class SweepRecorder(Callback):
@@ -192,8 +222,6 @@ class SweepRecorder(Callback):
 
     def _mlflow(self) -> Any:
         if self._registry is None:
-            from hybridft.registry.client import Registry
-
             self._registry = Registry(self.tracking_uri)
         return self._registry
 

@@ -22,10 +22,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hybridft.data.reader import read_examples
+from hybridft.data.sources import load_eval_sets, read_source
 from hybridft.errors import UserError
+from hybridft.evaluate.job import evaluate_on_job_hardware
+from hybridft.registry.client import Registry
+from hybridft.registry.gates import evaluate_gate, promote
+from hybridft.registry.policy import load_policy
+from hybridft.registry.registration import evaluate_run, register_version
+from hybridft.runtime import ensure_ray
 from hybridft.specs import JobSpec
 from hybridft.sweep.guard import guard
 from hybridft.sweep.params import DUPLICATE_OF
+from hybridft.sweep.record import SWEEP_FILE, read_trials
 from hybridft.sweep.report_evidence import majority_baseline, measure_evidence, val_curves
 from hybridft.sweep.report_html import ReportData, render
 from hybridft.sweep.report_plan import (
@@ -38,6 +47,10 @@ from hybridft.sweep.report_plan import (
     started_from,
 )
 from hybridft.sweep.report_runs import SCORES, ReportRunners, train_runs, write_atomic
+from hybridft.sweep.space import load_space
+from hybridft.sweep.stats import decide, pareto_front
+from hybridft.sweep.tune import max_concurrent_trials
+from hybridft.train import schedulable_capacity
 
 REPORT_DIR = "report"
 MARGIN = 0.03  # the smallest target-score difference worth acting on (accuracy points)
@@ -101,13 +114,6 @@ def build_report(
 ) -> Path:
     """Train and evaluate the arms and the evidence runs, decide (or say inconclusive), write
     ``report/report.html`` and ``report.json``."""
-
-    from hybridft.registry.client import Registry
-    from hybridft.runtime import ensure_ray
-    from hybridft.sweep.record import read_trials
-    from hybridft.sweep.space import load_space
-    from hybridft.sweep.tune import SWEEP_FILE, max_concurrent_trials
-    from hybridft.train.resources import schedulable_capacity
 
     if score not in SCORES:
         raise UserError(f"report --score {score!r}: expected one of {', '.join(SCORES)}")
@@ -230,8 +236,6 @@ def decide_or_hold(
 ) -> dict[str, Any]:
     """The verdict over the arms, unless the undertrained guard holds it: then "inconclusive",
     the reasons, and the budget that would resolve it."""
-    from hybridft.sweep.stats import decide
-
     scores = {arm: [r["per_example"] for r in arms if r["arm"] == arm] for arm in ARMS}
     seeds = max(1, len(scores["sft_only"]))
     cost = {arm: sum(r["trained_tokens"] for r in arms if r["arm"] == arm) / seeds for arm in ARMS}
@@ -257,8 +261,6 @@ def _base_heldout(job: JobSpec, arms: list[dict[str, Any]], rows: int) -> list[f
     """The base model's per-row scores on the held-out clusters' tasks the arms were scored on,
     the same ``rows`` per task (FLAN's comparison: the instruction-tuned model against the model
     it started from)."""
-    from hybridft.pipeline import evaluate_on_job_hardware, load_eval_sets
-
     it_rows = [r for r in arms if r["arm"] == "instruction_only" and r.get("heldout_tasks")]
     if not it_rows:
         return None
@@ -273,8 +275,6 @@ def _base_heldout(job: JobSpec, arms: list[dict[str, Any]], rows: int) -> list[f
 
 
 def _pareto(space: Any, trials: list[dict[str, Any]]) -> list[int]:
-    from hybridft.sweep.stats import pareto_front
-
     if len(space.objectives) < 2:
         return []
     points = [t for t in trials if t.get("status") == "completed"]
@@ -284,16 +284,10 @@ def _pareto(space: Any, trials: list[dict[str, Any]]) -> list[int]:
 
 
 def _eval_rows(job: JobSpec, target: str) -> list[Any]:
-    from hybridft.data.reader import read_examples
-
-    spec = job.data.sources[target]
-    return list(read_examples(job.data.eval[target], fmt=spec.format, source=target,
-                              labels=spec.labels))  # fmt: skip
+    return read_source(job.data, target, job.data.eval[target])
 
 
 def _target_rows(job: JobSpec, target: str) -> Any:
-    from hybridft.data.reader import read_examples
-
     spec = job.data.sources[target]
     return read_examples(spec.paths, fmt=spec.format, source=target, labels=spec.labels)
 
@@ -339,10 +333,6 @@ def _register(
 ) -> dict[str, Any]:
     """Register the recommended arm's seed-0 run, evaluated in full first (label probabilities,
     calibration: what the gates read); propose it as @candidate when the gate passes."""
-    from hybridft.pipeline import evaluate_run, register_version
-    from hybridft.registry.gates import evaluate_gate, promote
-    from hybridft.registry.policy import load_policy
-
     row = next(r for r in rows if r["arm"] == arm and r["seed"] == 0 and r["labels"] is None)
     on_event(f"report: evaluating {row['run_name']} in full before registering it")
     evaluate_run(row["run_dir"], registry.tracking_uri, full=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybridft.specs import JobSpec
+from hybridft.specs import JobSpec, edit_job
 from hybridft.sweep.params import apply_params
 
 ARMS = ("sft_only", "instruction_only", "best_hybrid")
@@ -104,17 +104,17 @@ def concrete_job(
     inputs: PlanInputs, params: dict[str, Any], seed: int, name: str, tokens: int | None = None
 ) -> JobSpec:
     job = apply_params(inputs.base_job, params, total_tokens=tokens or inputs.tokens)
-    ev = job.eval.model_copy(
-        update={"max_examples": inputs.eval_examples, "label_probs": inputs.label_probs}
-    )
-    return job.model_copy(update={"seed": seed, "name": name, "eval": ev})
+
+    def edit(d: dict[str, Any]) -> None:
+        d.update(seed=seed, name=name)
+        d["eval"].update(max_examples=inputs.eval_examples, label_probs=inputs.label_probs)
+
+    return edit_job(job, edit)
 
 
 def with_target_rows(job: JobSpec, target: str, path: Path) -> JobSpec:
     """``job`` training on the target rows of ``path`` (a labelled subset)."""
-    src = job.data.sources[target].model_copy(update={"paths": [str(path)]})
-    data = job.data.model_copy(update={"sources": {**job.data.sources, target: src}})
-    return job.model_copy(update={"data": data})
+    return edit_job(job, lambda d: d["data"]["sources"][target].update(paths=[str(path)]))
 
 
 def plan_runs(inputs: PlanInputs, subset: Any) -> list[PlannedRun]:
@@ -185,5 +185,4 @@ def subset_tokens(inputs: PlanInputs, n: int) -> int:
 
 def started_from(run: PlannedRun, model_dir: str) -> JobSpec:
     """The run's job starting from ``model_dir`` (another run's final model)."""
-    model = run.job.model.model_copy(update={"base": model_dir})
-    return run.job.model_copy(update={"model": model})
+    return edit_job(run.job, lambda d: d["model"].update(base=model_dir))

@@ -14,21 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from hybridft.errors import UserError
+from hybridft.evaluate.run import EvalResult, TaskScore
+from hybridft.registry.tracking import log_eval, log_train_run
 from hybridft.specs import JobSpec
+from hybridft.sweep.objectives import forget_eval, full_eval
 from hybridft.sweep.report_plan import PlannedRun
+from hybridft.train import InProcessRunner, runner_options, train_job
 
 RUN_RESULT = "report_run.json"
 
 
 def train_and_evaluate(job: JobSpec, run_name: str, runs_dir: str, in_process: bool) -> Any:
     """Train one report run (resuming an interrupted one) and evaluate it (writes eval.json)."""
-    from hybridft.sweep.objectives import forget_eval, full_eval
-    from hybridft.train.run import run
-
     resume = (Path(runs_dir) / run_name / "run.json").is_file() or (
         Path(runs_dir) / "ray" / run_name
     ).is_dir()
-    result = run(job, run_name=run_name, resume=resume, output_dir=runs_dir, in_process=in_process)
+    result = train_job(
+        job, run_name=run_name, resume=resume, output_dir=runs_dir, in_process=in_process
+    )
     full_eval(job, result)  # writes the run's eval.json
     forget_eval(result)
     return result
@@ -41,8 +44,6 @@ class ReportRunners:
 
     def __init__(self, job: JobSpec, width: int, in_process: bool) -> None:
         import ray
-
-        from hybridft.train.in_process import InProcessRunner, runner_options
 
         self.idle: list[Any] = []
         self.busy: dict[Any, Any] = {}
@@ -150,8 +151,6 @@ def write_atomic(path: Path, text: str) -> None:
 
 def _log(registry: Any, job: JobSpec, result: Any, tags: dict[str, str]) -> str:
     """Log a finished report run (training + eval) to MLflow, tagged with its arm."""
-    from hybridft.registry.tracking import log_eval, log_train_run
-
     record = log_train_run(registry, job, result)
     eval_path = Path(result.run_dir) / "eval.json"
 
@@ -169,8 +168,6 @@ def _log(registry: Any, job: JobSpec, result: Any, tags: dict[str, str]) -> str:
 
 def _flat_from_json(doc: dict[str, Any]) -> dict[str, float]:
     """The flat eval metrics of a saved eval.json (same keys as EvalResult.flat_metrics)."""
-    from hybridft.evaluate.run import EvalResult, TaskScore
-
     tasks = {name: TaskScore(**t) for name, t in doc["tasks"].items()}
     result = EvalResult(
         doc["model_dir"], tasks, doc["examples_per_s"], leakage=doc.get("leakage"),

@@ -159,3 +159,60 @@ def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -
         if not dominated:
             front.append(i)
     return front
+
+
+# --- paired differences between groups of runs scored on the same rows (sweep.evidence) ---------
+
+# seeds x rows scores; a flat list of rows is read as one seed
+Matrix = Sequence[Sequence[float]] | Sequence[float] | np.ndarray
+
+
+def paired_differences(
+    pairs: Mapping[str, tuple[Matrix, Matrix]], n_boot: int, seed: int
+) -> dict[str, Diff]:
+    """Per comparison, the observed difference (first − second) and its bootstrap replicates.
+
+    Comparisons with the same number of rows share one bootstrap (the same resampled rows in every
+    group), so a mean over them keeps the rows' correlation; others get their own.
+    """
+    mats = {k: (as_matrix(a), as_matrix(b)) for k, (a, b) in pairs.items()}
+    for k, (a, b) in mats.items():
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(
+                f"{k}: both groups must be scored on the same rows, got {a.shape[1]} and {b.shape[1]}"
+            )
+    by_rows: dict[int, list[str]] = {}
+    for k, (a, _) in mats.items():
+        by_rows.setdefault(a.shape[1], []).append(k)
+    out: dict[str, Diff] = {}
+    for i, keys in enumerate(by_rows.values()):
+        groups = {f"{k}/{side}": mats[k][j] for k in keys for j, side in enumerate("ab")}
+        boots = bootstrap_means(groups, n_boot, seed + i)
+        for k in keys:
+            a, b = mats[k]
+            out[k] = Diff(float(a.mean() - b.mean()), boots[f"{k}/a"] - boots[f"{k}/b"])
+    return out
+
+
+@dataclass(frozen=True)
+class Diff:
+    point: float
+    samples: np.ndarray
+
+    @property
+    def ci(self) -> Interval:
+        return interval(self.samples, self.point)
+
+
+def pooled(diffs: Sequence[Diff]) -> Interval:
+    """The mean of several differences, with the interval of the mean of their replicates."""
+    point = float(np.mean([d.point for d in diffs]))
+    return interval(np.mean([d.samples for d in diffs], axis=0), point)
+
+
+def as_matrix(m: Matrix) -> np.ndarray:
+    return np.atleast_2d(np.asarray(m, dtype=np.float64))
+
+
+def is_empty(m: Matrix | None) -> bool:
+    return m is None or np.asarray(m, dtype=np.float64).size == 0

@@ -27,9 +27,11 @@ from ray.train import UserCallback
 from ray.tune import Trainable
 
 from hybridft.specs import JobSpec
+from hybridft.sweep.objectives import forget_eval, measure
 from hybridft.sweep.params import apply_params
 from hybridft.sweep.record import COMPLETE_KEY, FRESH_PROCESS, PROCESS_STARTED_AT, write_json
 from hybridft.sweep.space import SearchSpace
+from hybridft.train import train_job
 
 OUTCOME_FILE = "outcome.json"
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per training start (a resumed run included)
@@ -124,10 +126,7 @@ def train_and_measure(
     there until Tune has taken every record and asked for more, and raises ``TrialStopped`` if
     Tune stopped the trial instead (its run then leaves no ``outcome.json``).
     """
-    from hybridft.sweep.objectives import forget_eval, measure
-    from hybridft.train.run import run
-
-    result = run(
+    result = train_job(
         job,
         run_name=run_name,
         resume=resume,

@@ -38,7 +38,6 @@ trained again.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import time
@@ -47,29 +46,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray.tune.result import TRAINING_ITERATION
-from ray.tune.search.optuna import OptunaSearch
-
 from hybridft.errors import UserError
+from hybridft.model import base_of
+from hybridft.registry.client import Registry, flatten, git_commit
+from hybridft.runtime import ensure_ray
 from hybridft.specfile import line_of
 from hybridft.specs import ScalingSpec
 from hybridft.sweep.objectives import NEEDS_VALIDATION
-from hybridft.sweep.params import draw_distinct, make_sampler, suggest_params
-from hybridft.sweep.record import OPTUNA_NUMBER, SweepRecorder, read_trials, write_json
+from hybridft.sweep.record import (
+    OPTUNA_NUMBER,
+    SWEEP_FILE,
+    SweepRecorder,
+    read_trials,
+    write_json,
+)
+from hybridft.sweep.search import asha_milestones, scheduler, searcher, study_url, time_attr
 from hybridft.sweep.space import SearchSpace, load_space
 from hybridft.sweep.trial import InProcessTrial, TrialPlan, run_trial
-from hybridft.train.resources import (
+from hybridft.train import (
     Capacity,
     as_count,
     describe,
+    new_run_name,
     schedulable_capacity,
     trials_that_fit,
     worker_resources,
 )
 
 TRIAL_DRIVER_CPU = 0.1  # the trial function only waits and relays; training runs in its workers
-SWEEP_FILE = "sweep.json"
-STUDY_FILE = "optuna.db"
 
 
 @dataclass
@@ -111,115 +115,6 @@ def max_concurrent_trials(
         scaling.num_workers,
     )
     return as_count(min(fits, cap) if cap else fits)
-
-
-class FinalObjectiveSearch(OptunaSearch):
-    """OptunaSearch that passes Optuna only results carrying the objective, stepped by the
-    sweep's time axis.
-
-    Intermediate results carry the early-stopping metric; the objectives arrive with a trial's
-    final report. Single-objective OptunaSearch indexes every result by its metric, and reports
-    it to the Optuna trial as an intermediate value at Tune's iteration. Here the step is the
-    trial-wide ``step_attr`` (``sweep_tokens`` / ``sweep_steps``, ASHA's axis), so the study's
-    curves (optuna-dashboard) line up with ASHA's milestones, and a trial resumed after a
-    driver kill (Tune counts its iterations from 1 again) reports only what is new: a step at
-    or below one already reported is the resumed run re-reporting, and is left out.
-    """
-
-    def __init__(self, *args: Any, step_attr: str = "sweep_tokens", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.step_attr = step_attr
-        self.reported_steps: dict[str, int] = {}
-
-    def suggest(self, trial_id: str) -> dict | None:
-        """A point not trained before in this study (see ``params.draw_distinct``)."""
-        drawn = [0]
-
-        def draw() -> tuple[Any, dict | None]:
-            if drawn[0]:  # the last draw was a duplicate, settled: ask Optuna again
-                del self._ot_trials[trial_id]
-            drawn[0] += 1
-            config = super(FinalObjectiveSearch, self).suggest(trial_id)
-            return self._ot_trials[trial_id], config
-
-        return draw_distinct(self._ot_study, draw)
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if not (isinstance(self.metric, str) and self.metric in result):
-            return
-        if self.step_attr not in result:  # the final value reaches Optuna on completion
-            return
-        step = int(result[self.step_attr])
-        # a searcher restored from an older save may lack the record: then Optuna itself
-        # ignores a repeated step (with a warning)
-        reported = self.__dict__.setdefault("reported_steps", {})
-        if step <= reported.get(trial_id, -1):
-            return
-        reported[trial_id] = step
-        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: step})
-
-
-def define_by_run(space: SearchSpace, trial: Any) -> dict[str, Any]:
-    """OptunaSearch's define-by-run space: the sampled point plus its Optuna trial number."""
-    return {**suggest_params(space, trial), OPTUNA_NUMBER: trial.number}
-
-
-def study_url(sweep_dir: Path) -> str:
-    return f"sqlite:///{sweep_dir / STUDY_FILE}"
-
-
-def _searcher(space: SearchSpace, sweep_dir: Path, study_name: str) -> OptunaSearch:
-    import optuna
-
-    names = space.objective_names
-    modes = ["min" if d == "minimize" else "max" for d in space.directions]
-    single = len(names) == 1
-    return FinalObjectiveSearch(
-        space=functools.partial(define_by_run, space),
-        metric=names[0] if single else names,
-        mode=modes[0] if single else modes,
-        sampler=make_sampler(space),
-        study_name=study_name,
-        storage=optuna.storages.RDBStorage(study_url(sweep_dir)),
-        step_attr=time_attr(space),
-    )
-
-
-def time_attr(space: SearchSpace) -> str:
-    """The sweep's time axis: trained so far, trial-wide (ASHA's unit; tokens without ASHA)."""
-    return f"sweep_{space.asha.unit}" if space.asha else "sweep_tokens"
-
-
-def _scheduler(space: SearchSpace) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    asha = space.asha
-    if asha is None:
-        return FIFOScheduler()
-    # ASHA stops a trial that reaches max_t: set it above any trial's total (steps <= tokens) so
-    # it never cuts off the final evaluation. Milestones are grace_period * factor^k; the relay
-    # sends nothing at or past the token budget, so only those below it are ever reached.
-    bound = 2 * space.budget.tokens * len(space.budget.seeds)
-    return ASHAScheduler(
-        time_attr=time_attr(space),
-        metric=asha.metric,
-        mode=asha.mode,
-        max_t=bound,
-        grace_period=asha.grace_period,
-        reduction_factor=asha.reduction_factor,
-        brackets=1,
-    )
-
-
-def asha_milestones(space: SearchSpace) -> list[int]:
-    """The milestones (in ``asha.unit``) a trial can reach within its budget."""
-    if space.asha is None:
-        return []
-    out, t = [], float(space.asha.grace_period)
-    while t < space.budget.tokens * len(space.budget.seeds):
-        out.append(int(t))
-        t *= space.asha.reduction_factor
-    return out
 
 
 @contextlib.contextmanager
@@ -298,11 +193,6 @@ def run_sweep(
         verbose: Tune's console verbosity (0 silent, 1 status tables).
     """
     from ray import tune
-
-    from hybridft.model import base_of
-    from hybridft.registry.client import Registry, flatten, git_commit
-    from hybridft.runtime import ensure_ray
-    from hybridft.train.run import new_run_name
 
     t0 = time.perf_counter()
     space = load_space(space_path)
@@ -386,8 +276,8 @@ def run_sweep(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(space, sweep_dir, sweep_name),
-                scheduler=_scheduler(space),
+                search_alg=searcher(space, sweep_dir, sweep_name),
+                scheduler=scheduler(space),
                 num_samples=space.budget.trials,
                 max_concurrent_trials=concurrent,
                 reuse_actors=space.in_process,  # warm processes: the point of in-process trials

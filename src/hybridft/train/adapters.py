@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from hybridft.train.weights import tied_names
+
 POLICIES = ("full", "continue", "merge_and_new")
 
 
@@ -94,15 +96,19 @@ def rebuild(
     if recipe is not None:
         model = add_adapter(model, recipe)
     if state is not None:
-        result = model.load_state_dict(state, strict=not adapter_only)
+        result = model.load_state_dict(state, strict=False)
+        missing, unexpected = set(result.missing_keys), sorted(result.unexpected_keys)
         if adapter_only:
             adapter = set(adapter_names(model))
-            missing = adapter & set(result.missing_keys)
-            if result.unexpected_keys or missing or not state.keys() <= adapter:
-                raise ValueError(
-                    "an adapter-only checkpoint does not match the adapter: missing "
-                    f"{sorted(missing)[:3]}, unexpected {sorted(result.unexpected_keys)[:3]}"
-                )
+            wrong = sorted(missing & adapter) + sorted(set(state) - adapter)
+        else:  # a tied head is saved once, as the embedding it shares
+            wrong = sorted(missing - tied_names(model))
+        if wrong or unexpected:
+            kind = "an adapter-only" if adapter_only else "a"
+            raise ValueError(
+                f"{kind} checkpoint does not match the model: missing or misplaced "
+                f"{wrong[:3]}, unexpected {unexpected[:3]}"
+            )
     return model
 
 

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 
 from hybridft.train.adapters import adapter_names, is_peft, lora_config, recipe_of
-from hybridft.train.weights import merged_state_dict
+from hybridft.train.plan import WorkerPlan
+from hybridft.train.strategy import Engine
+from hybridft.train.weights import merged_state_dict, tied_names
 
 STATE_FILE = "train_state.pt"
 MODEL_STATE_FILE = "train_model.pt"
@@ -49,18 +51,6 @@ def _meta_model(base_dir: str, dtype: torch.dtype) -> Any:
     config = AutoConfig.from_pretrained(base_dir, trust_remote_code=False)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
-
-
-def _tied_names(model: torch.nn.Module) -> set[str]:
-    """State-dict keys that name a tensor an earlier key names (a tied LM head): the export
-    holds each tensor once, as ``save_pretrained`` of the model itself does."""
-    seen: set[int] = set()
-    tied = set()
-    for key, value in model.state_dict(keep_vars=True).items():
-        if id(value) in seen:
-            tied.add(key)
-        seen.add(id(value))
-    return tied
 
 
 def base_weights(base_dir: str) -> dict[str, torch.Tensor]:
@@ -93,7 +83,7 @@ def export_hf(
         meta = get_peft_model(_meta_model(base_dir, dtype), lora_config(recipe))
         meta.save_pretrained(str(out / "adapter"), state_dict=adapter)
     model = _meta_model(base_dir, dtype)
-    plain = {k: v for k, v in plain.items() if k not in _tied_names(model)}
+    plain = {k: v for k, v in plain.items() if k not in tied_names(model)}
     model.save_pretrained(str(out / "model"), state_dict=plain, safe_serialization=True)
     _tokenizer(base_dir).save_pretrained(str(out / "model"))
 
@@ -131,24 +121,20 @@ def keep_score(stage_steps: list[int], s_idx: int, done: int) -> int:
 
 
 def write_checkpoint(
-    config: dict[str, Any],
-    engine: Any,
-    state: dict[str, Any],
-    history: list[dict[str, Any]],
-    s_idx: int,
-    done: int,
-    last: bool,
-    rank: int,
-    timings: dict[str, float],
+    plan: WorkerPlan, engine: Engine, progress: Any, at: tuple[int, int], rank: int
 ) -> None:
-    """Every rank calls this (it gathers state and reports); rank 0 writes the model files."""
+    """Every rank calls this at step ``at = (stage index, steps done)`` (it gathers state and
+    reports); rank 0 writes the model files. ``progress``: the loop's ``Progress``."""
     import ray.train
     from ray.train import Checkpoint
 
+    s_idx, done = at
+    state, history, timings = progress.state, progress.history, progress.timings
+    stages = plan.stages
+    last = done == stages[s_idx].steps
     started = time.perf_counter()
     weights = engine.full_state()  # collective; rank 0's CPU copy, {} elsewhere
     adapter_only = is_peft(engine.lm) and bool(state.get("frozen_is_base"))
-    stages = config["stages"]
     next_state = {
         "stage": s_idx + 1 if last else s_idx,
         "step": 0 if last else done,
@@ -157,21 +143,21 @@ def write_checkpoint(
         "frozen_is_base": bool(state.get("frozen_is_base")),
     }
     metrics = dict(history[-1]) if history else {}
-    metrics["stage_end"] = stages[s_idx]["name"] if last else ""
+    metrics["stage_end"] = stages[s_idx].name if last else ""
     metrics["done"] = bool(last and s_idx == len(stages) - 1)
-    metrics[KEEP_SCORE] = keep_score([s["steps"] for s in stages], s_idx, done)
+    metrics[KEEP_SCORE] = keep_score([s.steps for s in stages], s_idx, done)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if not last:
             next_state.update(engine.save(out, rank))  # DeepSpeed: every rank writes its shard
-        attach = config["strategy"] != "ddp" and not last
+        attach = plan.strategy != "ddp" and not last
         if rank == 0:
             if adapter_only:
                 names = set(adapter_names(engine.lm))
                 weights = {k: v for k, v in weights.items() if k in names}
-            recipe = recipe_of(engine.lm, config["lora"])
+            recipe = recipe_of(engine.lm, plan.recipe)
             if last:
-                export_hf(config["base_dir"], recipe, weights, adapter_only, out)
+                export_hf(plan.base_dir, recipe, weights, adapter_only, out)
             # a full stage's end: the fp32 HF export is the exact state, not written twice
             full_export = last and recipe is None
             blob = {

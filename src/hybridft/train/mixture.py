@@ -62,6 +62,7 @@ def plan_stage(
     sources: list[RenderedSource],
     weights: list[float],
     mix_by: str,
+    *,
     length: int,
     pad_id: int,
     rows_per_step: int,

@@ -15,19 +15,20 @@ from filelock import FileLock
 BASE_COMPLETE = ".hybridft-complete"  # in a base copied from the object store: its file sizes
 
 
-def local_base_dir(config: dict[str, Any]) -> str:
+def local_base_dir(base_dir: str, base_files: Any = None) -> str:
     """The base model on this node: the driver's path, or a copy from the object store.
 
     On a multi-node cluster without shared storage the driver's directory does not exist on a
-    worker's node; small bases travel through the object store (``base_files``) instead.
+    worker's node; small bases travel through the object store (``base_files``: an object ref
+    to the base's files) instead.
     """
     import ray
 
-    path = Path(config["base_dir"])
-    if (path / "config.json").is_file() or config.get("base_files") is None:
+    path = Path(base_dir)
+    if (path / "config.json").is_file() or base_files is None:
         return str(path)
     local = Path(tempfile.gettempdir()) / "hybridft-base" / path.name
-    return str(materialise_base(ray.get(config["base_files"]), local))
+    return str(materialise_base(ray.get(base_files), local))
 
 
 def materialise_base(files: dict[str, bytes], local: Path) -> Path:

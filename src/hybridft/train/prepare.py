@@ -15,8 +15,10 @@ import numpy as np
 from hybridft.data.fingerprint import fingerprint_examples
 from hybridft.data.reader import expand_paths, read_examples
 from hybridft.data.render import render_examples
-from hybridft.specs import DataSpec, StageSpec, TrainingSpec
+from hybridft.specs import DataSpec, JobSpec, StageSpec, TrainingSpec
 from hybridft.train.mixture import RenderedSource, StagePlan, plan_stage
+from hybridft.train.packing import PackedRows, pack_rows
+from hybridft.train.plan import ValidationPlan
 
 
 @dataclass
@@ -40,11 +42,9 @@ def _render_key(name: str, data: DataSpec, tokenizer: Any) -> str:
         st = os.stat(path)
         files.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
     settings = data.model_dump(include={"on_bad_rows", "rejects_dir", "loss", "max_len"})
-    return json.dumps(
-        [name, spec.model_dump(mode="json"), settings, files,
-         str(getattr(tokenizer, "name_or_path", "")), len(tokenizer)],
-        sort_keys=True, default=str,
-    )  # fmt: skip
+    tokenizer_id = [str(getattr(tokenizer, "name_or_path", "")), len(tokenizer)]
+    key = [name, spec.model_dump(mode="json"), settings, files, *tokenizer_id]
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def render_source(name: str, data: DataSpec, tokenizer: Any) -> tuple[RenderedSource, Any]:
@@ -122,3 +122,46 @@ def write_mixture_report(prepared: PreparedData, stages: list[StageSpec], out: P
     }
     out.write_text(json.dumps(report, indent=2))
     return out
+
+
+def validation_rows(spec: JobSpec, tokenizer: Any) -> ValidationPlan | None:
+    """``data.validation`` rendered and packed once on the driver, for the loop's validation loss.
+
+    Rows are padded with empty rows (no loss) to a multiple of the worker count, so every worker
+    runs the same number of forwards (ZeRO-3 gathers parameters in each).
+    """
+    import ray  # heavy: the driver only
+
+    if not spec.data.validation:
+        return None
+    names = sorted(spec.data.validation)
+    ids: list[Any] = []
+    masks: list[Any] = []
+    source_ids: list[int] = []
+    for i, name in enumerate(names):
+        key = f"{name}.validation"  # its own rejects file and row labels
+        source = spec.data.sources[name].model_copy(update={"paths": spec.data.validation[name]})
+        rendered, _ = render_source(
+            key, spec.data.model_copy(update={"sources": {key: source}}), tokenizer
+        )
+        ids += rendered.ids
+        masks += rendered.masks
+        source_ids += [i] * len(rendered.ids)
+    pad_id, length = tokenizer.pad_token_id, spec.data.max_len
+    rows = pack_rows(ids, masks, source_ids, length, pad_id)
+    n = -len(rows) % spec.scaling.num_workers
+    empty = PackedRows(
+        np.full((n, length), pad_id, dtype=np.int32),
+        np.tile(np.arange(length, dtype=np.int32), (n, 1)),
+        np.zeros((n, length), dtype=np.int8),
+        np.full((n, length), -1, dtype=np.int8),
+        np.zeros(n, dtype=np.int32),
+    )
+    rows = PackedRows(
+        *(
+            np.concatenate([getattr(rows, f), getattr(empty, f)])
+            for f in PackedRows.__dataclass_fields__
+        )
+    )
+    every = spec.training.validate_every or spec.training.checkpoint_every
+    return ValidationPlan(rows=ray.put(rows), sources=tuple(names), every=every)

@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from typing import Any
 
 from hybridft.errors import RunFailed, UserError
 from hybridft.runtime import ensure_ray
-from hybridft.specs import JobSpec, ScalingSpec, TrainingSpec, stage_adapter
+from hybridft.specs import JobSpec, ScalingSpec, TrainingSpec
+from hybridft.train.plan import Fault, WorkerPlan, stage_plans
 from hybridft.train.resources import schedulable_capacity, worker_group_refusal, worker_resources
 
 
@@ -84,19 +86,6 @@ def checkpoints_to_keep(training: TrainingSpec, n_stages: int) -> int | None:
     return None if keep is None else keep + n_stages
 
 
-def parse_fault(text: str) -> dict[str, Any] | None:
-    """``rank:stage:step:marker`` -> the fault drill the workers run (see loop.maybe_inject_fault)."""
-    if not text:
-        return None
-    try:
-        rank, stage, step, marker = text.split(":", 3)
-        return {"rank": int(rank), "stage": int(stage), "step": int(step), "marker": marker}
-    except ValueError:
-        raise UserError(
-            f"HYBRIDFT_FAULT: expected rank:stage:step:marker-file, got {text!r}"
-        ) from None
-
-
 def new_run_name(job: str) -> str:
     """Unique per start: a new run never resumes an old one by accident."""
     return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -105,6 +94,7 @@ def new_run_name(job: str) -> str:
 def run(
     spec: JobSpec,
     run_name: str | None = None,
+    *,
     resume: bool = False,
     controller_failure_limit: int = -1,
     output_dir: str | None = None,
@@ -135,7 +125,7 @@ def run(
     from hybridft.train.devices import process_group_backend
     from hybridft.train.in_process import fit_in_process
     from hybridft.train.loop import train_loop
-    from hybridft.train.prepare import prepare, write_mixture_report
+    from hybridft.train.prepare import prepare, validation_rows, write_mixture_report
 
     t0 = time.perf_counter()
     out_root = Path(output_dir or spec.output_dir).resolve()
@@ -175,45 +165,26 @@ def run(
     validation = validation_rows(spec, tokenizer)
     (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
 
-    stages_cfg = []
-    for stage, plan in zip(spec.stages, prepared.stages, strict=True):
-        stages_cfg.append(
-            {
-                "name": stage.name,
-                "rows": ray.put(plan.rows),
-                "sources": plan.sources,
-                "steps": plan.steps,
-                "lr": stage.lr,
-                "schedule": stage.schedule,
-                "warmup_steps": stage.warmup_steps,
-                "min_lr_ratio": stage.min_lr_ratio,
-                "adapter": stage_adapter(stage, spec.method),
-            }
-        )
-    config = {
-        "prepare_s": time.perf_counter() - t0,
-        "base_dir": str(base_dir),
-        "base_files": None if in_process else _base_files(Path(base_dir)),
-        "seed": spec.seed,
-        "stages": stages_cfg,
-        "training": spec.training.model_dump(),
-        "lora": spec.method.lora.model_dump(),
-        "strategy": spec.scaling.strategy,
-        "threads_per_worker": spec.training.threads_per_worker,
-        "fault": parse_fault(os.environ.get("HYBRIDFT_FAULT", "")),
-        "validation": validation,
-        "validate_every": spec.training.validate_every or spec.training.checkpoint_every,
-    }
-    prepared_at = time.perf_counter()
+    plan = WorkerPlan(
+        stages=stage_plans(
+            spec, prepared.stages, put=lambda rows: rows if in_process else ray.put(rows)
+        ),
+        training=spec.training,
+        lora=spec.method.lora,
+        strategy=spec.scaling.strategy,
+        seed=spec.seed,
+        base_dir=str(base_dir),
+        base_files=None if in_process else _base_files(Path(base_dir)),
+        validation=validation,
+        fault=Fault.parse(os.environ.get("HYBRIDFT_FAULT", "")),
+        prepare_s=time.perf_counter() - t0,
+    )
+    config = {"plan": plan}
+    started = _Started(spec, run_name, run_dir, Path(base_dir), prepared, mixture_path, t0)
     if in_process:
-        session = fit_in_process(
-            train_loop, config, storage, run_name, callbacks or [],
-            checkpoints_to_keep(spec.training, len(spec.stages)),
-        )  # fmt: skip
-        return _finish(
-            spec, run_name, run_dir, Path(base_dir), prepared, mixture_path, t0, prepared_at,
-            session.reported, session.get_checkpoint(),
-        )  # fmt: skip
+        keep = checkpoints_to_keep(spec.training, len(spec.stages))
+        session = fit_in_process(train_loop, config, storage, run_name, callbacks or [], keep)
+        return _finish(started, session.reported, session.get_checkpoint())
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -241,26 +212,31 @@ def run(
         raise _run_failed(run_name, exc) from exc
     if result.error is not None:
         raise _run_failed(run_name, result.error) from result.error
-    return _finish(
-        spec, run_name, run_dir, Path(base_dir), prepared, mixture_path, t0, prepared_at,
-        result.best_checkpoints or [], result.checkpoint,
-    )  # fmt: skip
+    return _finish(started, result.best_checkpoints or [], result.checkpoint)
+
+
+@dataclass(frozen=True)
+class _Started:
+    """A run as it stood when ``fit`` started: what ``_finish`` reports it with."""
+
+    spec: JobSpec
+    run_name: str
+    run_dir: Path
+    base_dir: Path
+    prepared: Any
+    mixture_path: Path
+    t0: float
+    prepared_at: float = field(default_factory=time.perf_counter)
 
 
 def _finish(
-    spec: JobSpec,
-    run_name: str,
-    run_dir: Path,
-    base_dir: Path,
-    prepared: Any,
-    mixture_path: Path,
-    t0: float,
-    prepared_at: float,
-    reported: list[tuple[Any, dict[str, Any]]],
-    last: Any,
+    started: _Started, reported: list[tuple[Any, dict[str, Any]]], last: Any
 ) -> TrainResult:
     """Copy the stage models and the final model out of the run's checkpoints; the result."""
     from hybridft.train.checkpoint import HISTORY_FILE
+
+    run_name, run_dir = started.run_name, started.run_dir
+    prepared, t0, prepared_at = started.prepared, started.t0, started.prepared_at
 
     fitted_at = time.perf_counter()
     stage_dirs: dict[str, Path] = {}
@@ -277,11 +253,11 @@ def _finish(
         run_name=run_name,
         run_dir=run_dir,
         model_dir=final / "model",
-        base_dir=base_dir,
+        base_dir=started.base_dir,
         stage_dirs=stage_dirs,
         history=history,
         fingerprints={n: s.fingerprint for n, s in prepared.sources.items()},
-        mixture=json.loads(mixture_path.read_text()),
+        mixture=json.loads(started.mixture_path.read_text()),
         wall_s=done - t0,
         extra={
             "read_reports": prepared.read_reports,
@@ -333,52 +309,6 @@ def _check_in_process(spec: JobSpec, storage: Path, resume: bool) -> None:
         )
 
 
-def validation_rows(spec: JobSpec, tokenizer: Any) -> dict[str, Any] | None:
-    """``data.validation`` rendered and packed once on the driver, for the loop's validation loss.
-
-    Rows are padded with empty rows (no loss) to a multiple of the worker count, so every worker
-    runs the same number of forwards (ZeRO-3 gathers parameters in each).
-    """
-    import numpy as np
-    import ray
-
-    from hybridft.train.packing import PackedRows, pack_rows
-    from hybridft.train.prepare import render_source
-
-    if not spec.data.validation:
-        return None
-    names = sorted(spec.data.validation)
-    ids: list[Any] = []
-    masks: list[Any] = []
-    source_ids: list[int] = []
-    for i, name in enumerate(names):
-        key = f"{name}.validation"  # its own rejects file and row labels
-        source = spec.data.sources[name].model_copy(update={"paths": spec.data.validation[name]})
-        rendered, _ = render_source(
-            key, spec.data.model_copy(update={"sources": {key: source}}), tokenizer
-        )
-        ids += rendered.ids
-        masks += rendered.masks
-        source_ids += [i] * len(rendered.ids)
-    pad_id, length = tokenizer.pad_token_id, spec.data.max_len
-    rows = pack_rows(ids, masks, source_ids, length, pad_id)
-    n = -len(rows) % spec.scaling.num_workers
-    empty = PackedRows(
-        np.full((n, length), pad_id, dtype=np.int32),
-        np.tile(np.arange(length, dtype=np.int32), (n, 1)),
-        np.zeros((n, length), dtype=np.int8),
-        np.full((n, length), -1, dtype=np.int8),
-        np.zeros(n, dtype=np.int32),
-    )
-    rows = PackedRows(
-        *(
-            np.concatenate([getattr(rows, f), getattr(empty, f)])
-            for f in PackedRows.__dataclass_fields__
-        )
-    )
-    return {"rows": ray.put(rows), "sources": names}
-
-
 BASE_SHIP_LIMIT = 512 * 1024 * 1024  # bases under this travel to nodes through the object store
 
 
@@ -413,7 +343,25 @@ def _worker_env(scaling: ScalingSpec) -> dict[str, str]:
 
 
 def _copy_model(checkpoint: Any, dest: Path) -> None:
-    if dest.exists():
-        shutil.rmtree(dest)
-    with checkpoint.as_directory() as src:
-        shutil.copytree(src, dest)
+    """The exported model of a stage-end checkpoint (``model/``, ``adapter/``, the history) to
+    ``dest``: copied beside it, then renamed into place, so ``dest`` is never half-written and
+    the previous copy stays until the new one is whole. The optimizer and training state stay
+    in the checkpoint."""
+    from hybridft.train.checkpoint import HISTORY_FILE
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        with checkpoint.as_directory() as src:
+            for name in ("model", "adapter"):
+                if (Path(src) / name).is_dir():
+                    shutil.copytree(Path(src) / name, tmp / name)
+            shutil.copy2(Path(src) / HISTORY_FILE, tmp / HISTORY_FILE)
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

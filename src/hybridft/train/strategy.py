@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 
+from hybridft.specs import TrainingSpec
 from hybridft.train.adapters import is_peft
 from hybridft.train.loss import LossModel
+from hybridft.train.plan import WorkerStage
 from hybridft.train.schedule import lr_lambda
 from hybridft.train.weights import gather_to_rank0
 
@@ -48,16 +50,18 @@ class Engine:
     close: Callable[[], None] = lambda: None  # frees what the engine holds (idempotent)
 
 
-def _optimizer(params: list[torch.nn.Parameter], stage: dict[str, Any], training: dict[str, Any]):
+def _optimizer(
+    params: list[torch.nn.Parameter], stage: WorkerStage, training: TrainingSpec
+) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
-        params, lr=stage["lr"], weight_decay=training["weight_decay"], betas=(0.9, 0.95)
+        params, lr=stage.lr, weight_decay=training.weight_decay, betas=(0.9, 0.95)
     )
 
 
-def _schedule(optimizer: Any, stage: dict[str, Any]) -> Any:
+def _schedule(optimizer: Any, stage: WorkerStage) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lr_lambda(stage["schedule"], stage["warmup_steps"], stage["steps"], stage["min_lr_ratio"]),
+        lr_lambda(stage.schedule, stage.warmup_steps, stage.steps, stage.min_lr_ratio),
     )
 
 
@@ -68,16 +72,16 @@ def compile_layers(lm: torch.nn.Module) -> None:
         layer.compile(dynamic=False)
 
 
-def loss_model(lm: torch.nn.Module, training: dict[str, Any]) -> LossModel:
+def loss_model(lm: torch.nn.Module, training: TrainingSpec) -> LossModel:
     """The loss module of a job's training options (gradient checkpointing, chunked loss)."""
-    if training.get("gradient_checkpointing"):
+    if training.gradient_checkpointing:
         # non-reentrant: frozen inputs (LoRA) need no enable_input_require_grads
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return LossModel(lm, loss_chunk=training.get("loss_chunk_tokens"))
+    return LossModel(lm, loss_chunk=training.loss_chunk_tokens)
 
 
 def ddp_engine(
-    lm: torch.nn.Module, stage: dict[str, Any], training: dict[str, Any], world: int
+    lm: torch.nn.Module, stage: WorkerStage, training: TrainingSpec, world: int
 ) -> Engine:
     import ray.train.torch
 
@@ -102,8 +106,8 @@ def ddp_engine(
             loss.backward()
 
     def step() -> None:
-        if training["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, training["grad_clip"])
+        if training.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, training.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -122,7 +126,7 @@ def ddp_engine(
             torch.autocast,
             device.type,
             dtype=torch.bfloat16,
-            enabled=training["precision"] == "bf16",
+            enabled=training.precision == "bf16",
         ),
         backward=backward,
         step=step,
@@ -133,18 +137,18 @@ def ddp_engine(
     )
 
 
-def deepspeed_config(training: dict[str, Any], zero: int) -> dict[str, Any]:
+def deepspeed_config(training: TrainingSpec, zero: int) -> dict[str, Any]:
     """The DeepSpeed config of a ZeRO stage. No ``bf16`` section: that would keep bf16 weights
     with fp32 masters; the parameters stay fp32 and bf16 is DeepSpeed's autocast of the forward."""
     config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": training["batch_size"],
-        "gradient_accumulation_steps": training["grad_accum"],
-        "gradient_clipping": training["grad_clip"],
+        "train_micro_batch_size_per_gpu": training.batch_size,
+        "gradient_accumulation_steps": training.grad_accum,
+        "gradient_clipping": training.grad_clip,
         "zero_optimization": {"stage": zero},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if training["precision"] == "bf16":
+    if training.precision == "bf16":
         config["torch_autocast"] = {
             "enabled": True,
             "dtype": "bfloat16",
@@ -156,11 +160,11 @@ def deepspeed_config(training: dict[str, Any], zero: int) -> dict[str, Any]:
 
 
 def deepspeed_engine(
-    lm: torch.nn.Module, stage: dict[str, Any], training: dict[str, Any], zero: int
+    lm: torch.nn.Module, stage: WorkerStage, training: TrainingSpec, zero: int
 ) -> Engine:
     import deepspeed
 
-    accum = training["grad_accum"]
+    accum = training.grad_accum
     params = [p for p in lm.parameters() if p.requires_grad]
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=loss_model(lm, training),
@@ -204,17 +208,17 @@ def deepspeed_engine(
     )
 
 
-def construction_config(strategy: str, training: dict[str, Any]) -> dict[str, Any] | None:
+def construction_config(strategy: str, training: TrainingSpec) -> dict[str, Any] | None:
     """The DeepSpeed config models are built under (``weights.partitioned_construction``):
     ZeRO-3's, so its models are partitioned from the start; ``None`` for the others."""
     return deepspeed_config(training, 3) if strategy == "zero3" else None
 
 
 def make_engine(
-    strategy: str, lm: torch.nn.Module, stage: dict[str, Any], training: dict[str, Any], world: int
+    strategy: str, lm: torch.nn.Module, stage: WorkerStage, training: TrainingSpec, world: int
 ) -> Engine:
     """The factory: ``ddp`` | ``zero2`` | ``zero3``."""
-    if training.get("compile"):
+    if training.compile:
         compile_layers(lm)
     if strategy == "ddp":
         return ddp_engine(lm, stage, training, world)

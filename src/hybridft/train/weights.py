@@ -136,3 +136,15 @@ def load_from_rank0(model: torch.nn.Module, state: dict[str, torch.Tensor] | Non
                     p.copy_(state[name])
                 if dist.is_initialized():
                     dist.broadcast(p.data, src=0)
+
+
+def tied_names(model: torch.nn.Module) -> set[str]:
+    """State-dict keys that name a tensor an earlier key names (a tied LM head): the export
+    holds each tensor once, as ``save_pretrained`` of the model itself does."""
+    seen: set[int] = set()
+    tied = set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        if id(value) in seen:
+            tied.add(key)
+        seen.add(id(value))
+    return tied

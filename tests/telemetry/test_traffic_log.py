@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hybridft.errors import UserError
-from hybridft.monitor.traffic_log import (
+from hybridft.telemetry.traffic_log import (
     SCHEMA,
     Redaction,
     TrafficLog,

@@ -22,8 +22,8 @@ from hybridft.errors import UserError
 from hybridft.registry.audit import default_audit_path, read_audit
 from hybridft.registry.gates import alias_version, promote
 from hybridft.registry.policy import Policy
+from hybridft.release.controller import CanaryController
 from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths, manual_action
-from hybridft.serve.controller import CanaryController
 from hybridft.serve.review import FeedbackStore
 from hybridft.serve.routing import choose_route
 

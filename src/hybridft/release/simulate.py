@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hybridft.serve.analysis import Action, SuccessTestConfig, rate_and_variance, success_log_lrs
+from hybridft.release.analysis import Action, SuccessTestConfig, rate_and_variance, success_log_lrs
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The controller's inputs, read from ``traffic.db``: per-interval checks (error rate, p95 latency,
 mean confidence, output drift on predicted labels and answer lengths) over the same interval for
 both versions, and the sequential success test over everything since the canary started. The
-statistics themselves live in :mod:`hybridft.serve.analysis`.
+statistics themselves live in :mod:`hybridft.release.analysis` and :mod:`hybridft.stats.psi`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from hybridft.serve import analysis
+from hybridft.release import analysis
 from hybridft.serve.canary import Checks, Success
 from hybridft.serve.review import FeedbackStore
+from hybridft.stats.psi import length_bins, psi_test
 
 CANARY_ARMS = ("canary", "shadow")  # forced (testing) requests are left out of the analysis
 
@@ -85,8 +86,8 @@ def _drift(
         expected = np.array([pc[k] for k in cats], float)
         actual = np.array([cc[k] for k in cats], float)
     else:
-        expected, actual = analysis.length_bins(p_vals, c_vals)
-    result = analysis.psi_test(expected, actual, alpha=cfg.drift_alpha, max_psi=cfg.max_psi)
+        expected, actual = length_bins(p_vals, c_vals)
+    result = psi_test(expected, actual, alpha=cfg.drift_alpha, max_psi=cfg.max_psi)
     status = "fail" if result.drifted else "pass"
     return analysis.Check(name, status, result.psi, cfg.max_psi, result.reason)
 

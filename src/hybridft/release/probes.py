@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from hybridft.data.reader import read_examples
 from hybridft.errors import UserError
 from hybridft.serve.review import FeedbackStore
 
@@ -33,8 +34,6 @@ class ProbeRow:
 
 def load_probe_rows(path: str) -> list[ProbeRow]:
     """Labelled rows of a task-format file (file:line errors from the reader)."""
-    from hybridft.data.reader import read_examples
-
     rows = []
     for example in read_examples([path]):
         prompt = "\n".join(m.content for m in example.prompt_messages if m.role == "user")

@@ -25,9 +25,9 @@ from hybridft.registry.audit import AuditRecord, append_audit, default_audit_pat
 from hybridft.registry.client import Registry
 from hybridft.registry.gates import alias_version, promote
 from hybridft.registry.policy import Policy
-from hybridft.serve import analysis
+from hybridft.release import analysis
+from hybridft.release.evidence import interval_checks, success_verdict
 from hybridft.serve.canary import CanarySpec, CanaryState, CanaryStore, Decision, ServePaths
-from hybridft.serve.evidence import interval_checks, success_verdict
 from hybridft.serve.review import FeedbackStore
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class CanaryController:
         prober: Any | None = None,
     ) -> None:
         self.spec = spec
-        self.prober = prober  # serve.probes.Prober: labelled probes to both arms per interval
+        self.prober = prober  # release.probes.Prober: labelled probes to both arms per interval
         self.paths = paths
         self.store = CanaryStore(paths.state)
         self.traffic = FeedbackStore(paths.traffic)

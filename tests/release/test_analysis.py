@@ -9,21 +9,18 @@ import math
 import numpy as np
 import pytest
 
-from hybridft.serve.analysis import (
+from hybridft.release.analysis import (
     SuccessTestConfig,
     confidence_check,
     error_rate_check,
     latency_check,
-    length_bins,
     log_mixture_lr,
-    psi,
-    psi_test,
     rate_and_variance,
     success_log_lrs,
     success_test,
     success_test_vs_rate,
 )
-from hybridft.serve.simulate import (
+from hybridft.release.simulate import (
     _Scenario,
     _sequential,
     calibrate_fixed_rule,
@@ -31,6 +28,7 @@ from hybridft.serve.simulate import (
     fixed_threshold_rule,
     simulate_detection,
 )
+from hybridft.stats.psi import length_bins, psi, psi_test
 
 RUNS = 2000
 
