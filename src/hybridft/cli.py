@@ -65,9 +65,11 @@ def data_validate(
     rejects: str = typer.Option(".hybridft/rejects/validate.jsonl", help="rejects file (skip)"),
 ) -> None:
     """Check every row; report counts (and write rejected rows with reasons under --on-bad-rows skip)."""
+    from hybridft.data.reader import bad_rows_mode
     from hybridft.data.stats import render_validation, validate_paths  # heavy: transformers
 
-    report = validate_paths(paths, fmt=fmt, on_bad_rows=on_bad_rows, rejects_path=rejects)
+    mode = bad_rows_mode(on_bad_rows)
+    report = validate_paths(paths, fmt=fmt, on_bad_rows=mode, rejects_path=rejects)
     Console().print(render_validation(report))
 
 

@@ -6,7 +6,9 @@ not make a package depend on training.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping
 
 # Ray Train's controller consumes one report per health-check poll (2 s by default): on a local
 # instance with short steps every report would wait for it. A quicker poll is cheap locally.
@@ -38,3 +40,22 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(
             address="local", log_to_driver=True, logging_config=quiet, runtime_env=LOCAL_RUNTIME_ENV
         )
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set (``None``: unset) inside; as it was afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import annotated_types
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from hybridft.errors import UserError, located
 
@@ -117,7 +118,7 @@ def _found(value: Any) -> str:
         return repr(value)
 
 
-def describe_error(model: type[BaseModel], err: dict[str, Any]) -> tuple[str, str]:
+def describe_error(model: type[BaseModel], err: ErrorDetails) -> tuple[str, str]:
     """(key path, 'expected X, got Y') for one pydantic error dict."""
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     kind, ctx = err["type"], err.get("ctx") or {}

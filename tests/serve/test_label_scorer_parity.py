@@ -101,6 +101,9 @@ def evaluated(model_dir) -> dict:
     entry = result.to_json()["tasks"]["desk"]
     assert entry["calibration"]["labels"] == LABELS
     assert 0.3 < entry["calibration"]["temperature"] < 30  # a temperature that changes things
+    # the rows mix both endings: eval.json names none, and serving keeps its default
+    assert {label_end_of(r) for r in ROWS} == {"end_of_turn", "newline"}
+    assert entry["calibration"]["label_end"] is None
     return entry
 
 

@@ -42,12 +42,15 @@ def test_serve_config_files_validate_against_ray_serve(path):
 
 
 def test_classification_tasks_come_from_the_versions_eval_json(registry, tmp_path):
-    """`{"task": T}` requests find T's labels and temperature in the version's logged eval.json."""
+    """`{"task": T}` requests find T's labels, temperature and label ending in the version's
+    logged eval.json (an eval.json without the ending: the label is the whole answer)."""
     from hybridft.serve.endpoint import classification_tasks
 
     run_id = registry.start_run("r", tags={"hybridft.kind": "train"})
     doc = {"tasks": {"it_desk": {"calibration": {"labels": ["network high", "hardware low"],
                                                  "temperature": 1.7}},
+                     "reply": {"calibration": {"labels": ["a", "b"], "temperature": 2.0,
+                                               "label_end": "newline"}},
                      "gen": {"calibration": None}}}  # fmt: skip
     registry.log_dict(run_id, doc, "eval.json")
     model_dir = tmp_path / "m"
@@ -57,7 +60,12 @@ def test_classification_tasks_come_from_the_versions_eval_json(registry, tmp_pat
     registry.end_run(run_id)
     ref = registry.resolve(f"desk@{registry.register('desk', run_id, source, {}).version}")
     assert classification_tasks(registry, ref) == {
-        "it_desk": {"labels": ["network high", "hardware low"], "temperature": 1.7}
+        "it_desk": {
+            "labels": ["network high", "hardware low"],
+            "temperature": 1.7,
+            "label_end": "end_of_turn",
+        },
+        "reply": {"labels": ["a", "b"], "temperature": 2.0, "label_end": "newline"},
     }
     bare = registry.start_run("bare")
     source = registry.log_dir(bare, model_dir, "model")

@@ -17,7 +17,7 @@ from hybridft.errors import UserError
 from hybridft.model.hf import load_model, load_tokenizer
 from hybridft.serve import deploy
 from hybridft.serve.generation import GenerationEngine, SamplingParams
-from hybridft.serve.openai_api import VERSION_HEADER
+from hybridft.serve.openai_http import VERSION_HEADER
 
 pytestmark = pytest.mark.ray
 

@@ -228,6 +228,17 @@ def _stem(path: str) -> str:
     return name
 
 
+def bad_rows_mode(value: str) -> OnBadRows:
+    """``value`` as an ``OnBadRows`` (``error`` or ``skip``).
+
+    Raises:
+        UserError: Any other value.
+    """
+    if value == "error" or value == "skip":
+        return value
+    raise UserError(f"on_bad_rows: expected error or skip, got {value!r}")
+
+
 def read_examples(
     paths: list[str],
     fmt: str = "auto",
@@ -258,8 +269,7 @@ def read_examples(
     """
     if fmt not in FORMATS:
         raise UserError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    if on_bad_rows not in ("error", "skip"):
-        raise UserError(f"on_bad_rows: expected error or skip, got {on_bad_rows!r}")
+    on_bad_rows = bad_rows_mode(on_bad_rows)
     if on_bad_rows == "skip" and not rejects_path:
         raise ValueError("on_bad_rows='skip' needs a rejects_path: no row is dropped silently")
     return ExampleStream(expand_paths(paths), fmt, source, labels, on_bad_rows, rejects_path)

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from transformers.utils.chat_template_utils import render_jinja_template
@@ -35,6 +35,8 @@ from hybridft.specs import DEFAULT_MAX_LEN
 
 LossMode = Literal["completion_only", "all"]
 LOSS_MODES = ("completion_only", "all")
+# per example, the (start, end) character spans of its assistant turns in the rendered text
+Spans = list[list[tuple[int, int]]]
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")  # the test HF itself applies
 
 # Used only when a tokenizer has no chat template of its own. Same shape as the tiny model's.
@@ -145,6 +147,7 @@ def render_examples(
             pending = None
             while batch := list(islice(it, batch_size)):
                 marked = _marked_spans(batch, tokenizer, template) if use_markers else None
+                spans: Spans | None
                 if marked is not None:
                     texts, spans = marked
                 else:
@@ -205,18 +208,22 @@ def _apply(
 
 def _marked_spans(
     batch: list[Example], tokenizer: Any, template: str
-) -> tuple[list[str], list[list[tuple[int, int]]]] | None:
+) -> tuple[list[str], Spans] | None:
     """Texts and answer spans from the template's own ``{% generation %}`` blocks, one render.
 
     The same renderer and variables ``apply_chat_template`` uses, so the text is identical.
     None when rendering fails: the plain path renders again and names the row at fault.
     """
     try:
-        texts, indices = render_jinja_template(
-            conversations=[_as_dicts(ex) for ex in batch],
-            chat_template=template,
-            return_assistant_tokens_mask=True,
-            **tokenizer.special_tokens_map,
+        # transformers annotates the result as str; with the mask asked for it is (texts, spans)
+        texts, indices = cast(
+            tuple[list[str], Spans],
+            render_jinja_template(
+                conversations=[_as_dicts(ex) for ex in batch],
+                chat_template=template,
+                return_assistant_tokens_mask=True,
+                **tokenizer.special_tokens_map,
+            ),
         )
     except Exception:
         return None
@@ -225,7 +232,7 @@ def _marked_spans(
 
 def _assistant_spans(
     batch: list[Example], tokenizer: Any, template: str, texts: list[str]
-) -> list[list[tuple[int, int]]]:
+) -> Spans:
     """Character spans of each example's assistant turns in its full rendering."""
     # Renders needed: the prefix before each assistant turn (with the generation prompt), and
     # each assistant turn's end; the last turn ends where the full text does.
@@ -243,7 +250,7 @@ def _assistant_spans(
     end_convs = [_as_dicts(batch[k], i + 1) for k, i in ends]
     end_texts = _apply(tokenizer, template, end_convs, batch, False, [k for k, _ in ends])
     end_of = dict(zip(ends, end_texts, strict=True))
-    spans: list[list[tuple[int, int]]] = [[] for _ in batch]
+    spans: Spans = [[] for _ in batch]
     for (k, i), start_text in zip(starts, start_texts, strict=True):
         full = texts[k]
         end_text = end_of.get((k, i), full)
@@ -282,7 +289,7 @@ def _token_range(encoding: Any, start: int, end: int) -> tuple[int, int] | None:
 
 def _finish_batch(
     batch: list[Example],
-    spans: list[list[tuple[int, int]]] | None,
+    spans: Spans | None,
     encoded: Future,
     max_len: int | None,
     report: RenderReport,

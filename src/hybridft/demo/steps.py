@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+
+from hybridft.runtime import environment
 
 
 def print_step(console: Console, n: int, total: int, text: str) -> float:
@@ -19,14 +20,5 @@ def print_step(console: Console, n: int, total: int, text: str) -> float:
 @contextmanager
 def acting_as(user: str) -> Iterator[None]:
     """Run governance actions as ``user`` (roles from policies/users.yaml)."""
-    saved = {k: os.environ.get(k) for k in ("HYBRIDFT_USER", "HYBRIDFT_ROLES")}
-    os.environ["HYBRIDFT_USER"] = user
-    os.environ.pop("HYBRIDFT_ROLES", None)
-    try:
+    with environment({"HYBRIDFT_USER": user, "HYBRIDFT_ROLES": None}):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

@@ -125,11 +125,12 @@ def synthesize(
         rows[task.name] = _sft_rows(task, {"train": drafts[: sft_sizes[0]]}, rng, label_noise)
     for itask in INSTRUCTION_TASKS:
         rng = task_rng(seed, itask.name)
-        drafts = _draw_unique(
+        instruction_drafts = _draw_unique(
             itask.name, itask.make, _content_key, rng, sum(instruction_sizes),
             itask.labels, lambda d: d.output,
         )  # fmt: skip
-        rows[itask.name] = _instruction_rows(itask, _split(drafts, instruction_sizes), rng)
+        splits = _split(instruction_drafts, instruction_sizes)
+        rows[itask.name] = _instruction_rows(itask, splits, rng)
         kinds[itask.name] = "instruction"
     instruction_train = [
         r for name, by_split in rows.items() if name not in sft_draws for r in by_split["train"]

@@ -1,8 +1,7 @@
 """Evaluation: generation-based scores per task on held-out splits, calibration, the leakage
 shield, the task graph; ``job`` scores a job's run on its spec's splits (``eval.json``)."""
 
-from importlib import import_module
-from typing import Any
+from hybridft.faces import lazy_face
 
 # public name -> the module that defines it, imported on first use: importing one light module
 # of the package does not import its heavy neighbours (run: torch)
@@ -23,8 +22,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_face(__name__, _EXPORTS)

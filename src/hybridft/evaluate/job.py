@@ -66,12 +66,10 @@ def evaluate_spec(
     bar = Progress(transient=True) if progress and not spec.scaling.use_gpu else None
     with bar or nullcontext():
         task = bar.add_task("evaluating", total=total) if bar else None
-        result = evaluate_on_job_hardware(
-            spec.scaling,
+        result = _evaluate(
+            spec,
             model_dir,
             sets,
-            max_examples=spec.eval.max_examples,
-            max_new_tokens=spec.eval.max_new_tokens,
             on_progress=(lambda n: bar.advance(task, n)) if bar and task is not None else None,
             labels={n: s.labels for n, s in spec.data.sources.items() if s.labels},
             calibration_sets=calibration,
@@ -125,13 +123,7 @@ def graph_scores(
                 t: [e for rows in load_eval_sets(spec.data).values() for e in rows if e.task == t]
                 for t in instruction
             }
-            before = evaluate_on_job_hardware(
-                spec.scaling,
-                before_dir,
-                sets,
-                max_examples=spec.eval.max_examples,
-                max_new_tokens=spec.eval.max_new_tokens,
-            )
+            before = _evaluate(spec, before_dir, sets)
             report = forgetting({t: s.score for t, s in before.tasks.items()}, scores, instruction)
             out["forgetting"] = report["mean_drop"]
             out["forgetting_per_task"] = report["per_task"]
@@ -150,3 +142,15 @@ def _per_example(result: EvalResult, task: str) -> list[float]:
         if (t.task or name) == task:
             return list(t.per_example)
     return []
+
+
+def _evaluate(spec: JobSpec, model_dir: str | Path, sets: dict[str, Any], **extra: Any) -> Any:
+    """``evaluate_on_job_hardware`` with the job's evaluation budget."""
+    return evaluate_on_job_hardware(
+        spec.scaling,
+        model_dir,
+        sets,
+        max_examples=spec.eval.max_examples,
+        max_new_tokens=spec.eval.max_new_tokens,
+        **extra,
+    )

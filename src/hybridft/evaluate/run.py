@@ -13,7 +13,7 @@ from hybridft.evaluate import calibration as c
 from hybridft.evaluate.generate import chat_prompt, generate_answers
 from hybridft.evaluate.leakage import check_example_leakage
 from hybridft.evaluate.metrics import exact_match, label_match, token_f1
-from hybridft.evaluate.scoring import label_logprobs, rephrase
+from hybridft.evaluate.scoring import label_end_of, label_logprobs, rephrase
 from hybridft.model.device import load_model_on, resolve_device
 from hybridft.model.hf import load_tokenizer
 
@@ -264,8 +264,12 @@ def _classification(
     y = np.array([index[e.label] for e in subset if e.label is not None])
     lp = label_logprobs(model, tokenizer, subset, candidates)
     raw = c.label_probabilities(lp)
+    ends = {label_end_of(e) for e in subset}
     out: dict[str, Any] = {
         "labels": candidates,
+        # what ends the label in this task's answers: serving scores its labels the same way
+        # (one value when every row agrees; otherwise serving keeps its default)
+        "label_end": ends.pop() if len(ends) == 1 else None,
         "prob_accuracy": float((raw.argmax(1) == y).mean()),
         "ece_raw": c.ece(raw, y, n_bins),
         "ece_quantile_raw": c.ece(raw, y, n_bins, "quantile"),

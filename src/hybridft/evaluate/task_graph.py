@@ -50,7 +50,7 @@ class TaskGraph:
 
     def __init__(self, spec: TaskGraphSpec) -> None:
         self.spec = spec
-        self.graph = nx.MultiGraph()
+        self.graph: nx.MultiGraph[str] = nx.MultiGraph()
         for name, task in spec.tasks.items():
             self.graph.add_node(
                 name, kind=task.kind, cluster=task.cluster, domain=task.domain,

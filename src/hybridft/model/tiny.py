@@ -90,7 +90,7 @@ def build_model(cfg: TinyModelSpec, vocab_size: int, pad_id: int, eos_id: int, s
         num_attention_heads=cfg.heads,
         num_key_value_heads=cfg.kv_heads,
         max_position_embeddings=cfg.max_position,
-        rope_theta=cfg.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         tie_word_embeddings=True,
         pad_token_id=pad_id,
         eos_token_id=eos_id,

@@ -13,14 +13,16 @@ from hybridft.specs import Strict
 
 PosFloat = Annotated[float, Field(gt=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
-DRIFT_MONITORS = ("intent", "input_length", "prediction")
-KPI_NAMES = ("task_success", "escalation_rate", "latency_p95_s", "error_rate")
+DriftMonitor = Literal["intent", "input_length", "prediction"]
+KpiName = Literal["task_success", "escalation_rate", "latency_p95_s", "error_rate"]
+DRIFT_MONITORS: tuple[DriftMonitor, ...] = ("intent", "input_length", "prediction")
+KPI_NAMES: tuple[KpiName, ...] = ("task_success", "escalation_rate", "latency_p95_s", "error_rate")
 
 
 class DriftPolicy(Strict):
     """Each version's current window against its reference window (its first answers)."""
 
-    monitors: list[Literal["intent", "input_length", "prediction"]] = list(DRIFT_MONITORS)
+    monitors: list[DriftMonitor] = list(DRIFT_MONITORS)
     reference_requests: Annotated[int, Field(ge=20)] = 300  # the version's first answers
     current_window_s: PosFloat = 3600.0  # answers after the reference, within this window
     # ... and at most this many, the latest: a shift that began late in a long window is not
@@ -49,9 +51,7 @@ class KpiPolicy(Strict):
     baseline_buckets: Annotated[int, Field(ge=2)] = 6  # the control limits' baseline
     horizon_buckets: Annotated[int, Field(ge=1)] = 3  # forecast this far ahead
     lookback_s: PosFloat = 86400.0
-    limits: dict[
-        Literal["task_success", "escalation_rate", "latency_p95_s", "error_rate"], Limit
-    ] = {
+    limits: dict[KpiName, Limit] = {
         "task_success": Limit(min=0.8),
         "escalation_rate": Limit(max=0.3),
         "latency_p95_s": Limit(max=2.0),

@@ -17,7 +17,6 @@ carries ``hybridft.retrain.*`` tags (trigger, reviewed rows, parent).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -44,6 +43,7 @@ from hybridft.registry.policy import load_policy
 from hybridft.registry.registration import evaluate_run, register_version
 from hybridft.serve.canary import ServePaths
 from hybridft.serve.review import ReviewQueue
+from hybridft.specs import JobSpec, edit_job, load_job
 from hybridft.sweep.record import best_sweep_job
 
 GENERATOR = "review-queue"
@@ -111,16 +111,16 @@ def build_reviewed_dataset(
             "held_out": held_out}  # fmt: skip
 
 
-def eval_texts(job: dict[str, Any]) -> list[str]:
+def eval_texts(job: JobSpec) -> list[str]:
     """Prompt + completion of every evaluation row the job names (``data.eval``)."""
-    paths = [p for ps in (job.get("data", {}).get("eval") or {}).values() for p in ps]
+    paths = [p for ps in job.data.eval.values() for p in ps]
     return [example_text(e) for e in read_examples(paths)] if paths else []
 
 
-def base_job(rules: RetrainPolicy) -> dict[str, Any]:
+def base_job(rules: RetrainPolicy) -> JobSpec:
     """The job retraining starts from: the policy's job file or the sweep's best trial."""
     if rules.job is not None:
-        return yaml.safe_load(Path(rules.job).read_text(encoding="utf-8"))
+        return load_job(rules.job)
     return best_sweep_job(str(rules.sweep))
 
 
@@ -129,26 +129,35 @@ def retrain_job(
     dataset: dict[str, Any],
     out_dir: Path,
     base: str,
-    job: dict[str, Any] | None = None,
+    job: JobSpec | None = None,
 ) -> Path:
-    """The policy's job (or sweep's best) with the reviewed rows as one more last-stage source."""
-    job = copy.deepcopy(job) if job is not None else base_job(rules)
-    sources = job["data"]["sources"]
-    if rules.reviewed_source in sources:
+    """The policy's job (or sweep's best) with the reviewed rows as one more last-stage source,
+    written as ``out_dir/job.yaml`` (made with ``specs.edit_job``: validated again)."""
+    job = job if job is not None else base_job(rules)
+    if rules.reviewed_source in job.data.sources:
         raise UserError(
             f"{rules.job or rules.sweep}: data.sources.{rules.reviewed_source}: retraining adds "
             "this source; rename it or set retrain.reviewed_source"
         )
-    sources[rules.reviewed_source] = {"paths": [dataset["path"]], "format": "task", "kind": "task"}
-    job["stages"][-1]["mix"].append(
-        {"source": rules.reviewed_source, "weight": rules.reviewed_weight}
-    )
-    job["name"] = f"{job.get('name', 'job')}-retrain"
-    if base:
-        job["model"]["base"] = base
+
+    def edit(d: dict[str, Any]) -> None:
+        d["data"]["sources"][rules.reviewed_source] = {
+            "paths": [dataset["path"]],
+            "format": "task",
+            "kind": "task",
+        }
+        d["stages"][-1]["mix"].append(
+            {"source": rules.reviewed_source, "weight": rules.reviewed_weight}
+        )
+        d["name"] = f"{d['name']}-retrain"
+        if base:
+            d["model"]["base"] = base
+
+    retrained = edit_job(job, edit)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "job.yaml"
-    path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
+    doc = retrained.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path
 
 

@@ -16,17 +16,17 @@ from typing import Any
 import numpy as np
 
 from hybridft.monitor.drift import categorical_drift, intent_from_label_probs, length_drift
-from hybridft.monitor.kpi import drift_alerts, kpi_alerts, kpi_series
-from hybridft.monitor.policy import MonitorPolicy
-from hybridft.monitor.records import Alert, DriftReport, KpiSeries, StatusData
+from hybridft.monitor.kpi import Agg, drift_alerts, kpi_alerts, kpi_series
+from hybridft.monitor.policy import KpiName, MonitorPolicy
+from hybridft.monitor.records import Alert, Direction, DriftReport, KpiSeries, StatusData
 from hybridft.monitor.trigger import champion_version, evaluate_trigger
-from hybridft.serve.canary import CanaryStore, ServePaths
+from hybridft.serve.canary import CanaryState, CanaryStore, ServePaths
 from hybridft.serve.review import ReviewQueue
 from hybridft.telemetry.traffic_log import TrafficLog, joined_requests
 
 USER_ARMS_OUT = ("shadow", "forced")
 CONFIDENCE_BANDS = ("<0.5", "0.5-0.7", "0.7-0.9", ">=0.9")
-KPI_UNITS = {
+KPI_UNITS: dict[KpiName, tuple[str, Agg]] = {
     "task_success": ("", "rate"),
     "escalation_rate": ("", "rate"),
     "error_rate": ("", "rate"),
@@ -58,24 +58,34 @@ def drift_reports(
         current = current[-cfg.current_requests :]
     if len(reference) < cfg.reference_requests or len(current) < cfg.min_requests:
         return []
-    kw = {"version": version, "alpha": cfg.alpha, "min_psi": cfg.min_psi}
+    alpha, min_psi = cfg.alpha, cfg.min_psi
     out = []
     if "intent" in cfg.monitors:
         ref = intent_from_label_probs([_probs(r["label_probs"]) for r in reference])
         cur = intent_from_label_probs([_probs(r["label_probs"]) for r in current])
         if ref and cur:
-            out.append(categorical_drift(ref, cur, monitor="intent", **kw))
+            out.append(
+                categorical_drift(
+                    ref, cur, monitor="intent", version=version, alpha=alpha, min_psi=min_psi
+                )
+            )
     if "input_length" in cfg.monitors:
         ref_len = [r["prompt_tokens"] or r["prompt_chars"] or 0 for r in reference]
         cur_len = [r["prompt_tokens"] or r["prompt_chars"] or 0 for r in current]
-        out.append(length_drift(ref_len, cur_len, **kw))
+        out.append(length_drift(ref_len, cur_len, version=version, alpha=alpha, min_psi=min_psi))
     if "prediction" in cfg.monitors:
         ref_c = [confidence_band(r["confidence"]) for r in reference if r["confidence"] is not None]
         cur_c = [confidence_band(r["confidence"]) for r in current if r["confidence"] is not None]
         if ref_c and cur_c:
             out.append(
                 categorical_drift(
-                    ref_c, cur_c, monitor="prediction", categories=CONFIDENCE_BANDS, **kw
+                    ref_c,
+                    cur_c,
+                    monitor="prediction",
+                    version=version,
+                    alpha=alpha,
+                    min_psi=min_psi,
+                    categories=CONFIDENCE_BANDS,
                 )
             )
     return out
@@ -90,7 +100,7 @@ def kpis(
     recent = [r for r in rows if r["ts"] >= start]
     if not recent:
         return []
-    values = {
+    values: dict[KpiName, list[tuple[float, float]]] = {
         "task_success": [
             (r["ts"], float(r["success"])) for r in recent if r["success"] is not None
         ],
@@ -105,7 +115,7 @@ def kpis(
         unit, agg = KPI_UNITS[name]
         limit = cfg.limits.get(name)
         threshold = None if limit is None else (limit.min if limit.min is not None else limit.max)
-        direction = "below" if limit is not None and limit.min is not None else "above"
+        direction: Direction = "below" if limit is not None and limit.min is not None else "above"
         if limit is None:
             direction = "below" if name == "task_success" else "above"
         times, vals = zip(*points, strict=True)
@@ -149,7 +159,7 @@ def gather_status(
     data.problems = [s.message() for s in read.skipped]
     rows = joined_requests(read.table)
     state = _canary_state(paths, data.problems)
-    data.canary = state
+    data.canary = state.model_dump(mode="json") if state is not None else None
     aliases = _aliases(registry, policy.model, data.problems)
     live = _live_versions(state, aliases, rows)
     for version, arm, weight in live:
@@ -173,12 +183,12 @@ def gather_status(
     return data
 
 
-def _canary_state(paths: ServePaths, problems: list[str]) -> dict[str, Any] | None:
+def _canary_state(paths: ServePaths, problems: list[str]) -> CanaryState | None:
     store = CanaryStore(paths.state)
     if not store.exists():
         return None
     try:
-        return store.read().model_dump(mode="json")
+        return store.read()
     except Exception as exc:  # the page still shows the traffic
         problems.append(f"canary state unreadable: {exc}")
         return None
@@ -201,13 +211,13 @@ def _champion_created(registry: Any | None, model: str) -> float | None:
 
 
 def _live_versions(
-    state: dict[str, Any] | None, aliases: dict[str, str], rows: Sequence[dict[str, Any]]
+    state: CanaryState | None, aliases: dict[str, str], rows: Sequence[dict[str, Any]]
 ) -> list[tuple[str, str, float | None]]:
     """(version, arm, weight): the routed versions, else the champion, else what the log holds."""
     if state is not None:
-        live = [(str(state["primary"]), "primary", 1.0 - float(state.get("weight") or 0.0))]
-        if state.get("canary") and state.get("status") in ("running", "paused"):
-            live.append((str(state["canary"]), "canary", float(state.get("weight") or 0.0)))
+        live: list[tuple[str, str, float | None]] = [(state.primary, "primary", 1.0 - state.weight)]
+        if state.canary and state.status in ("running", "paused"):
+            live.append((state.canary, "canary", state.weight))
         return live
     if "champion" in aliases:
         return [(aliases["champion"], "primary", 1.0)]

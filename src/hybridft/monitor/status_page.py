@@ -253,7 +253,7 @@ def _alerts_section(alerts: Sequence[Alert]) -> str:
          _fmt(a.threshold, ".3f"), _iso(a.at)]
         for a in ordered
     ]  # fmt: skip
-    classes = [a.severity for a in ordered]
+    classes: list[str] = [a.severity for a in ordered]
     if not rows:
         rows, classes = [["no alerts", None, None, None, None, None, None]], [""]
     headers = ["severity", "monitor", "version", "message", "value", "threshold", "when"]

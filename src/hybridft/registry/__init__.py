@@ -4,8 +4,7 @@ approvals, the audit log, the data catalog and model cards.
 A run directory enters it through ``tracking`` (``log_train_run``) and ``registration``
 (``evaluate_run``, ``register_version``); the data a run reads through ``data_approval``."""
 
-from importlib import import_module
-from typing import Any
+from hybridft.faces import lazy_face
 
 # public name -> the module that defines it, imported on first use: importing one light module
 # of the package does not import its heavy neighbours
@@ -51,8 +50,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_face(__name__, _EXPORTS)

@@ -79,9 +79,9 @@ def current_user(name: str | None = None) -> User:
         return User(name, roles)
     users_file = Path(os.environ.get(USERS_ENV) or DEFAULT_USERS_FILE)
     if users_file.is_file():
-        roles = load_users(users_file).get(name)
-        if roles is not None:
-            return User(name, roles)
+        listed = load_users(users_file).get(name)
+        if listed is not None:
+            return User(name, listed)
     elif os.environ.get(USERS_ENV):
         raise UserError(f"{users_file}: file not found ({USERS_ENV})")
     return User(name, ("viewer",))

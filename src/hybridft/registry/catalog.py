@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +135,7 @@ def register_dataset(
     *,
     kind: Kind = "dataset",
     name: str = "",
-    sources: list[str | Path] | None = None,
+    sources: Sequence[str | Path] | None = None,
     generator: str = "user",
     seed: int | None = None,
     rows: int | None = None,

@@ -14,9 +14,12 @@ import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybridft.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
 DEFAULT_HOME = Path(".hybridft")
 EXPERIMENT = "hybridft"
@@ -80,6 +83,13 @@ class ModelRef:
     source: str
     run_id: str
     tags: dict[str, str]
+
+    @classmethod
+    def of(cls, mv: ModelVersion) -> ModelRef:
+        """The reference to an MLflow model version, which must have a source and a run."""
+        if mv.source is None or mv.run_id is None:
+            raise UserError(f"model {mv.name} version {mv.version}: no source or run recorded")
+        return cls(mv.name, str(mv.version), mv.source, mv.run_id, dict(mv.tags))
 
 
 class Registry:
@@ -164,7 +174,7 @@ class Registry:
         mv = self.client.create_model_version(
             name, source=source, run_id=run_id, tags=tags, description=description
         )
-        return ModelRef(name, str(mv.version), mv.source, run_id, dict(mv.tags))
+        return ModelRef.of(mv)
 
     def resolve(self, ref: str) -> ModelRef:
         """``name@alias``, ``name@3``, ``name/3`` or ``models:/name@alias`` -> a model version."""
@@ -183,7 +193,7 @@ class Registry:
             raise UserError(
                 f"{ref}: no such model version or alias in {self.tracking_uri}"
             ) from None
-        return ModelRef(name, str(mv.version), mv.source, mv.run_id, dict(mv.tags))
+        return ModelRef.of(mv)
 
     def download(self, ref: ModelRef, dest: str | Path) -> Path:
         """Fetch a version's model directory (idempotent: reuses an existing download)."""

@@ -6,8 +6,7 @@ success test and the per-interval checks; ``simulate``: the Flagger-style baseli
 with), sends labelled probes to both arms (``probes``), and moves the state and the registry
 aliases through the policy's gates (``controller``)."""
 
-from importlib import import_module
-from typing import Any
+from hybridft.faces import lazy_face
 
 # public name -> the module that defines it, imported on first use: importing one light module
 # of the package does not import its heavy neighbours
@@ -30,8 +29,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_face(__name__, _EXPORTS)

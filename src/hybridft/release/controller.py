@@ -27,7 +27,14 @@ from hybridft.registry.gates import alias_version, promote
 from hybridft.registry.policy import Policy
 from hybridft.release import analysis
 from hybridft.release.evidence import interval_checks, success_verdict
-from hybridft.serve.canary import CanarySpec, CanaryState, CanaryStore, Decision, ServePaths
+from hybridft.serve.canary import (
+    CanarySpec,
+    CanaryState,
+    CanaryStore,
+    Decision,
+    DecisionKind,
+    ServePaths,
+)
 from hybridft.serve.review import FeedbackStore
 
 logger = logging.getLogger(__name__)
@@ -160,6 +167,7 @@ class CanaryController:
         schedule = self.spec.schedule
         failed = [c for c in checks if c["status"] == "fail"]
         at_max = state.mode == "shadow" or state.weight >= schedule.max_weight - 1e-9
+        kind: DecisionKind
         if success.decision == "worse":
             kind, reason = "rollback", f"task success: {success.reason}"
         elif failed and state.failed_checks + 1 >= schedule.failed_checks_limit:
@@ -357,7 +365,7 @@ def _manual_decision(action: str, who: str, reason: str | None, at: float) -> De
     # The weight is filled in by _promote / _rollback, which read the state under the lock.
     return Decision(
         at=at,
-        decision=action,
+        decision="promote" if action == "promote" else "rollback",
         weight=0.0,
         who=who,
         reason=f"manual {action} by {who}: {reason or 'no reason'}",

@@ -88,7 +88,7 @@ def _drift(
     else:
         expected, actual = length_bins(p_vals, c_vals)
     result = psi_test(expected, actual, alpha=cfg.drift_alpha, max_psi=cfg.max_psi)
-    status = "fail" if result.drifted else "pass"
+    status: analysis.Status = "fail" if result.drifted else "pass"
     return analysis.Check(name, status, result.psi, cfg.max_psi, result.reason)
 
 

@@ -4,8 +4,7 @@ router and the state it routes by, API keys, metrics, the request log, feedback 
 What to release and when is decided above it (``hybridft.release``); the runtime only reads the
 canary state file and logs what it served."""
 
-from importlib import import_module
-from typing import Any
+from hybridft.faces import lazy_face
 
 # public name -> the module that defines it, imported on first use: importing one light module
 # of the package does not import its heavy neighbours (Ray Serve, FastAPI)
@@ -37,8 +36,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_face(__name__, _EXPORTS)

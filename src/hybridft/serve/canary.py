@@ -23,6 +23,18 @@ from hybridft.specfile import load_yaml_model
 from hybridft.specs import Strict
 
 Status = Literal["idle", "running", "paused", "promoted", "rolled_back"]
+DecisionKind = Literal[
+    "start",
+    "hold",
+    "advance",
+    "promote",
+    "rollback",
+    "pause",
+    "resume",
+    "set_weight",
+    "request",
+    "refused",
+]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -112,18 +124,7 @@ class Decision(Strict):
     """One interval's outcome, kept in the state's history and mirrored to the audit log."""
 
     at: float
-    decision: Literal[
-        "start",
-        "hold",
-        "advance",
-        "promote",
-        "rollback",
-        "pause",
-        "resume",
-        "set_weight",
-        "request",
-        "refused",
-    ]
+    decision: DecisionKind
     weight: float
     reason: str
     checks: list[dict[str, Any]] = []
@@ -287,12 +288,13 @@ def manual_action(
                 f"(status {state.status}, canary {state.canary}): not running"
             )
         now = time.time()
+        decision: DecisionKind
         if action == "weight":
             state.weight = float(weight)
             decision = "set_weight"
         elif action in ("pause", "resume"):
             state.status = "paused" if action == "pause" else "running"
-            decision = action
+            decision = "pause" if action == "pause" else "resume"
         else:
             state.requested = {"action": action, "who": who, "reason": reason, "at": now}
             decision = "request"

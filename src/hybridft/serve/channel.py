@@ -151,11 +151,12 @@ class ChannelClient:
         self.closed = False
 
     async def connect(self) -> None:
-        reader, self._writer = await asyncio.wait_for(
+        reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self.address["host"], int(self.address["port"])),
             CONNECT_TIMEOUT_S,
         )
-        self._writer.write(_encode({"token": self.address["token"]}))
+        self._writer = writer
+        writer.write(_encode({"token": self.address["token"]}))
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
 
     async def call(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +179,8 @@ class ChannelClient:
         try:
             while True:
                 frame = await _read_frame(reader)
-                future = self.pending.pop(frame.get("id"), None)
+                frame_id = frame.get("id")
+                future = self.pending.pop(frame_id, None) if isinstance(frame_id, int) else None
                 if future is not None and not future.done():
                     future.set_result(frame)
         except Exception as exc:  # noqa: BLE001 - EOF, reset, garbage: the connection is over

@@ -29,7 +29,6 @@ from hybridft.serve.adapters import AdapterHandle, AdapterSet
 from hybridft.serve.channel import ChannelServer
 from hybridft.serve.generation import GenerationEngine, SamplingParams
 from hybridft.serve.openai_api import (
-    VERSION_HEADER,
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
@@ -43,9 +42,15 @@ from hybridft.serve.openai_api import (
     Usage,
     chat_chunks,
     completion_chunks,
-    install_error_handlers,
     parse_request,
     sse_events,
+)
+from hybridft.serve.openai_http import VERSION_HEADER, install_error_handlers
+from hybridft.serve.request_checks import (
+    checked_prompt,
+    label_set,
+    sampling_params,
+    served_adapter,
 )
 
 logger = logging.getLogger(__name__)
@@ -253,7 +258,7 @@ class ModelServer:
         if adapter is not None:
             await self._adapter(adapter)  # Serve's multiplexed cache (LRU per replica)
         prompt_ids = self._prompt_ids(kind, request)
-        scoring = self._label_set(request)
+        scoring = label_set(request, self.tasks)
         self._in_flight += 1
         try:
             # Hold a batch open only when the replica is busy: a lone request on an idle
@@ -261,7 +266,9 @@ class ModelServer:
             # ~20 ms); under load the window fills batches as before.
             wait = self.batch_wait_s if self._busy() else 0.0
             self._generate_batched.set_batch_wait_timeout_s(wait)
-            out = await self._generate_batched((prompt_ids, self._sampling(request), adapter))
+            out = await self._generate_batched(
+                (prompt_ids, sampling_params(request, self.max_tokens_limit), adapter)
+            )
         finally:
             self._in_flight -= 1
         if isinstance(out, Exception):
@@ -313,7 +320,7 @@ class ModelServer:
                 param="stream",
             )
         prompt_ids = self._prompt_ids(kind, request)
-        steps = self.engine.stream(prompt_ids, self._sampling(request))
+        steps = self.engine.stream(prompt_ids, sampling_params(request, self.max_tokens_limit))
         if self.adapters is not None:
             steps = self.adapters.stepwise(steps, adapter)
         chunks = chat_chunks if kind == "chat" else completion_chunks
@@ -367,44 +374,7 @@ class ModelServer:
         return ModelCard(id=model_id or self.model_name, created=self.created)
 
     def _check_model(self, requested: str) -> str | None:
-        """The adapter a model id names (None: the base model); 404 for anything else."""
-        if requested == self.model_name:
-            return None
-        base, _, adapter = requested.partition(":")
-        if base == self.model_name and self.adapters is not None and adapter in self.adapters.paths:
-            return adapter
-        served = [self.model_name] + [
-            f"{self.model_name}:{a}" for a in (self.adapters.names() if self.adapters else [])
-        ]
-        raise OpenAIError(
-            404,
-            f"model {requested!r} does not exist here; this server serves {', '.join(served)}",
-            param="model",
-            code="model_not_found",
-        )
-
-    def _label_set(self, request: Any) -> tuple[list[str], float, str, str | None] | None:
-        """``(labels, temperature, label_end, task)`` to score the answer over, or None."""
-        if request.task is not None:
-            if request.task not in self.tasks:
-                known = ", ".join(sorted(self.tasks)) or "none"
-                raise OpenAIError(
-                    400,
-                    f"task: {request.task!r} is not a classification task of this model "
-                    f"(known: {known})",
-                    param="task",
-                )
-            entry = self.tasks[request.task]
-            labels = list(request.labels or entry["labels"])
-            temperature = float(entry.get("temperature") or 1.0)
-            # How the task's answers end their label (``evaluate.scoring.LabelEnd``).
-            label_end = entry.get("label_end") or "end_of_turn"
-            return labels, temperature, label_end, request.task
-        if request.labels:
-            if len(set(request.labels)) != len(request.labels):
-                raise OpenAIError(400, "labels: expected distinct labels", param="labels")
-            return list(request.labels), 1.0, "end_of_turn", None
-        return None
+        return served_adapter(requested, self.model_name, self.adapters)
 
     def _prompt_ids(self, kind: str, request: Any) -> list[int]:
         if kind == "chat":
@@ -417,41 +387,7 @@ class ModelServer:
             ids = encode()
         except Exception as exc:  # a template that rejects the conversation is the client's
             raise OpenAIError(400, f"{param}: cannot be encoded: {exc}", param=param) from exc
-        if not ids:
-            raise OpenAIError(400, f"{param}: encodes to no tokens", param=param)
-        limit = self.engine.max_position
-        if limit is not None and len(ids) >= limit:
-            raise OpenAIError(
-                400,
-                f"{param}: the prompt has {len(ids)} tokens; this model's context is {limit} "
-                "tokens, leaving no room for an answer",
-                param=param,
-                code="context_length_exceeded",
-            )
-        return ids
-
-    def _sampling(self, request: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
-        requested = request.requested_max_tokens()
-        if requested is not None and requested > self.max_tokens_limit:
-            param = (
-                "max_completion_tokens"
-                if getattr(request, "max_completion_tokens", None)
-                else "max_tokens"
-            )
-            raise OpenAIError(
-                400,
-                f"{param}: expected at most {self.max_tokens_limit}, got {requested}",
-                param=param,
-                code="invalid_value",
-            )
-        return SamplingParams(
-            # Without a limit, answer up to the server's cap; the engine clips to the context.
-            max_tokens=requested or self.max_tokens_limit,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            stop=request.stop_sequences(),
-            seed=request.seed,
-        )
+        return checked_prompt(ids, param, self.engine.max_position)
 
     def _raise(self, exc: BaseException) -> NoReturn:
         if isinstance(exc, OpenAIError):

@@ -32,7 +32,8 @@ ROUTER_APP = "hybridft-router"
 
 
 def classification_tasks(registry: Registry, ref: ModelRef) -> dict[str, dict[str, Any]]:
-    """``{task: {"labels", "temperature"}}`` from the version's eval result (empty if none)."""
+    """``{task: {"labels", "temperature", "label_end"}}`` from the version's eval result (empty
+    if none): the labels are scored as evaluation scored and calibrated them."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,7 +46,11 @@ def classification_tasks(registry: Registry, ref: ModelRef) -> dict[str, dict[st
     for task, score in json.loads(text).get("tasks", {}).items():
         cal = (score or {}).get("calibration") or {}
         if cal.get("labels"):
-            tasks[task] = {"labels": cal["labels"], "temperature": cal.get("temperature", 1.0)}
+            tasks[task] = {
+                "labels": cal["labels"],
+                "temperature": cal.get("temperature", 1.0),
+                "label_end": cal.get("label_end") or "end_of_turn",
+            }
     return tasks
 
 
@@ -97,37 +102,17 @@ def router_app(
 class ServeDeployer:
     """Deploy / delete the Serve application of one registered version."""
 
-    def __init__(
-        self,
-        registry: Registry,
-        model: str,
-        cache: str | Path = ".hybridft/served",
-        num_cpus: float = 0.5,
-        num_replicas: int = 1,
-        num_gpus: float = 0.0,
-        dtype: Dtype = "auto",
-    ) -> None:
+    def __init__(self, registry: Registry, model: str, **options: Any) -> None:
+        """``options``: ``version_app``'s keyword options (cache, num_cpus, num_replicas,
+        num_gpus, dtype), the same for every version this deployer serves."""
         self.registry = registry
         self.model = model
-        self.cache = Path(cache)
-        self.num_cpus = num_cpus
-        self.num_replicas = num_replicas
-        self.num_gpus = num_gpus
-        self.dtype = dtype
+        self.options = options
 
     def deploy(self, version: str) -> None:
         from ray import serve
 
-        app = version_app(
-            self.registry,
-            self.model,
-            version,
-            cache=self.cache,
-            num_cpus=self.num_cpus,
-            num_replicas=self.num_replicas,
-            num_gpus=self.num_gpus,
-            dtype=self.dtype,
-        )
+        app = version_app(self.registry, self.model, version, **self.options)
         # No route prefix: versions are reached only through the router (keys, logging).
         serve.run(
             app, name=model_app_name(self.model, version), route_prefix=None, logging_config=QUIET

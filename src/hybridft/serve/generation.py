@@ -20,23 +20,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hybridft.errors import UserError
 from hybridft.model.device import Dtype, load_model_on, model_device, resolve_device
+from hybridft.model.hf import load_tokenizer
+from hybridft.serve.sampling import (
+    SamplingParams,
+    first_stop,
+    pick_token,
+    pick_tokens,
+    request_generator,
+)
 
 if TYPE_CHECKING:
     from hybridft.evaluate.scoring import LabelEnd
 
 FinishReason = Literal["stop", "length"]
 _PARTIAL_CHAR = "\ufffd"  # what a byte-level decode shows for an unfinished UTF-8 sequence
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to pick tokens. ``temperature == 0`` is greedy; otherwise seeded nucleus sampling."""
-
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,6 @@ class GenerationEngine:
         Returns:
             The engine, ready to generate.
         """
-        from hybridft.model.hf import load_tokenizer
 
         where = resolve_device(device)  # a bad device fails before anything loads
         tokenizer = load_tokenizer(model_dir)
@@ -144,7 +140,7 @@ class GenerationEngine:
         prompt_len = len(prompt_ids)
         budget = self._budget(prompt_ids, params.max_tokens)
         holdback = max((len(s) for s in params.stop), default=1) - 1
-        generator = _generator(params, self.device)
+        generator = request_generator(params, self.device)
 
         from transformers import DynamicCache
 
@@ -156,13 +152,13 @@ class GenerationEngine:
         with torch.inference_mode():
             for _ in range(budget):
                 out = self.model(input_ids=inputs, use_cache=True, **{self._cache_kwarg: cache})
-                token = _pick_token(out.logits[0, -1], params, generator)
+                token = pick_token(out.logits[0, -1], params, generator)
                 new_ids.append(token)
                 if token in self.eos_ids:
                     finish = "stop"
                     break
                 text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-                cut = _first_stop(text, params.stop)
+                cut = first_stop(text, params.stop)
                 if cut is not None:
                     text, finish = text[:cut], "stop"
                     break
@@ -197,7 +193,7 @@ class GenerationEngine:
             except UserError as err:
                 results[slot] = err
                 continue
-            generator = _generator(params, self.device)
+            generator = request_generator(params, self.device)
             row = _BatchRow(slot, list(prompt_ids), params, budget, generator)
             if budget > 0:
                 rows.append(row)
@@ -241,6 +237,7 @@ class GenerationEngine:
         # import this module for its types and never run a model.
         import numpy as np
 
+        # heavy: the scorer imports torch; the router imports this module and never runs a model
         from hybridft.evaluate import scoring
         from hybridft.evaluate.calibration import apply_temperature
 
@@ -309,7 +306,7 @@ class GenerationEngine:
                     position_ids=positions,
                     **kwargs,
                 )
-                tokens = _pick_tokens(out.logits[:, -1], rows)
+                tokens = pick_tokens(out.logits[:, -1], rows)
                 keep = [
                     i
                     for i, (row, token) in enumerate(zip(rows, tokens, strict=True))
@@ -361,7 +358,7 @@ class _BatchRow:
             return True
         if self.params.stop:  # decode every step only where a stop string is looked for
             self.text = tokenizer.decode(self.new_ids, skip_special_tokens=True)
-            cut = _first_stop(self.text, self.params.stop)
+            cut = first_stop(self.text, self.params.stop)
             if cut is not None:
                 self.text, self.finish = self.text[:cut], "stop"
                 return True
@@ -372,50 +369,6 @@ class _BatchRow:
         if text is None:
             text = tokenizer.decode(self.new_ids, skip_special_tokens=True)
         return Completion(text, self.finish, len(self.prompt), len(self.new_ids))
-
-
-def _generator(params: SamplingParams, device: Any) -> Any:
-    """The request's own sampling RNG on ``device`` (None when greedy), seeded when the request
-    has a seed. ``torch.multinomial`` needs it on the device of the probabilities it samples."""
-    import torch
-
-    if not params.temperature > 0:
-        return None
-    generator = torch.Generator(device=device)
-    if params.seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(params.seed)
-    return generator
-
-
-def _pick_tokens(logits: Any, rows: list[_BatchRow]) -> list[int]:
-    greedy = logits.argmax(dim=-1).tolist()  # one call for every greedy row
-    return [
-        token if row.generator is None else _pick_token(logits[i], row.params, row.generator)
-        for i, (row, token) in enumerate(zip(rows, greedy, strict=True))
-    ]
-
-
-def _pick_token(logits: Any, params: SamplingParams, generator: Any) -> int:
-    import torch
-
-    logits = logits.float()
-    if params.temperature == 0 or generator is None:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        # Nucleus: keep the smallest set of tokens whose mass reaches top_p (at least one).
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
-        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -4,13 +4,20 @@ the two generation routes past FastAPI's routing layer."""
 # No `from __future__ import annotations`: Serve pickles the router's FastAPI app, middleware
 # included, and FastAPI reads real annotations.
 import json
-from typing import Any
+from typing import Any, Protocol, cast
 
 from fastapi import Request
 from ray import serve
 
 from hybridft.serve.keys import KeyInfo, KeyStore, bearer_key
-from hybridft.serve.openai_api import OpenAIError, error_response, unexpected_error_response
+from hybridft.serve.openai_api import OpenAIError
+from hybridft.serve.openai_http import error_response, unexpected_error_response
+
+
+class _GeneratingReplica(Protocol):
+    """What the fast path calls on the replica's servable object (the canary router)."""
+
+    async def generate(self, kind: str, request: Request) -> Any: ...
 
 
 class GenerationFastPath:
@@ -36,7 +43,8 @@ class GenerationFastPath:
         if kind is None:
             await self.app(scope, receive, send)
             return
-        router = serve.get_replica_context().servable_object
+        # Ray types the servable object as a Callable; here it is the canary router instance
+        router = cast(_GeneratingReplica, serve.get_replica_context().servable_object)
         try:
             response = await router.generate(kind, Request(scope, receive))
         except OpenAIError as exc:

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
@@ -22,7 +22,7 @@ from hybridft.registry.client import Registry
 from hybridft.runtime import ensure_ray
 from hybridft.serve.adapters import check_adapter_dir
 from hybridft.serve.deployment import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_TOKENS_LIMIT, ModelServer
-from hybridft.serve.openai_api import VERSION_HEADER
+from hybridft.serve.openai_http import VERSION_HEADER
 from hybridft.specfile import describe_error
 from hybridft.specs import NonNegFloat
 
@@ -109,7 +109,9 @@ def build_app(args: ServeModelArgs) -> serve.Application:
     resources = {"num_cpus": args.num_cpus}
     if args.num_gpus > 0:
         resources["num_gpus"] = args.num_gpus
-    return ModelServer.options(ray_actor_options=resources, num_replicas=args.num_replicas).bind(
+    # @serve.deployment made the class a Deployment: mypy does not apply class decorators
+    server = cast(serve.Deployment, ModelServer)
+    return server.options(ray_actor_options=resources, num_replicas=args.num_replicas).bind(
         model_dir=args.model_dir,
         model_name=args.model_name,
         version=args.version,

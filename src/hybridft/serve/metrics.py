@@ -9,6 +9,7 @@ how ``serve/grafana_dashboard.json`` queries them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -137,3 +138,26 @@ class Metrics:
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition and its content type, for a ``/metrics`` response."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class CanaryGauges:
+    """The canary's weights and decisions on the metrics, refreshed from its state on each
+    scrape: decisions counted once, weights set when they change."""
+
+    def __init__(self, metrics: Metrics, decisions_seen: int) -> None:
+        self.metrics = metrics
+        self.decisions_seen = decisions_seen
+        self.shown: tuple[Any, ...] = ()
+
+    def show(self, state: Any) -> None:
+        for decision in state.history[self.decisions_seen :]:
+            self.metrics.decision(state.model, decision.decision)
+        self.decisions_seen = len(state.history)
+        table = state.route_table()
+        shown = (table.primary, table.canary, table.weight)
+        if shown != self.shown:
+            weights = {table.primary: 1.0 - table.weight}
+            if table.canary is not None:
+                weights[table.canary] = table.weight
+            self.metrics.set_weights(table.model, weights)
+            self.shown = shown

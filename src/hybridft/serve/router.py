@@ -29,16 +29,15 @@ from hybridft.serve.canary import RouteWatcher, ServePaths, manual_action
 from hybridft.serve.channel import ChannelError, ChannelPool
 from hybridft.serve.http_requests import GenerationFastPath, authorize, read_json_body
 from hybridft.serve.keys import KeyStore
-from hybridft.serve.metrics import Metrics
+from hybridft.serve.metrics import CanaryGauges, Metrics
 from hybridft.serve.openai_api import (
-    VERSION_HEADER,
     ModelCard,
     ModelList,
     OpenAIError,
-    install_error_handlers,
     parse_request,
     prompt_text,
 )
+from hybridft.serve.openai_http import VERSION_HEADER, install_error_handlers
 from hybridft.serve.review import FeedbackStore, ReviewQueue
 from hybridft.serve.routing import Route, choose_route
 from hybridft.serve.traffic import (
@@ -95,9 +94,8 @@ class CanaryRouter:
         # non-streamed requests to replicas on this node: loopback, ~0.1 ms (serve.channel)
         self.channels = ChannelPool() if direct_channel else None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._weights_shown: tuple[Any, ...] = ()
         # Decisions are made by the controller; a router counts those it sees after it starts.
-        self._decisions_seen = len(self.watcher.store.read().history)
+        self.gauges = CanaryGauges(self.metrics, len(self.watcher.store.read().history))
 
     # --- routes -----------------------------------------------------------------------------
 
@@ -108,7 +106,7 @@ class CanaryRouter:
 
     @router_app.get("/metrics")
     def metrics_route(self) -> Response:
-        self._show_weights()
+        self.gauges.show(self.watcher.store.read())
         body, content_type = self.metrics.exposition()
         return Response(body, media_type=content_type)
 
@@ -244,7 +242,13 @@ class CanaryRouter:
             ext.update(request_id=request_id, version=route.version, arm=route.arm)
             ext["flagged_for_review"] = flagged
             if flagged and route.arm != "forced":  # forced: tests and probes, not users
-                self._enqueue_review(kind, out, route.version, request_id, table.model, prompt)
+                self.metrics.flagged(route.version)
+                self.log.put_review_of(
+                    kind,
+                    out,
+                    (route.version, request_id, table.model, prompt),
+                    self.review_threshold,
+                )
         # Metrics and logs once the response is handed over, off the answer's path. They run
         # before this loop serves another request, so feedback on this answer (which flushes
         # the log first) finds its row.
@@ -378,31 +382,6 @@ class CanaryRouter:
         )  # fmt: skip
         self.log.log_answer(a)
 
-    def _enqueue_review(
-        self,
-        kind: str,
-        out: dict[str, Any],
-        version: str,
-        request_id: str,
-        model: str,
-        prompt: str,
-    ) -> None:
-        ext = out["hybridft"]
-        choice = out["choices"][0]
-        answer = choice["message"]["content"] if kind == "chat" else choice["text"]
-        self.metrics.flagged(version)
-        self.log.put_review(
-            request_id,
-            version,
-            model,
-            prompt,
-            answer,
-            ext.get("confidence"),
-            self.review_threshold,
-            ext.get("label_probs"),
-            ext.get("task"),
-        )
-
     # --- helpers ------------------------------------------------------------------------------
 
     def _app(self, version: str) -> str:
@@ -414,18 +393,3 @@ class CanaryRouter:
             handle = serve.get_deployment_handle("ModelServer", self._app(version))
             self._handles[version] = handle
         return handle
-
-    def _show_weights(self) -> None:
-        """Refresh the canary gauges and decision counters from the state (on each scrape)."""
-        state = self.watcher.store.read()
-        for decision in state.history[self._decisions_seen :]:
-            self.metrics.decision(state.model, decision.decision)
-        self._decisions_seen = len(state.history)
-        table = state.route_table()
-        shown = (table.primary, table.canary, table.weight)
-        if shown != self._weights_shown:
-            weights = {table.primary: 1.0 - table.weight}
-            if table.canary is not None:
-                weights[table.canary] = table.weight
-            self.metrics.set_weights(table.model, weights)
-            self._weights_shown = shown

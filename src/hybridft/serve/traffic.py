@@ -146,6 +146,18 @@ class RequestLogWriter:
         """A ``ReviewQueue.enqueue`` item (positional, same order)."""
         self._queue.put(("review", item))
 
+    def put_review_of(
+        self, kind: str, out: dict[str, Any], where: tuple[str, str, str, str], threshold: float
+    ) -> None:
+        """The review item of a flagged answer ``out`` (a chat or completion body);
+        ``where``: (version, request id, model, prompt)."""
+        version, request_id, model, prompt = where
+        ext = out["hybridft"]
+        choice = out["choices"][0]
+        answer = choice["message"]["content"] if kind == "chat" else choice["text"]
+        item = (request_id, version, model, prompt, answer, ext.get("confidence"), threshold)
+        self.put_review(*item, ext.get("label_probs"), ext.get("task"))
+
     def put_event(self, kind: str, **values: Any) -> None:
         """A traffic-log event (``TrafficLog.event`` arguments); dropped without a traffic log."""
         if self.traffic is not None:

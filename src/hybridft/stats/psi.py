@@ -29,7 +29,9 @@ class DriftResult:
 
 
 def psi(
-    expected_counts: Sequence[float], actual_counts: Sequence[float], eps: float = 1e-4
+    expected_counts: Sequence[float] | np.ndarray,
+    actual_counts: Sequence[float] | np.ndarray,
+    eps: float = 1e-4,
 ) -> float:
     """Population stability index, sum (a_i - e_i) ln(a_i / e_i) over bin proportions.
 
@@ -47,8 +49,8 @@ def psi(
 
 
 def psi_test(
-    expected_counts: Sequence[float],
-    actual_counts: Sequence[float],
+    expected_counts: Sequence[float] | np.ndarray,
+    actual_counts: Sequence[float] | np.ndarray,
     *,
     alpha: float = 0.01,
     max_psi: float = 0.25,

@@ -3,8 +3,7 @@ Ray Tune + Optuna + ASHA around ``train.run`` (``tune``, ``trial``), recorded pe
 ``trials.json`` and MLflow (``record``); what a trial measures lives in ``objectives``; the
 decision report (``report*``) trains and compares the arms."""
 
-from importlib import import_module
-from typing import Any
+from hybridft.faces import lazy_face
 
 # public name -> the module that defines it, imported on first use: importing one light module
 # of the package does not import its heavy neighbours (tune: Ray Tune, Optuna)
@@ -22,8 +21,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_face(__name__, _EXPORTS)

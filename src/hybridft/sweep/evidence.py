@@ -164,7 +164,7 @@ def label_efficiency(
         ci95=(ci.low, ci.high),
         verdict=verdict,
         detail=f"{_cap(judge_in_words(ci, margin, 'positive'))}. Per label count: "
-        + "; ".join(f"{p['labels']}: {_iv(diffs[p['labels']])}" for p in points)
+        + "; ".join(f"{_label_name(k)}: {_iv(diffs[_label_name(k)])}" for k in order)
         + ".",
         points=points,
     )

@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 
 from hybridft.errors import UserError
 from hybridft.registry.client import Registry
+from hybridft.specs import JobSpec
 from hybridft.sweep.params import apply_params
 from hybridft.sweep.space import load_space
 
@@ -58,7 +59,7 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def best_sweep_job(sweep_dir: str | Path) -> dict[str, Any]:
+def best_sweep_job(sweep_dir: str | Path) -> JobSpec:
     """The concrete job of a sweep's best completed trial (its first objective): where a monitor
     policy's ``retrain.sweep`` starts retraining from."""
     info_path = Path(sweep_dir) / SWEEP_FILE
@@ -75,8 +76,7 @@ def best_sweep_job(sweep_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"retrain.sweep: {sweep_dir} has no completed trial")
     sign = -1.0 if direction == "minimize" else 1.0
     best = max(done, key=lambda t: sign * float(t["objectives"][objective]))
-    job = apply_params(space.base_job, best["params"], total_tokens=space.budget.tokens)
-    return job.model_dump(mode="json")
+    return apply_params(space.base_job, best["params"], total_tokens=space.budget.tokens)
 
 
 class SweepRecorder(Callback):
@@ -106,7 +106,13 @@ class SweepRecorder(Callback):
         return {**self.__dict__, "_registry": None, "_trials": {}}
 
     # -- Tune hooks -----------------------------------------------------------------------
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Stopper | None = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         self._trials = {t["trial_id"]: t for t in read_trials(self.sweep_dir)}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -135,7 +141,7 @@ class SweepRecorder(Callback):
     ) -> None:
         if result.get(COMPLETE_KEY) or self.time_attr not in result:
             return
-        point = {
+        point: dict[str, Any] = {
             "sweep_tokens": result.get("sweep_tokens"),
             "sweep_steps": result.get("sweep_steps"),
             "iteration": result.get("training_iteration"),

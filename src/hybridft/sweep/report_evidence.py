@@ -93,7 +93,7 @@ def measure_evidence(
         out.append(ev.convergence({t: m for t, m in by_tokens.items() if all(m)}, margin,
                                   seed=seed))  # fmt: skip
     if "replay_forgetting" in directions:
-        by_replay = {}
+        by_replay: dict[float, list[Row]] = {}
         for r in rows:
             if r["arm"] == "replay" and r.get("forgetting_rows"):
                 by_replay.setdefault(float(r["variant"].split()[-1]), []).append(r)

@@ -174,7 +174,7 @@ def plot_pareto(data: ReportData) -> str:
 
 def plot_importances(importances: dict[str, float]) -> str:
     fig, ax = _figure()
-    names = sorted(importances, key=importances.get)
+    names = sorted(importances, key=lambda n: importances[n])
     ax.barh(names, [importances[n] for n in names], color="tab:purple")
     ax.set(xlabel="importance (fANOVA)", title="Parameter importances")
     if not names:

@@ -41,9 +41,12 @@ class ParamSpec(Strict):
     when: dict[str, Scalar] = {}
 
 
+ObjectiveDirection = Literal["minimize", "maximize"]
+
+
 class ObjectiveSpec(Strict):
     name: str
-    direction: Literal["minimize", "maximize"]
+    direction: ObjectiveDirection
 
 
 class SweepBudgetSpec(Strict):
@@ -104,7 +107,7 @@ class SearchSpace(Strict):
         return self._base_job
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[ObjectiveDirection]:
         return [o.direction for o in self.objectives]
 
     @property

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 # arm -> seed -> per-row scores (every seed of every arm scored on the same rows, same order)
-Scores = Mapping[str, Sequence[Sequence[float]]]
+Scores = Mapping[str, Sequence[Sequence[float]] | np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Verdict:
         }
 
 
-def _matrix(per_seed: Sequence[Sequence[float]], arm: str) -> np.ndarray:
+def _matrix(per_seed: Sequence[Sequence[float]] | np.ndarray, arm: str) -> np.ndarray:
     m = np.asarray(per_seed, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
         raise ValueError(f"{arm}: expected seeds x rows scores, got shape {m.shape}")

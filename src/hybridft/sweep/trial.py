@@ -106,7 +106,8 @@ def _tune_report_callback_sink() -> Callable[[dict[str, Any]], None]:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     callback = TuneReportCallback()
-    return lambda record: callback.after_report(None, [record], None)
+    # after_report reads no run context (there is no Train run here): only the metrics
+    return lambda record: callback.after_report(None, [record], None)  # type: ignore[arg-type]
 
 
 def train_and_measure(
@@ -268,7 +269,10 @@ class InProcessTrial(Trainable):
     reuses the actor for the next trial (``reset_config``), with everything already imported.
     """
 
-    def setup(self, config: dict[str, Any], plan: TrialPlan) -> None:
+    def setup(self, config: dict[str, Any], plan: TrialPlan | None = None) -> None:
+        # optional only to keep Trainable.setup's signature: tune.with_parameters always gives it
+        if plan is None:
+            raise TypeError("InProcessTrial needs plan=, given by tune.with_parameters")
         self.plan = plan
         self._start(config)
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from typing import Any
 from hybridft.errors import UserError
 from hybridft.model import base_of
 from hybridft.registry.client import Registry, flatten, git_commit
-from hybridft.runtime import ensure_ray
+from hybridft.runtime import ensure_ray, environment
 from hybridft.specfile import line_of
 from hybridft.specs import ScalingSpec
 from hybridft.sweep.objectives import NEEDS_VALIDATION
@@ -131,16 +130,8 @@ def _tune_environment() -> Iterator[None]:
         # checkpoint, and a driver killed in that gap would lose the trial's place to resume
         "TUNE_GLOBAL_CHECKPOINT_S": "1",
     }
-    old = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
+    with environment(wanted):
         yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _concurrency(space: SearchSpace) -> int:

@@ -37,33 +37,32 @@ logger = logging.getLogger(__name__)
 EVENT_KINDS = ("request", "feedback", "review")
 TextMode = Literal["drop", "mask", "keep"]
 
-SCHEMA = pa.schema(
-    [
-        ("kind", pa.string()),
-        ("request_id", pa.string()),
-        ("ts", pa.float64()),
-        ("model", pa.string()),
-        ("version", pa.string()),
-        ("arm", pa.string()),
-        ("status_code", pa.int32()),
-        ("latency_s", pa.float64()),
-        ("prompt_tokens", pa.int32()),
-        ("completion_tokens", pa.int32()),
-        ("prompt_chars", pa.int32()),
-        ("completion_chars", pa.int32()),
-        ("task", pa.string()),
-        ("predicted_label", pa.string()),
-        ("confidence", pa.float64()),
-        ("label_probs", pa.map_(pa.string(), pa.float64())),
-        ("flagged", pa.bool_()),
-        ("prompt", pa.string()),
-        ("completion", pa.string()),
-        ("success", pa.bool_()),
-        ("feedback_source", pa.string()),
-        ("review_label", pa.string()),
-        ("reviewer", pa.string()),
-    ]
-)
+_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("kind", pa.string()),
+    ("request_id", pa.string()),
+    ("ts", pa.float64()),
+    ("model", pa.string()),
+    ("version", pa.string()),
+    ("arm", pa.string()),
+    ("status_code", pa.int32()),
+    ("latency_s", pa.float64()),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("prompt_chars", pa.int32()),
+    ("completion_chars", pa.int32()),
+    ("task", pa.string()),
+    ("predicted_label", pa.string()),
+    ("confidence", pa.float64()),
+    ("label_probs", pa.map_(pa.string(), pa.float64())),
+    ("flagged", pa.bool_()),
+    ("prompt", pa.string()),
+    ("completion", pa.string()),
+    ("success", pa.bool_()),
+    ("feedback_source", pa.string()),
+    ("review_label", pa.string()),
+    ("reviewer", pa.string()),
+]
+SCHEMA = pa.schema(_COLUMNS)
 REQUIRED = ("kind", "request_id", "ts", "model", "version")
 
 # Masked by ``text: mask`` (in this order: a card number is not also a phone number).
@@ -258,7 +257,7 @@ class TrafficLog:
     def lookup(self, request_id: str) -> TrafficRead:
         """Every event of one request (its answers, shadows, feedback and review)."""
         read = self.read()
-        mask = pc.equal(read.table["request_id"], request_id)
+        mask = pc.equal(read.table["request_id"], pa.scalar(request_id, pa.string()))
         return TrafficRead(read.table.filter(mask), read.files, read.skipped)
 
 
@@ -283,11 +282,11 @@ def _filter(
 ) -> pa.Table:
     mask = pc.is_valid(table["ts"])
     if model is not None:
-        mask = pc.and_(mask, pc.equal(table["model"], model))
+        mask = pc.and_(mask, pc.equal(table["model"], pa.scalar(model, pa.string())))
     if since is not None:
-        mask = pc.and_(mask, pc.greater_equal(table["ts"], since))
+        mask = pc.and_(mask, pc.greater_equal(table["ts"], pa.scalar(since, pa.float64())))
     if until is not None:
-        mask = pc.and_(mask, pc.less(table["ts"], until))
+        mask = pc.and_(mask, pc.less(table["ts"], pa.scalar(until, pa.float64())))
     if versions is not None:
         mask = pc.and_(mask, pc.is_in(table["version"], pa.array(versions, pa.string())))
     if kinds is not None:

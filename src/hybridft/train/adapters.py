@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from hybridft.model.hf import load_model
 from hybridft.train.weights import tied_names
 
 POLICIES = ("full", "continue", "merge_and_new")
@@ -90,7 +91,6 @@ def rebuild(
     base's own (a LoRA checkpoint written without them); any other key missing is an error.
     ``dtype``: the base's (a bf16 frozen base for LoRA); peft keeps the adapter in fp32.
     """
-    from hybridft.model.hf import load_model
 
     model = load_model(base_dir, dtype=dtype)
     if recipe is not None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from hybridft.model.hf import load_tokenizer
 from hybridft.train.adapters import adapter_names, is_peft, lora_config, recipe_of
 from hybridft.train.plan import WorkerPlan
 from hybridft.train.strategy import Engine
@@ -39,7 +40,6 @@ KEEP_SCORE = "keep_score"  # every checkpoint's retention rank (see keep_score)
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(path: str) -> Any:
-    from hybridft.model.hf import load_tokenizer
 
     return load_tokenizer(path)
 

@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from hybridft.errors import RunFailed, UserError
+from hybridft.model import base_of, is_random_init, load_tokenizer
 from hybridft.runtime import ensure_ray
+from hybridft.specfile import line_of
 from hybridft.specs import JobSpec, ScalingSpec, TrainingSpec
+from hybridft.train.checkpoint import HISTORY_FILE, KEEP_SCORE
+from hybridft.train.devices import process_group_backend
+from hybridft.train.in_process import fit_in_process, is_in_process_run, is_worker_group_run
+from hybridft.train.loop import train_loop
 from hybridft.train.plan import Fault, WorkerPlan, stage_plans
+from hybridft.train.prepare import prepare, validation_rows, write_mixture_report
 from hybridft.train.resources import schedulable_capacity, worker_group_refusal, worker_resources
 
 
@@ -45,7 +52,6 @@ class TrainResult:
 def check_resources(scaling: ScalingSpec, spec_file: str) -> None:
     """Fail before fit() when the worker group can never be scheduled (Ray would retry forever):
     not on the live nodes, nor on the nodes the cluster's autoscaler can launch."""
-    from hybridft.specfile import line_of
 
     refusal = worker_group_refusal(
         schedulable_capacity(), worker_resources(scaling), scaling.num_workers
@@ -69,8 +75,6 @@ def checkpoint_config(training: TrainingSpec, n_stages: int) -> Any:
     deletes the latest, which a resume starts from. None: every checkpoint is kept.
     """
     from ray.train import CheckpointConfig
-
-    from hybridft.train.checkpoint import KEEP_SCORE
 
     keep = checkpoints_to_keep(training, n_stages)
     if keep is None:
@@ -121,12 +125,6 @@ def run(
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from hybridft.model import base_of, is_random_init, load_tokenizer
-    from hybridft.train.devices import process_group_backend
-    from hybridft.train.in_process import fit_in_process
-    from hybridft.train.loop import train_loop
-    from hybridft.train.prepare import prepare, validation_rows, write_mixture_report
-
     t0 = time.perf_counter()
     out_root = Path(output_dir or spec.output_dir).resolve()
     if resume and not run_name:
@@ -138,7 +136,6 @@ def run(
         raise UserError(f"--resume {run_name}: no such run under {out_root}")
     if not resume and storage.exists():
         raise UserError(f"run {run_name!r} already exists under {out_root}; pass --resume")
-    from hybridft.train.in_process import is_in_process_run
 
     if in_process:
         _check_in_process(spec, storage, resume)
@@ -233,7 +230,6 @@ def _finish(
     started: _Started, reported: list[tuple[Any, dict[str, Any]]], last: Any
 ) -> TrainResult:
     """Copy the stage models and the final model out of the run's checkpoints; the result."""
-    from hybridft.train.checkpoint import HISTORY_FILE
 
     run_name, run_dir = started.run_name, started.run_dir
     prepared, t0, prepared_at = started.prepared, started.t0, started.prepared_at
@@ -293,8 +289,6 @@ def run_timings(
 
 
 def _check_in_process(spec: JobSpec, storage: Path, resume: bool) -> None:
-    from hybridft.specfile import line_of
-    from hybridft.train.in_process import is_worker_group_run
 
     if spec.scaling.num_workers != 1:
         line = line_of(spec.source_file, ("scaling", "num_workers")) if spec.source_file else None
@@ -347,7 +341,6 @@ def _copy_model(checkpoint: Any, dest: Path) -> None:
     ``dest``: copied beside it, then renamed into place, so ``dest`` is never half-written and
     the previous copy stays until the new one is whole. The optimizer and training state stay
     in the checkpoint."""
-    from hybridft.train.checkpoint import HISTORY_FILE
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
