@@ -16,7 +16,7 @@ Both sides then write their rows (outside the timed part, after peak RSS is read
 parent compares them row by row: it exits 1 naming the first row whose ids or mask differ.
 Prints the figures, then a final line that is one JSON object.
 
-    python benchmarks/data_throughput.py                 # N = 100_000
+    python benchmarks/data_throughput.py                 # N = 100_000 (about 3 min on 2 cores)
     python benchmarks/data_throughput.py --rows 5000     # quick check
 """
 

@@ -25,7 +25,8 @@ Requests to detect: answers since the shift at the first alerting check, median 
 that never alerts counted as the horizon (censored). "ours, test only" is the same reports'
 e-value crossing without the ``min_psi`` floor (``DriftReport.detected_after``), for reference.
 
-Run: ``python benchmarks/drift_detection.py`` (several minutes on 2 cores; ``--quick``: 300 runs).
+Run: ``python benchmarks/drift_detection.py`` (about 6 minutes on 2 busy cores; ``--quick``,
+300 runs: under a minute).
 Ends with one JSON line.
 """
 
@@ -101,7 +102,7 @@ def monitor_alerts(
 def window_psi(
     ref: np.ndarray, cur: np.ndarray, checks: np.ndarray, cap: int | None, chunk: int = 500
 ) -> np.ndarray:
-    """PSI of each check's current window (latest ``cap`` answers) vs the reference: (runs, checks)."""
+    """PSI of each check's window (its latest ``cap`` answers) vs the reference: (runs, checks)."""
     k = len(INTENTS)
     starts = np.zeros_like(checks) if cap is None else np.maximum(checks - cap, 0)
     out = np.empty((len(ref), len(checks)))

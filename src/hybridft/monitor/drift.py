@@ -25,15 +25,18 @@ where ``c_i`` counts earlier current requests in ``x_i``'s category.
   reference, with per-share standard deviation ``sqrt(p0 (1 - p0) / (kappa + 1))``. The default
   ``kappa = 100`` gives 3-5 points for shares of 10-30%, the size of shift worth catching early.
   A smaller kappa spreads the prior over big shifts (quicker on those, slower on small ones), a
-  larger one the reverse; in the benchmark's setting 100 detected a 5-point shift soonest among
-  25-400 (median 431 requests vs 464-566) and a 20-point one in 56 (39 at 25, 98 at 400). The
-  alternative must be more diffuse than the null, so kappa is capped at ``A_0 / 4``.
+  larger one the reverse. The alternative must be more diffuse than the null, so kappa is
+  capped at ``A_0 / 4``.
 
 ``min_psi`` adds a practical-significance floor: with huge windows the test finds shifts too
 small to matter, so a report can demand PSI >= ``min_psi`` over the window as well.
 
-``fixed_psi_rule`` is the baseline the benchmark compares with: "PSI > 0.25" checked every
-``check_every`` requests, which knows nothing of sample size except a calibrated ``min_n``.
+``fixed_psi_rule`` is a "PSI > t" rule checked every ``check_every`` requests, which knows
+nothing of sample size except ``min_n``; ``calibrate_fixed_psi_rule`` picks t and ``min_n`` for a
+false-alarm rate. ``benchmarks/drift_detection.py`` compares the monitor as shipped (these
+tests at the policy's defaults) with such a rule calibrated to the same false-alarm rate on the
+same windows: in its last run neither was quicker at 10- and 20-point shifts (medians equal),
+and neither detected a 5-point shift in half the runs.
 """
 
 from __future__ import annotations
