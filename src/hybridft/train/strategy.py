@@ -159,6 +159,31 @@ def deepspeed_config(training: TrainingSpec, zero: int) -> dict[str, Any]:
     return config
 
 
+def _deepspeed_checkpoint_types() -> list[type]:
+    """The only non-tensor classes in the ZeRO-2/3 checkpoints this loop writes (DeepSpeed
+    0.19): the loss scaler, the ZeRO stage enum and a fragment address (plain data)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def weights_only_loads(checkpoint_engine: Any) -> None:
+    """DeepSpeed's checkpoint engine loads with ``weights_only=False``: whoever can write the
+    shared checkpoint storage would run code on every worker at resume. Its ``load`` (the path of
+    the model and ZeRO optimizer states this loop resumes from) is replaced by a ``weights_only``
+    load that admits the checkpoint's three DeepSpeed classes and nothing else. Not covered:
+    DeepSpeed's universal-checkpoint and MoE-expert loaders, which this loop never calls."""
+    allowed = _deepspeed_checkpoint_types()
+
+    def load(path: str, map_location: Any = None) -> Any:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    checkpoint_engine.load = load
+
+
 def deepspeed_engine(
     lm: torch.nn.Module, stage: WorkerStage, training: TrainingSpec, zero: int
 ) -> Engine:
@@ -173,6 +198,8 @@ def deepspeed_engine(
         config=deepspeed_config(training, zero),
         dist_init_required=False,
     )
+
+    weights_only_loads(engine.checkpoint_engine)
 
     def backward(loss: torch.Tensor, last: bool) -> None:
         engine.backward(loss * accum)  # DeepSpeed divides by accumulation steps itself
