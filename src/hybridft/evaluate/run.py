@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybridft import atomic
 from hybridft.data.records import Example
 from hybridft.evaluate import calibration as c
 from hybridft.evaluate.generate import chat_prompt, generate_answers
@@ -367,6 +367,5 @@ def _split(per: list[float], mask: list[bool]) -> dict[str, Any]:
 
 def write_eval(result: EvalResult, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_json(), indent=2))
+    atomic.write_json(path, result.to_json())  # a report resumes from it: whole or absent
     return path

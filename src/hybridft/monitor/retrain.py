@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from hybridft import atomic
 from hybridft.data.reader import read_examples
 from hybridft.errors import UserError
 from hybridft.evaluate.leakage import check_leakage, example_text
@@ -267,7 +268,5 @@ def _done(
     out: RetrainOutcome, history: Path, on_event: Callable[[str], None], detail: str
 ) -> RetrainOutcome:
     _step(out, on_event, out.status, detail)
-    history.parent.mkdir(parents=True, exist_ok=True)
-    with open(history, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(out.to_dict()) + "\n")
+    atomic.append_line(history, json.dumps(out.to_dict()))  # locked: concurrent retrains
     return out

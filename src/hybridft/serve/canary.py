@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from hybridft import atomic
 from hybridft.errors import UserError
 from hybridft.registry.audit import exclusive_lock
 from hybridft.serve.routing import RouteTable
@@ -228,13 +229,7 @@ class CanaryStore:
             return new
 
     def _write(self, state: CanaryState) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(state.model_dump_json(indent=1))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, state.model_dump_json(indent=1))
 
 
 class RouteWatcher:

@@ -39,6 +39,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from hybridft import atomic
+
 FRAME = struct.Struct(">I")
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 REFRESH_S = 5.0  # how stale the router's list of replicas may get (a failure refreshes at once)
@@ -96,12 +98,8 @@ class ChannelServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"host": "127.0.0.1", "port": port, "token": self.token,
-                       "pid": os.getpid()}, fh)  # fmt: skip
-        os.replace(tmp, self.path)
+        address = {"host": "127.0.0.1", "port": port, "token": self.token, "pid": os.getpid()}
+        atomic.write_text(self.path, json.dumps(address), mode=0o600)  # it holds a secret
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -13,13 +13,13 @@ All may live in one file (each class creates only its own tables). Times are uni
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hybridft import atomic
 from hybridft.errors import UserError
 from hybridft.serve.sqlite_store import SqliteDatabase
 
@@ -185,13 +185,8 @@ class ReviewQueue:
         items = [
             ReviewItem.from_row(r) for r in self.db.read(sql + " ORDER BY resolved_at", params)
         ]
-        path = Path(path_jsonl)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for item in items:
-                fh.write(json.dumps(training_row(item), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        rows = [json.dumps(training_row(item), ensure_ascii=False) + "\n" for item in items]
+        atomic.write_text(Path(path_jsonl), "".join(rows))
         return len(items)
 
     def counts(self) -> dict[str, int]:

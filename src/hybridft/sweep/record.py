@@ -21,13 +21,13 @@ finished_at}``. ``stopped`` means early-stopped (ASHA): no objectives.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback, Stopper
 
+from hybridft import atomic
 from hybridft.errors import UserError
 from hybridft.registry.client import Registry
 from hybridft.specs import JobSpec
@@ -48,10 +48,9 @@ FRESH_PROCESS, PROCESS_STARTED_AT = "trial/fresh_process", "trial/process_starte
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write atomically: a reader (or a killed driver) never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    """Write atomically (``hybridft.atomic``): a reader or a killed driver never sees half a
+    file, and two writers never share a temporary file."""
+    atomic.write_json(path, obj)
 
 
 def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:

@@ -7,12 +7,12 @@ interrupted with its report resumes by name.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hybridft import atomic
 from hybridft.errors import UserError
 from hybridft.evaluate.run import EvalResult, TaskScore
 from hybridft.registry.tracking import log_eval, log_train_run
@@ -141,12 +141,7 @@ def train_runs(
 
 def write_atomic(path: Path, text: str) -> None:
     """A file the report resumes from: whole or absent, never half-written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def _log(registry: Any, job: JobSpec, result: Any, tags: dict[str, str]) -> str:

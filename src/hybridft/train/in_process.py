@@ -41,6 +41,7 @@ from ray.train.v2._internal.execution.train_fn_utils import (
     set_train_fn_utils,
 )
 
+from hybridft import atomic
 from hybridft.train.checkpoint import KEEP_SCORE
 
 INDEX_FILE = "checkpoints.json"  # the in-process run's checkpoints, in report order
@@ -117,9 +118,7 @@ class InProcessSession(LocalTrainFnUtils):
             {"dir": Path(ckpt.path).name, "metrics": _jsonable(metrics)}
             for ckpt, metrics in self.reported
         ]
-        tmp = self.storage / f".{INDEX_FILE}.tmp"
-        tmp.write_text(json.dumps(entries, indent=1))
-        os.replace(tmp, self.storage / INDEX_FILE)
+        atomic.write_json(self.storage / INDEX_FILE, entries, indent=1)
 
 
 class InProcessRunner:
