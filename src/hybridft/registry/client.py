@@ -10,13 +10,16 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hybridft.errors import UserError
+from hybridft.model.hf import weights_digest
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -196,21 +199,62 @@ class Registry:
         return ModelRef.of(mv)
 
     def download(self, ref: ModelRef, dest: str | Path) -> Path:
-        """Fetch a version's model directory (idempotent: reuses an existing download)."""
-        import mlflow.artifacts
+        """A version's model directory at ``dest``: downloaded beside it, verified (its weights'
+        sha256 against the version's ``hybridft.weights_sha256`` tag when registered with one;
+        a config and safetensors weights in any case), then renamed into place with a record of
+        its files. Reused only while every recorded file is there at its recorded size: a
+        download killed half-way, or a file truncated since, is fetched again."""
+        import mlflow.artifacts  # heavy: MLflow's artifact stack
 
         dest = Path(dest)
-        if (dest / "config.json").is_file():
+        if _download_intact(dest):
             return dest
-        dest.mkdir(parents=True, exist_ok=True)
-        got = mlflow.artifacts.download_artifacts(
-            artifact_uri=ref.source, dst_path=str(dest), tracking_uri=self.tracking_uri
-        )
-        path = Path(got)
-        return path if (path / "config.json").is_file() else dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            got = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=ref.source, dst_path=str(tmp), tracking_uri=self.tracking_uri
+                )
+            )
+            model = got if (got / "config.json").is_file() else tmp
+            _verify_download(ref, model)
+            sizes = {
+                str(f.relative_to(model)): f.stat().st_size for f in model.rglob("*") if f.is_file()
+            }
+            (model / DOWNLOAD_RECORD).write_text(json.dumps(sizes, sort_keys=True))
+            shutil.rmtree(dest, ignore_errors=True)  # a partial or stale copy
+            os.replace(model, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
+
+
+DOWNLOAD_RECORD = ".hybridft-download.json"  # a verified download's files and their sizes
+WEIGHTS_TAG = "hybridft.weights_sha256"
+
+
+def _download_intact(dest: Path) -> bool:
+    try:
+        sizes = json.loads((dest / DOWNLOAD_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return all(
+        (dest / name).is_file() and (dest / name).stat().st_size == size
+        for name, size in sizes.items()
+    )
+
+
+def _verify_download(ref: ModelRef, model: Path) -> None:
+    where = f"{ref.name} version {ref.version} ({ref.source})"
+    if not (model / "config.json").is_file() or not any(model.glob("*.safetensors")):
+        raise UserError(f"{where}: the download has no config.json or safetensors weights")
+    expected = ref.tags.get(WEIGHTS_TAG)
+    if expected and weights_digest(model) != expected:
+        raise UserError(f"{where}: the downloaded weights do not match the registered sha256")
 
 
 def spec_hash(spec_json: str) -> str:

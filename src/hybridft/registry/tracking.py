@@ -15,6 +15,7 @@ from hybridft.errors import UserError
 from hybridft.model import read_base_info
 from hybridft.model.hf import weights_digest
 from hybridft.registry.client import (
+    WEIGHTS_TAG,
     ModelRef,
     Registry,
     flatten,
@@ -22,6 +23,7 @@ from hybridft.registry.client import (
     package_versions,
     spec_hash,
 )
+from hybridft.specs import JobSpec
 
 RUN_FILE = "run.json"
 
@@ -56,7 +58,7 @@ class RunRecord:
         return cls(**json.loads(path.read_text()))
 
 
-def log_train_run(registry: Registry, spec: Any, result: Any) -> RunRecord:
+def log_train_run(registry: Registry, spec: JobSpec, result: Any) -> RunRecord:
     """Log a finished training run: flattened spec, per-step metrics, mixture, fingerprints, model."""
     spec_json = spec.model_dump_json()
     commit = git_commit()
@@ -114,7 +116,7 @@ def log_train_run(registry: Registry, spec: Any, result: Any) -> RunRecord:
 model_digest = weights_digest  # the registry's name for it
 
 
-def stage_chain(result: Any, spec: Any) -> list[dict[str, Any]]:
+def stage_chain(result: Any, spec: JobSpec) -> list[dict[str, Any]]:
     """(corpus ->) base -> stage 1 -> stage 2 ...: each model with its parent, weights digest and
     data; a pretrained base names the general corpus it was built from (``base.json``)."""
     built = read_base_info(result.base_dir) or {}
@@ -159,6 +161,8 @@ def register_run(registry: Registry, record: RunRecord, model_name: str) -> Mode
         "hybridft.git_commit": record.git_commit,
         "hybridft.parent": record.base_dir,
         "hybridft.seed": str(record.seed),
+        # what a download of this version is verified against (Registry.download)
+        WEIGHTS_TAG: model_digest(record.model_dir),
         **{f"hybridft.fingerprint.{k}": v for k, v in record.fingerprints.items()},
     }
     if score is not None:
