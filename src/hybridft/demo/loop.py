@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import typer
 from rich.console import Console
 from rich.table import Table
 
 from hybridft.demo.steps import acting_as, print_step
 from hybridft.demo.synth import synthesize
+from hybridft.errors import UserError
 from hybridft.monitor.policy import load_monitor_policy
 from hybridft.monitor.retrain import retrain
 from hybridft.monitor.status import alerts_table, gather_status
@@ -44,6 +47,28 @@ from hybridft.serve.review import ReviewQueue
 
 MONITOR_POLICY = Path("policies/monitor.yaml")
 SERVE_DIR = Path(".hybridft/serve")
+DEMO_OWNED = ".made-by-hybridft-demo"  # in a serve folder the demo created (and may replace)
+
+
+def fresh_demo_root(root: Path) -> None:
+    """An empty ``root`` for the demo's endpoint. A folder the demo made before is replaced; one
+    it did not make (a user's keys, traffic log, review queue) is never deleted: the demo asks
+    on a terminal and stops otherwise."""
+    import shutil
+
+    if root.exists() and any(root.iterdir()):
+        if not (root / DEMO_OWNED).is_file():
+            question = f"{root} holds serving state the demo did not create; delete it?"
+            if not (sys.stdin.isatty() and typer.confirm(question, default=False)):
+                raise UserError(
+                    f"{root}: serving state the demo did not create (keys, traffic log, review "
+                    "queue); move it away to run `demo --full`, the demo never deletes it"
+                )
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DEMO_OWNED).write_text("the demo replaces this folder on its next run\n")
+
+
 TASK = "it_desk"
 
 
@@ -135,10 +160,7 @@ def run_loop(
 
     print_step(console, n, steps, f"serve {model}@champion (v{champion}) behind the canary router")
     paths = ServePaths(SERVE_DIR)
-    if paths.root.exists():  # a fresh endpoint per demo run: state, keys, logs
-        import shutil
-
-        shutil.rmtree(paths.root)
+    fresh_demo_root(paths.root)  # a fresh endpoint per demo run: state, keys, logs
     ensure_ray()
     spec = _canary_spec(model)
     deployer = ServeDeployer(registry, model, num_cpus=0.4)
