@@ -199,3 +199,27 @@ def test_the_routers_writer_logs_each_answer_to_sqlite_and_parquet(tmp_path: Pat
     assert rows[("request", "s0")]["completion_chars"] == 12
     assert rows[("feedback", "r0")]["success"] is True
     writer.close()
+
+
+def test_a_failed_write_keeps_the_events_and_a_close_writes_them(tmp_path: Path) -> None:
+    """A partition that cannot be written (its folder is a file here: a real OSError, as root
+    too) keeps its events for the next flush; the others are written at once; closing writes
+    what is left. Every answer handed to the writer reaches the log exactly once."""
+    from hybridft.serve.review import FeedbackStore
+    from hybridft.serve.traffic import Answer, RequestLogWriter
+
+    log = TrafficLog(tmp_path / "traffic", retention_days=30)
+    writer = RequestLogWriter(FeedbackStore(tmp_path / "traffic.db"), None, log, flush_s=3600)
+    blocked = log.partition("desk", day_of(time.time()), "2")
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a folder")  # version 2's partition cannot be made
+    for i in range(5):
+        writer.log_answer(Answer(f"a{i}", "desk", "1", "primary", 200, 0.1, "hi"))
+        writer.log_answer(Answer(f"b{i}", "desk", "2", "canary", 200, 0.1, "hi"))
+    writer.flush()
+    assert sorted(r["request_id"] for r in log.read().rows()) == [f"a{i}" for i in range(5)]
+    blocked.unlink()  # the fault clears: the kept events go out with the next write
+    writer.log_answer(Answer("c0", "desk", "1", "primary", 200, 0.1, "hi"))
+    writer.close()  # what a replica's shutdown does (CanaryRouter.__del__)
+    ids = sorted(r["request_id"] for r in log.read().rows())
+    assert ids == sorted([f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)] + ["c0"])

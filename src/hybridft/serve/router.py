@@ -37,7 +37,7 @@ from hybridft.serve.openai_api import (
     parse_request,
     prompt_text,
 )
-from hybridft.serve.openai_http import VERSION_HEADER, install_error_handlers
+from hybridft.serve.openai_http import MAX_BODY_BYTES, VERSION_HEADER, install_error_handlers
 from hybridft.serve.review import FeedbackStore, ReviewQueue
 from hybridft.serve.routing import Route, choose_route
 from hybridft.serve.traffic import (
@@ -73,7 +73,7 @@ class CanaryRouter:
     def __init__(
         self,
         serve_dir: str,
-        max_body_bytes: int = 64 * 1024,
+        max_body_bytes: int = MAX_BODY_BYTES,
         review_threshold: float = 0.5,
         traffic_log: dict[str, Any] | None = None,
         direct_channel: bool = True,
@@ -96,6 +96,10 @@ class CanaryRouter:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Decisions are made by the controller; a router counts those it sees after it starts.
         self.gauges = CanaryGauges(self.metrics, len(self.watcher.store.read().history))
+
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down
+        # the buffered traffic events and queued request-log rows are written, not dropped
+        self.log.close()
 
     # --- routes -----------------------------------------------------------------------------
 

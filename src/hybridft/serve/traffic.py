@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridft.serve.review import FeedbackStore, ReviewQueue
-from hybridft.telemetry.traffic_log import Redaction, TrafficLog
+from hybridft.telemetry.traffic_log import AppendFailed, Redaction, TrafficLog
 
 logger = logging.getLogger(__name__)
 RETENTION_EVERY_S = 3600.0  # the router also applies the traffic log's retention at start
@@ -95,6 +95,9 @@ def open_traffic_log(root: str | Path, config: dict[str, Any]) -> TrafficLog:
     return log
 
 
+CLOSE_RETRIES = 4  # tries to write the traffic buffer at shutdown, flush_s / 4 apart
+
+
 class RequestLogWriter:
     """One thread that writes the request log, the review queue and the Parquet traffic log.
 
@@ -115,6 +118,7 @@ class RequestLogWriter:
         self.traffic = traffic
         self.flush_s = flush_s
         self._events: list[dict[str, Any]] = []
+        self._failing = False
         self._oldest = 0.0
         self._retained = time.monotonic()
         self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
@@ -169,8 +173,11 @@ class RequestLogWriter:
         self._queue.join()
 
     def close(self) -> None:
+        """Write everything handed so far, then stop (a replica's shutdown calls it)."""
         self._queue.put(None)
         self._thread.join(timeout=10)
+        if self._events:  # still failing at shutdown: the count is all that can be kept
+            logger.error("traffic log: %d events could not be written", len(self._events))
 
     def _run(self) -> None:
         while True:
@@ -182,6 +189,11 @@ class RequestLogWriter:
             try:
                 if job is None:
                     self._write_events(force=True)
+                    for _ in range(CLOSE_RETRIES):  # a last few tries before giving up
+                        if not self._events:
+                            break
+                        time.sleep(self.flush_s / 4)
+                        self._write_events(force=True)
                     return
                 self._do(*job)
             except Exception as exc:  # a bad row must not stop the log; say so loudly
@@ -213,8 +225,13 @@ class RequestLogWriter:
         events, self._events = self._events, []
         try:
             self.traffic.append(events)
-        except Exception as exc:
-            logger.error("traffic log: could not append %d events: %s", len(events), exc)
+            self._failing = False
+        except AppendFailed as exc:  # kept, in order, and tried again after flush_s
+            self._events = exc.events + self._events
+            self._oldest = time.monotonic()
+            if not self._failing:  # once per failing streak, not every retry
+                logger.error("traffic log: %s; keeping them to retry", exc)
+            self._failing = True
         if time.monotonic() - self._retained > RETENTION_EVERY_S:  # a long-running router
             self._retained = time.monotonic()
             try:

@@ -132,6 +132,14 @@ def _safe(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]", "_", value) or "_"
 
 
+class AppendFailed(Exception):
+    """Some events could not be written; ``events`` are exactly those (nothing else was lost)."""
+
+    def __init__(self, events: list[dict[str, Any]], cause: Exception) -> None:
+        super().__init__(f"{len(events)} traffic events not written: {cause}")
+        self.events = events
+
+
 class TrafficLog:
     """Append and read the Parquet traffic log under ``root``."""
 
@@ -171,20 +179,36 @@ class TrafficLog:
         return row
 
     def append(self, events: Sequence[dict[str, Any]]) -> list[Path]:
-        """Write ``events`` (from :meth:`event`), one new file per (model, day, version)."""
+        """Write ``events`` (from :meth:`event`), one new file per (model, day, version).
+
+        Each file appears whole or not at all. When a partition cannot be written the others
+        still are, and ``AppendFailed`` carries exactly the events not written (to retry)."""
         groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for e in events:
             groups.setdefault((e["model"], day_of(e["ts"]), e["version"]), []).append(e)
-        written = []
+        written: list[Path] = []
+        unwritten: list[dict[str, Any]] = []
+        error: Exception | None = None
         for (model, day, version), rows in sorted(groups.items()):
-            folder = self.partition(model, day, version)
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-            tmp = folder / f".{name}.tmp"
+            try:
+                written.append(self._write_part(self.partition(model, day, version), rows))
+            except Exception as exc:  # the disk, the folder, pyarrow: kept for a retry
+                unwritten += rows
+                error = error or exc
+        if error is not None:
+            raise AppendFailed(unwritten, error)
+        return written
+
+    def _write_part(self, folder: Path, rows: list[dict[str, Any]]) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = folder / f".{name}.tmp"
+        try:
             pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
             os.replace(tmp, folder / name)
-            written.append(folder / name)
-        return written
+        finally:
+            tmp.unlink(missing_ok=True)
+        return folder / name
 
     def partition(self, model: str, day: str, version: str) -> Path:
         return self.root / f"model={_safe(model)}" / f"day={day}" / f"version={_safe(version)}"
