@@ -234,8 +234,10 @@ def bad_rows_mode(value: str) -> OnBadRows:
     Raises:
         UserError: Any other value.
     """
-    if value == "error" or value == "skip":
-        return value
+    if value == "error":
+        return "error"
+    if value == "skip":
+        return "skip"
     raise UserError(f"on_bad_rows: expected error or skip, got {value!r}")
 
 

@@ -144,7 +144,9 @@ def _per_example(result: EvalResult, task: str) -> list[float]:
     return []
 
 
-def _evaluate(spec: JobSpec, model_dir: str | Path, sets: dict[str, Any], **extra: Any) -> Any:
+def _evaluate(
+    spec: JobSpec, model_dir: str | Path, sets: dict[str, list[Example]], **extra: Any
+) -> EvalResult:
     """``evaluate_on_job_hardware`` with the job's evaluation budget."""
     return evaluate_on_job_hardware(
         spec.scaling,

@@ -20,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from hybridft.serve.canary import CanaryState
+
 # 1 ms .. 30 s: a cached or refused request at the low end, a long generation at the top.
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
@@ -149,7 +151,7 @@ class CanaryGauges:
         self.decisions_seen = decisions_seen
         self.shown: tuple[Any, ...] = ()
 
-    def show(self, state: Any) -> None:
+    def show(self, state: CanaryState) -> None:
         for decision in state.history[self.decisions_seen :]:
             self.metrics.decision(state.model, decision.decision)
         self.decisions_seen = len(state.history)

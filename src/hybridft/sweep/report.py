@@ -47,7 +47,7 @@ from hybridft.sweep.report_plan import (
     started_from,
 )
 from hybridft.sweep.report_runs import SCORES, ReportRunners, train_runs, write_atomic
-from hybridft.sweep.space import load_space
+from hybridft.sweep.space import SearchSpace, load_space
 from hybridft.sweep.stats import decide, pareto_front
 from hybridft.sweep.tune import max_concurrent_trials
 from hybridft.train import schedulable_capacity
@@ -230,7 +230,7 @@ def decide_or_hold(
     rows: list[dict[str, Any]],
     train_rows: list[Any],
     target: str,
-    space: Any,
+    space: SearchSpace,
     score: str,
     margin: float,
 ) -> dict[str, Any]:
@@ -274,7 +274,7 @@ def _base_heldout(job: JobSpec, arms: list[dict[str, Any]], rows: int) -> list[f
     return [x for t in tasks for x in scored.tasks[t].per_example]
 
 
-def _pareto(space: Any, trials: list[dict[str, Any]]) -> list[int]:
+def _pareto(space: SearchSpace, trials: list[dict[str, Any]]) -> list[int]:
     if len(space.objectives) < 2:
         return []
     points = [t for t in trials if t.get("status") == "completed"]

@@ -41,7 +41,7 @@ class ReportData:
     trials: list[dict[str, Any]]  # the sweep's trials (params, metrics, status)
     pareto: list[int] = field(default_factory=list)  # indices into trials
     importances: dict[str, float] = field(default_factory=dict)
-    directions: list[str] = field(default_factory=list)
+    directions: Sequence[str] = field(default_factory=list)
     objectives: list[str] = field(default_factory=list)
     best_params: dict[str, Any] = field(default_factory=dict)
     registration: dict[str, Any] = field(default_factory=dict)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
@@ -14,6 +14,9 @@ from ray.tune.search.optuna import OptunaSearch
 from hybridft.sweep.params import draw_distinct, make_sampler, suggest_params
 from hybridft.sweep.record import OPTUNA_NUMBER
 from hybridft.sweep.space import SearchSpace
+
+if TYPE_CHECKING:
+    import optuna
 
 STUDY_FILE = "optuna.db"
 
@@ -47,7 +50,8 @@ class FinalObjectiveSearch(OptunaSearch):
             config = super(FinalObjectiveSearch, self).suggest(trial_id)
             return self._ot_trials[trial_id], config
 
-        return draw_distinct(self._ot_study, draw)
+        # Ray declares the study None (its __init__ value); setup() made it before any suggest
+        return draw_distinct(cast("optuna.Study", self._ot_study), draw)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not (isinstance(self.metric, str) and self.metric in result):
