@@ -207,11 +207,11 @@ def evaluate_model(
             tasks[name].per_example_prob = calib.pop("gold_prob")
             if png is not None:
                 artifacts[f"reliability_{name}"] = str(png)
-        elif tasks[name].by_phrasing and len(tasks[name].by_phrasing) >= 3:
-            values = list(tasks[name].by_phrasing.values())
+        elif (by_phrasing := tasks[name].by_phrasing) and len(by_phrasing) >= 3:
+            values = list(by_phrasing.values())
             tasks[name].robustness = {
                 "by": "natural phrasings (meta.phrasing)",
-                "scores": dict(tasks[name].by_phrasing),
+                "scores": dict(by_phrasing),
                 "spread": max(values) - min(values),
             }
     rate = total / max(gen_s, 1e-9)  # examples answered per second of generation
@@ -338,7 +338,7 @@ def _shield(
     for name, (source, rows) in groups.items():
         if targets is None or source in targets:
             target_n += len(rows)
-            target_dirty += tasks[name].leakage["n_dirty"]
+            target_dirty += (tasks[name].leakage or {}).get("n_dirty", 0)
     return {
         # the release metric: eval rows of the target sources (every source when not told)
         "contamination": target_dirty / target_n if target_n else 0.0,

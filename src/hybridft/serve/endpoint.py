@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -92,7 +92,11 @@ def router_app(
 
     ``traffic_log``: a ``TrafficLogSpec`` as a dict (redaction, retention, flush interval).
     """
-    return CanaryRouter.options(ray_actor_options={"num_cpus": num_cpus}).bind(
+    from ray import serve
+
+    # mypy does not apply @serve.deployment: the class is a Deployment at run time
+    router = cast(serve.Deployment, CanaryRouter)
+    return router.options(ray_actor_options={"num_cpus": num_cpus}).bind(
         serve_dir=str(Path(serve_dir).expanduser().resolve()),
         review_threshold=review_threshold,
         traffic_log=TrafficLogSpec.model_validate(traffic_log or {}).model_dump(),

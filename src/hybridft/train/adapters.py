@@ -11,7 +11,7 @@ so stage transitions and resumes rebuild it the same way on every worker and eve
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -43,7 +43,7 @@ def add_adapter(model: torch.nn.Module, lora: dict[str, Any]) -> torch.nn.Module
     return get_peft_model(model, lora_config(lora))
 
 
-def merged(model: torch.nn.Module) -> torch.nn.Module:
+def merged(model: Any) -> Any:
     """The plain model with any adapter folded into its weights.
 
     Under ZeRO-3 (partitioned parameters) each adapted layer is gathered for its merge alone,
@@ -56,13 +56,14 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
     from peft.tuners.lora import LoraLayer
 
     for module in model.modules():
-        if isinstance(module, LoraLayer):
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+        if isinstance(module, LoraLayer):  # an nn.Module too (peft's LoRA layers are)
+            params = list(cast(torch.nn.Module, module).parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
                 module.merge()
     return model.unload()
 
 
-def apply_policy(model: torch.nn.Module, policy: str, lora: dict[str, Any]) -> torch.nn.Module:
+def apply_policy(model: Any, policy: str, lora: dict[str, Any]) -> Any:
     """The model a stage trains, given the previous stage's model and the stage's policy."""
     if policy == "full":
         # merge_and_unload leaves every base weight frozen, as LoRA had it: a full stage after a

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -160,7 +161,7 @@ def _torch_varlen_kernel() -> VarlenKernel | None:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:  # an older torch: the per-segment SDPA loop
         return None
-    return varlen_attn
+    return cast(VarlenKernel, varlen_attn)  # without return_aux it returns the output alone
 
 
 # Whole-batch varlen kernels by device type, with the dtypes each takes (flash: half types only).
@@ -269,7 +270,7 @@ def register() -> None:
     AttentionInterface.register(VARLEN, varlen_attention_forward)
 
 
-def varlen_supported(backbone: nn.Module) -> bool:
+def varlen_supported(backbone: Any) -> bool:
     """Whether a forward of ``backbone`` (a transformers decoder) can take the varlen path.
 
     Only a model of ``MODEL_TYPES`` without a sliding window, on the default ``sdpa``
@@ -286,7 +287,7 @@ def varlen_supported(backbone: nn.Module) -> bool:
     if getattr(config, "model_type", None) not in MODEL_TYPES:
         return False
     if getattr(config, "sliding_window", None) is not None or getattr(
-        config, "attention_dropout", 0.0
+        config, "attention_dropout", False
     ):
         return False
     return not any(
@@ -297,7 +298,7 @@ def varlen_supported(backbone: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def varlen_attention(backbone: nn.Module) -> Iterator[None]:
+def varlen_attention(backbone: Any) -> Iterator[None]:
     """Run ``backbone``'s forward on ``VARLEN`` attention; the config's own setting comes back."""
     register()
     config = backbone.config

@@ -75,7 +75,7 @@ class InProcessSession(LocalTrainFnUtils):
                 ckpt = Checkpoint.from_directory(str(storage / entry["dir"]))
                 self.reported.append((ckpt, entry["metrics"]))
 
-    def report(self, metrics: dict[str, Any], checkpoint: Any = None, **_: Any) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Any = None, **_: Any) -> None:  # type: ignore[override]  # the loop passes metrics and a checkpoint only
         from ray.train import Checkpoint
 
         persisted = None

@@ -102,8 +102,9 @@ def say(line: str) -> None:
     """One progress line to the worker's real stdout (Ray forwards it to the driver once).
 
     Ray Train patches ``print`` on workers into its logger, which echoed every line twice."""
-    sys.__stdout__.write(line + "\n")
-    sys.__stdout__.flush()
+    out = sys.__stdout__ or sys.stdout  # None only in a process started without one
+    out.write(line + "\n")
+    out.flush()
 
 
 def quiet_train_logs() -> None:
@@ -206,7 +207,7 @@ def run_stage(
     # per stage: what is trained (LoRA or full, a new adapter) decides the FLOPs per token
     token_flops = train_flops_per_token(engine.lm)
     start_step = 0
-    if mid_stage:
+    if mid_stage and progress.ckpt_dir is not None:
         engine.load(progress.ckpt_dir, state)
         torch.set_rng_state(state["rng_torch"])
         start_step = state["step"]

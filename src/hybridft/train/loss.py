@@ -49,7 +49,7 @@ class LossModel(nn.Module):
 
     def __init__(self, lm: nn.Module, varlen: bool = True, loss_chunk: int | None = None) -> None:
         super().__init__()
-        self.lm = lm
+        self.lm: Any = lm  # a transformers causal LM (or a peft wrapper of one)
         self.varlen = varlen
         self.loss_chunk = loss_chunk
 
@@ -93,7 +93,7 @@ class LossModel(nn.Module):
         )
 
 
-def _head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _head_loss(head: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-token cross-entropy of the LM head's fp32 logits."""
     return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
 

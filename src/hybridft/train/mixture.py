@@ -128,6 +128,7 @@ def plan_stage(
     rows = _concat(chunks)
     if target_rows is None:  # token budget: the first rows reaching it, rounded up to whole steps
         cum = np.cumsum((rows.source_ids >= 0).sum(axis=1))
+        assert tokens is not None  # a budget is steps or tokens (specs)
         need = int(np.searchsorted(cum, tokens)) + 1
         target_rows = -(-need // rows_per_step) * rows_per_step
         if target_rows > len(rows):  # rare: top up by repeating the plan's first rows

@@ -66,6 +66,11 @@ def fits_in(have: Mapping[str, float], need: Mapping[str, float]) -> float:
     return min((_floor(have.get(r, 0.0) / n) for r, n in need.items() if n > 0), default=math.inf)
 
 
+def _resource_of(resource: str) -> Callable[[NodeType], float]:
+    """A node type's amount of ``resource``."""
+    return lambda node_type: node_type.resources.get(resource, 0.0)
+
+
 def _most_of(capacity: Capacity, per_node: Callable[[NodeType], float]) -> float:
     """The most of ``per_node`` the launchable nodes hold together. Greedy, the richest type first,
     is optimal: every node, whatever its type, counts one against the same ``max_nodes``."""
@@ -143,7 +148,7 @@ def trials_that_fit(
     live = fits_in(capacity.live, trial_need)
     if not capacity.node_types:
         return live
-    totals = {r: _most_of(capacity, lambda t, r=r: t.resources.get(r, 0.0)) for r in trial_need}
+    totals = {r: _most_of(capacity, _resource_of(r)) for r in trial_need}
     by_resources = min(fits_in(totals, trial_need), _limit(capacity, trial_need))
     by_workers = _floor(launchable_workers(capacity, worker_need) / workers_per_trial)
     return max(live, min(by_resources, by_workers))

@@ -122,8 +122,11 @@ def run(
             worker process to start. For processes that train run after run (sweep trials).
     """
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    # Train V2's configs (what ray.train names when V2 is on, as it is here)
+    from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.torch.torch_trainer import TorchTrainer
 
     t0 = time.perf_counter()
     out_root = Path(output_dir or spec.output_dir).resolve()

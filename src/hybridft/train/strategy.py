@@ -65,14 +65,14 @@ def _schedule(optimizer: Any, stage: WorkerStage) -> Any:
     )
 
 
-def compile_layers(lm: torch.nn.Module) -> None:
+def compile_layers(lm: Any) -> None:
     """Compile every decoder layer in place (the loss head and embeddings stay eager)."""
     decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
     for layer in decoder.layers:
         layer.compile(dynamic=False)
 
 
-def loss_model(lm: torch.nn.Module, training: TrainingSpec) -> LossModel:
+def loss_model(lm: Any, training: TrainingSpec) -> LossModel:
     """The loss module of a job's training options (gradient checkpointing, chunked loss)."""
     if training.gradient_checkpointing:
         # non-reentrant: frozen inputs (LoRA) need no enable_input_require_grads
@@ -97,11 +97,8 @@ def ddp_engine(
 
     def backward(loss: torch.Tensor, last: bool) -> None:
         # gradients are all-reduced once per optimizer step, on its last micro-batch
-        ctx = (
-            wrapped.no_sync()
-            if (not last and hasattr(wrapped, "no_sync"))
-            else contextlib.nullcontext()
-        )
+        no_sync = getattr(wrapped, "no_sync", None)  # DDP's (a one-worker module has none)
+        ctx = no_sync() if (not last and no_sync is not None) else contextlib.nullcontext()
         with ctx:
             loss.backward()
 
@@ -159,7 +156,7 @@ def deepspeed_config(training: TrainingSpec, zero: int) -> dict[str, Any]:
     return config
 
 
-def _deepspeed_checkpoint_types() -> list[type]:
+def _deepspeed_checkpoint_types() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
     """The only non-tensor classes in the ZeRO-2/3 checkpoints this loop writes (DeepSpeed
     0.19): the loss scaler, the ZeRO stage enum and a fragment address (plain data)."""
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
@@ -205,7 +202,7 @@ def deepspeed_engine(
         engine.backward(loss * accum)  # DeepSpeed divides by accumulation steps itself
         engine.step()  # steps the optimizer only at the accumulation boundary
 
-    closed = []
+    closed: list[bool] = []
 
     def close() -> None:
         if not closed:  # the optimizer state and ZeRO's buffers and hooks go now, not at exit

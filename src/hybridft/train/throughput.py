@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -98,14 +99,14 @@ def _weight_of(module: torch.nn.Module | None) -> torch.nn.Parameter | None:
     return getattr(module, "weight", None) if module is not None else None
 
 
-def non_embedding_params(model: torch.nn.Module) -> int:
+def non_embedding_params(model: Any) -> int:
     """Parameters excluding the input embeddings (and a tied output head, which shares them)."""
     has_emb = hasattr(model, "get_input_embeddings")
     emb = _weight_of(model.get_input_embeddings() if has_emb else None)
     return sum(_numel(p) for p in model.parameters()) - (_numel(emb) if emb is not None else 0)
 
 
-def train_flops_per_token(model: torch.nn.Module) -> float:
+def train_flops_per_token(model: Any) -> float:
     """Matmul FLOPs of one trained token through ``model``: 6 per trainable weight, 4 per frozen.
 
     Counts every parameter but the input embedding table (a lookup, not a matmul); the LM head is

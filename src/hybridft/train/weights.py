@@ -91,7 +91,7 @@ def gather_to_rank0(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     weights are gathered once. Replicated parameters are read where they are."""
     rank0 = _rank() == 0
     out: dict[str, torch.Tensor] = {}
-    copies: dict[int, torch.Tensor] = {}
+    copies: dict[int, torch.Tensor | None] = {}
     for key, value in module.state_dict(keep_vars=True).items():
         if id(value) not in copies:
             if _partitioned(value):
@@ -102,8 +102,9 @@ def gather_to_rank0(module: torch.nn.Module) -> dict[str, torch.Tensor]:
             else:
                 copy = value.detach().cpu() if rank0 else None
             copies[id(value)] = copy
-        if rank0:
-            out[key] = copies[id(value)]
+        copy = copies[id(value)]
+        if copy is not None:  # rank 0
+            out[key] = copy
     return out
 
 
@@ -119,7 +120,7 @@ def load_from_rank0(model: torch.nn.Module, state: dict[str, torch.Tensor] | Non
         if id(p) in seen:
             continue
         seen.add(id(p))
-        has = torch.tensor(int(rank0 and state is not None and name in state))
+        has = torch.tensor(int(state is not None and rank0 and name in state))
         if dist.is_initialized():
             dist.broadcast(has, src=0)
         if not int(has):
@@ -128,11 +129,11 @@ def load_from_rank0(model: torch.nn.Module, state: dict[str, torch.Tensor] | Non
             import deepspeed
 
             with deepspeed.zero.GatheredParameters([p], modifier_rank=0), torch.no_grad():
-                if rank0:
+                if state is not None and rank0:
                     p.copy_(state[name])
         else:
             with torch.no_grad():
-                if rank0:
+                if state is not None and rank0:
                     p.copy_(state[name])
                 if dist.is_initialized():
                     dist.broadcast(p.data, src=0)
