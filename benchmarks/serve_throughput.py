@@ -86,10 +86,10 @@ def router_overhead(root_url: str, direct_url: str, key: str, n: int, seed: int 
     via, direct = [], []
     with httpx.Client(timeout=60) as client:
         timed_posts(client, f"{root_url}/v1/completions", body, auth, 20)  # warm up
-        timed_posts(client, f"{direct_url}/v1/completions", body, {}, 20)
+        timed_posts(client, f"{direct_url}/v1/completions", body, auth, 20)  # the same key
         for _ in range(n):
             via += timed_posts(client, f"{root_url}/v1/completions", body, auth, 1)
-            direct += timed_posts(client, f"{direct_url}/v1/completions", body, {}, 1)
+            direct += timed_posts(client, f"{direct_url}/v1/completions", body, auth, 1)
     v, d = np.array(via) * 1e3, np.array(direct) * 1e3
     rng = np.random.default_rng(seed)
     boot = [
@@ -270,6 +270,7 @@ def main() -> None:
                 num_cpus=0.5,
                 max_batch_size=args.clients,
                 batch_wait_s=wait_ms / 1000,
+                serve_dir=str(paths.root),  # its HTTP door checks the router's keys too
             )
             serve.run(build_app(direct), name="direct", route_prefix="/direct")
             return f"http://127.0.0.1:{port}/direct"
@@ -283,7 +284,8 @@ def main() -> None:
         for wait_ms in waits:
             print(f"(b) throughput: batched deployment, batch wait {wait_ms:g} ms ...", flush=True)
             url = direct_app(wait_ms)
-            got = load(f"{url}/v1/completions", {}, args.clients, args.seconds, args.max_tokens)
+            auth = {"authorization": f"Bearer {key}"}
+            got = load(f"{url}/v1/completions", auth, args.clients, args.seconds, args.max_tokens)
             results["batched_by_wait_ms"][f"{wait_ms:g}"] = got
             print(json.dumps(got), flush=True)
         results["batched"] = results["batched_by_wait_ms"][f"{waits[0]:g}"]

@@ -110,3 +110,25 @@ def test_data_stats_counts_truncation_against_the_jobs_max_len(
     job = write_job(tmp_path, spec)
     assert truncated("--max-len", "16") == truncated("--job", str(job))
     assert truncated("--max-len", "16") != truncated()  # the default (256) truncates fewer
+
+
+def test_serve_without_keys_only_on_a_loopback_host(tmp_path: Path) -> None:
+    proc = hybridft(
+        "serve", "m@1", "--host", "0.0.0.0", "--insecure-local", "--serve-dir", str(tmp_path)
+    )
+    assert one_error_line(proc) == (
+        "error: --insecure-local: serving without API keys is allowed on a loopback host only "
+        "(127.0.0.1, ::1, localhost), got --host 0.0.0.0"
+    )
+
+
+def test_serve_with_an_empty_key_store_says_how_to_make_a_key(
+    tmp_path: Path, registry, make_version
+) -> None:
+    version = make_version("desk", {"accuracy": 0.9})
+    uri = registry.tracking_uri
+    proc = hybridft("serve", f"desk@{version}", "--tracking-uri", uri, "--serve-dir", str(tmp_path))
+    line = one_error_line(proc)
+    keys = tmp_path.resolve() / "keys.db"
+    assert line.startswith(f"error: serve: no API keys in {keys}: create one with `hybridft keys")
+    assert f"--serve-dir {tmp_path.resolve()}`" in line and "--insecure-local" in line

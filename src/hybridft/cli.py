@@ -22,7 +22,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Demo data, validation and sta
 app.add_typer(data_app, name="data")
 catalog_app = typer.Typer(no_args_is_help=True, help="The data catalog: provenance and reviews.")
 app.add_typer(catalog_app, name="catalog")
-from hybridft.cli_serve import canary_app, keys_app, review_app  # noqa: E402
+from hybridft.cli_serve import ServeDirOpt, canary_app, keys_app, review_app  # noqa: E402
 
 app.add_typer(canary_app, name="canary")
 app.add_typer(keys_app, name="keys")
@@ -211,9 +211,17 @@ def serve(
     adapter: list[str] = typer.Option(
         [], "--adapter", help="NAME=DIR: a LoRA adapter, served as model id MODEL:NAME (repeat)"
     ),
+    serve_dir: Path = ServeDirOpt,
+    insecure_local: bool = typer.Option(
+        False, "--insecure-local", help="no API keys; allowed only with a loopback --host"
+    ),
     tracking_uri: str = TrackingOpt,
 ) -> None:
-    """Serve a registered version behind an OpenAI-compatible API (Ctrl-C to stop)."""
+    """Serve a registered version behind an OpenAI-compatible API (Ctrl-C to stop).
+
+    Requests need an API key of the endpoint's key store (`hybridft keys create NAME`), as
+    through the canary router; --insecure-local serves without keys, on a loopback host only.
+    """
     from hybridft.serve.launch import serve_version  # heavy: Ray Serve, torch, MLflow
 
     adapters = {}
@@ -222,7 +230,15 @@ def serve(
         if not sep or not name or not path:
             raise UserError(f"--adapter {item!r}: expected NAME=DIR")
         adapters[name] = path
-    url = serve_version(ref, host=host, port=port, tracking_uri=tracking_uri, adapters=adapters)
+    url = serve_version(
+        ref,
+        host=host,
+        port=port,
+        tracking_uri=tracking_uri,
+        adapters=adapters,
+        serve_dir=serve_dir,
+        insecure_local=insecure_local,
+    )
     console.print(f"[green]serving[/] {ref} at {url}  (Ctrl-C to stop)")
     import time
 

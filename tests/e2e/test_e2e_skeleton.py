@@ -60,6 +60,7 @@ def test_skeleton_train_eval_register_serve_answer(ray_session, demo_data, tmp_p
     from hybridft.registry.client import Registry
     from hybridft.registry.registration import evaluate_run
     from hybridft.registry.tracking import RunRecord, register_run
+    from hybridft.serve.keys import KeyStore
     from hybridft.serve.launch import serve_version
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -129,11 +130,11 @@ def test_skeleton_train_eval_register_serve_answer(ray_session, demo_data, tmp_p
     assert order == sorted(order)  # version -> run -> stage -> base -> corpus, as a tree
 
     port = free_port()
-    url = serve_version(
-        f"e2e-model@{version.version}", port=port, tracking_uri=uri, cache=tmp_path / "served"
-    )
+    key = KeyStore(tmp_path / "serve" / "keys.db").create("e2e")  # the door: the router's keys
+    url = serve_version(f"e2e-model@{version.version}", port=port, tracking_uri=uri,
+                        cache=tmp_path / "served", serve_dir=tmp_path / "serve")  # fmt: skip
     try:
-        client = openai.OpenAI(base_url=url, api_key="test")
+        client = openai.OpenAI(base_url=url, api_key=key)
         ticket = json.loads((demo_data / "sft/it_desk/test.jsonl").read_text().splitlines()[0])
         reply = client.chat.completions.create(
             model="e2e-model",

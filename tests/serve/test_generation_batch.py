@@ -134,6 +134,68 @@ def test_batch_of_one_is_generate(engine):
     assert engine.generate_batch([]) == []
 
 
+def _assert_close(a: Completion, b: Completion, tol: float = 1e-5) -> None:
+    """Same answer and tokens; logprobs equal to ``tol`` (padding changes float sums a little)."""
+    assert (a.text, a.finish_reason, a.completion_tokens) == (
+        b.text,
+        b.finish_reason,
+        b.completion_tokens,
+    )
+    for field in ("logprobs", "prompt_logprobs"):
+        mine, theirs = getattr(a, field), getattr(b, field)
+        assert (mine is None) == (theirs is None)
+        for x, y in zip(mine or (), theirs or (), strict=True):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert (x.token_id, [i for i, _ in x.top]) == (y.token_id, [i for i, _ in y.top])
+                assert [x.logprob, *dict(x.top).values()] == pytest.approx(
+                    [y.logprob, *dict(y.top).values()], abs=tol
+                )
+
+
+def test_logprobs_in_a_batch_match_each_row_alone_and_a_forward_pass(engine):
+    ids = [engine.text_prompt_ids(t) for t in TEXTS[:5]]
+    requests = [
+        (ids[0], SamplingParams(max_tokens=7, logprobs=3)),
+        (ids[1], SamplingParams(max_tokens=9, temperature=1.3, seed=4, logprobs=0)),
+        (ids[2], SamplingParams(max_tokens=5, logprobs=2, prompt_logprobs=2)),
+        (ids[3], SamplingParams(max_tokens=0, prompt_logprobs=1)),  # scores its prompt only
+        (ids[4], SamplingParams(max_tokens=6)),  # no logprobs among rows that have them
+    ]
+    batched = engine.generate_batch(requests)
+    alone = _alone(engine, requests)
+    for b, a in zip(batched, alone, strict=True):
+        _assert_close(b, a)
+    assert batched[4].logprobs is None and batched[3].completion_tokens == 0
+    assert len(batched[1].logprobs) == batched[1].completion_tokens  # eos/stop tokens included
+    # Generated and prompt logprobs are the model's distribution at temperature 1.
+    for out, (prompt, _) in zip(batched[:3], requests[:3], strict=True):
+        new = [e.token_id for e in out.logprobs]
+        with torch.inference_mode():
+            logits = engine.model(input_ids=torch.tensor([prompt + new])).logits[0]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for j, e in enumerate(out.logprobs):
+            assert e.logprob == pytest.approx(
+                float(logp[len(prompt) - 1 + j, e.token_id]), abs=1e-5
+            )
+    scored = batched[3].prompt_logprobs
+    with torch.inference_mode():
+        logp = torch.log_softmax(engine.model(input_ids=torch.tensor([ids[3]])).logits[0], -1)
+    assert scored[0] is None and len(scored) == len(ids[3])
+    want = [float(logp[t - 1, ids[3][t]]) for t in range(1, len(ids[3]))]
+    assert [e.logprob for e in scored[1:]] == pytest.approx(want, abs=1e-5)
+    assert [i for i, _ in scored[1].top] == logp[0].topk(1).indices.tolist()
+
+
+def test_streamed_logprobs_add_up_to_the_whole_answer(engine):
+    ids = engine.text_prompt_ids(TEXTS[3])
+    params = _with_stop_cutting(engine, ids, SamplingParams(max_tokens=14, logprobs=2))
+    whole = engine.generate(ids, params)
+    steps = list(engine.stream(ids, params))
+    assert [e for s in steps for e in s.logprobs] == list(whole.logprobs)
+    assert whole.finish_reason == "stop" and len(whole.logprobs) == whole.completion_tokens
+
+
 LABELS = ["network", "hardware failure", "a", "billing question about invoices"]
 
 

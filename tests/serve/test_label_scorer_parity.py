@@ -22,6 +22,7 @@ from hybridft.evaluate.scoring import label_end_of, label_logprobs
 from hybridft.model.device import load_model_on
 from hybridft.model.hf import load_model, load_tokenizer, save_model
 from hybridft.serve.generation import GenerationEngine
+from hybridft.serve.keys import KeyStore
 
 LABELS = ["network low", "network high", "hardware", "identity medium"]
 SYSTEM = "You route support tickets."
@@ -167,7 +168,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, model_dir, evaluated):
+def served(ray_session, model_dir, evaluated, tmp_path_factory):
     """The model behind Serve with the task as ``endpoint.classification_tasks`` reads it from
     eval.json, plus the same task declared with answers that go on past the label."""
     from ray import serve
@@ -179,12 +180,15 @@ def served(ray_session, model_dir, evaluated):
     tasks = {"desk": task, "desk_reply": {**task, "label_end": "newline"}}
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve_dir = tmp_path_factory.mktemp("serve")
+    key = KeyStore(serve_dir / "keys.db").create("tests")  # the door: the router's key store
     args = ServeModelArgs(
-        model_dir=str(model_dir), model_name="m", version="1", tasks=tasks, num_cpus=0.25
-    )
+        model_dir=str(model_dir), model_name="m", version="1", tasks=tasks, num_cpus=0.25,
+        serve_dir=str(serve_dir),
+    )  # fmt: skip
     handle = serve.run(build_app(args), name="test-label-parity", route_prefix="/parity")
     client = openai.OpenAI(
-        base_url=f"http://127.0.0.1:{port}/parity/v1", api_key="x", max_retries=3, timeout=30
+        base_url=f"http://127.0.0.1:{port}/parity/v1", api_key=key, max_retries=3, timeout=30
     )
     yield client, handle
     serve.shutdown()

@@ -16,6 +16,7 @@ from hybridft.errors import UserError
 from hybridft.model.hf import load_model
 from hybridft.serve.adapters import AdapterSet, check_adapter_dir
 from hybridft.serve.generation import GenerationEngine, SamplingParams
+from hybridft.serve.keys import KeyStore
 
 PROMPT = [{"role": "user", "content": "Ticket 3: my laptop cannot reach the VPN"}]
 
@@ -108,7 +109,7 @@ def _free_port() -> int:
 
 @pytest.mark.ray
 def test_multiplexed_deployment_serves_each_adapter_by_model_id(
-    ray_session, tiny_model_dir, adapter_dirs
+    ray_session, tiny_model_dir, adapter_dirs, tmp_path
 ):
     from ray import serve
 
@@ -118,10 +119,11 @@ def test_multiplexed_deployment_serves_each_adapter_by_model_id(
     for model_id, path in (("tiny", None), *((f"tiny:{n}", p) for n, p in adapter_dirs.items())):
         engine = _reference_engine(tiny_model_dir, path)
         expected[model_id] = _answer(engine)
+    key = KeyStore(tmp_path / "keys.db").create("tests")  # the door: the router's key store
     url = deploy(str(tiny_model_dir), "tiny", "1", port=_free_port(), app_name="test-adapters",
-                 adapters=adapter_dirs)  # fmt: skip
+                 adapters=adapter_dirs, serve_dir=tmp_path)  # fmt: skip
     try:
-        client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=60)
+        client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=60)
         assert sorted(m.id for m in client.models.list().data) == sorted(expected)
 
         def ask(model_id: str) -> tuple[str, str]:

@@ -1,7 +1,8 @@
 """The OpenAI-compatible deployment, driven over real HTTP by the official ``openai`` client.
 
-One deployment for the module (on a free port of the shared Ray instance); Serve is shut down in
-teardown, Ray keeps running for the other tests.
+One deployment for the module (on a free port of the shared Ray instance), behind its HTTP door
+(an API key from the router's key store); Serve is shut down in teardown, Ray keeps running for
+the other tests.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch
 from hybridft.errors import UserError
 from hybridft.model.hf import load_model, load_tokenizer
 from hybridft.serve import deploy
+from hybridft.serve.canary import ServePaths
 from hybridft.serve.generation import GenerationEngine, SamplingParams
+from hybridft.serve.keys import KeyStore
 from hybridft.serve.openai_http import VERSION_HEADER
 
 pytestmark = pytest.mark.ray
@@ -36,17 +39,28 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_session, tiny_model_dir):
+def serve_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="module")
+def api_key(serve_dir) -> str:
+    return KeyStore(ServePaths(serve_dir).keys).create("tests")
+
+
+@pytest.fixture(scope="module")
+def base_url(ray_session, tiny_model_dir, serve_dir, api_key):
     from ray import serve
 
-    url = deploy(str(tiny_model_dir), NAME, VERSION, port=_free_port(), app_name="test-openai")
+    url = deploy(str(tiny_model_dir), NAME, VERSION, port=_free_port(), app_name="test-openai",
+                 serve_dir=serve_dir)  # fmt: skip
     yield url
     serve.shutdown()
 
 
 @pytest.fixture(scope="module")
-def client(base_url) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=30)
+def client(base_url, api_key) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +68,9 @@ def tokenizer(tiny_model_dir):
     return load_tokenizer(tiny_model_dir)
 
 
-def _post(base_url: str, path: str, **kwargs) -> httpx.Response:
-    return httpx.post(f"{base_url}{path}", timeout=30, **kwargs)
+def _post(base_url: str, path: str, key: str | None = None, **kwargs) -> httpx.Response:
+    headers = {**kwargs.pop("headers", {}), **({"authorization": f"Bearer {key}"} if key else {})}
+    return httpx.post(f"{base_url}{path}", timeout=30, headers=headers, **kwargs)
 
 
 def _chat(**overrides):
@@ -180,7 +195,7 @@ BAD_REQUESTS = [
     pytest.param(CHAT, {"json": _chat(temperature="hot")}, 400, "temperature", id="temp-type"),
     pytest.param(CHAT, {"json": _chat(stream="yes")}, 400, "stream", id="stream-type"),
     pytest.param(CHAT, {"json": {"model": NAME}}, 400, "messages", id="missing-messages"),
-    pytest.param(CHAT, {"json": _chat(n=2)}, 400, "n", id="n-above-one"),
+    pytest.param(CHAT, {"json": _chat(n=0)}, 400, "n", id="n-below-one"),
     pytest.param(CHAT, {"json": _chat(best_of=3)}, 400, "best_of", id="unknown-field"),
     pytest.param(CHAT, {"json": [1, 2]}, 400, None, id="body-not-object"),
     pytest.param("/completions", TOO_LONG, 400, "prompt", id="prompt-over-context"),
@@ -189,8 +204,8 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize(("path", "kwargs", "status", "param"), BAD_REQUESTS)
-def test_bad_requests_get_openai_errors(base_url, path, kwargs, status, param):
-    reply = _post(base_url, path, **kwargs)
+def test_bad_requests_get_openai_errors(base_url, api_key, path, kwargs, status, param):
+    reply = _post(base_url, path, api_key, **kwargs)
     assert reply.status_code == status, reply.text
     assert reply.headers[VERSION_HEADER] == TAG
     error = reply.json()["error"]
@@ -209,10 +224,10 @@ def test_openai_client_sees_typed_errors(client):
     assert too_long.value.code == "context_length_exceeded"
 
 
-def test_server_still_answers_after_bad_requests(base_url, client):
+def test_server_still_answers_after_bad_requests(base_url, api_key, client):
     for case in BAD_REQUESTS:
         path, kwargs, _, _ = case.values
-        _post(base_url, path, **kwargs)
+        _post(base_url, path, api_key, **kwargs)
     health = httpx.get(base_url.removesuffix("/v1") + "/health", timeout=10)
     assert health.status_code == 200
     assert health.json() == {"status": "ok", "model": NAME, "version": VERSION}
@@ -223,3 +238,115 @@ def test_server_still_answers_after_bad_requests(base_url, client):
 def test_deploy_rejects_a_directory_without_a_model(ray_session, tmp_path):
     with pytest.raises(UserError, match="model_dir"):
         deploy(str(tmp_path), NAME, VERSION, port=_free_port())
+
+
+# --- the door: the router's API keys, body cap and /metrics (serve.model_door) ---------------
+
+
+def _root(base_url: str) -> str:
+    return base_url.removesuffix("/v1")
+
+
+def _requests_counted(base_url: str, route: str, status: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = httpx.get(f"{_root(base_url)}/metrics", timeout=10)  # no key, as on the router
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            if sample.name == "hybridft_requests_total" and sample.labels == {
+                "version": VERSION, "arm": "direct", "route": route, "status": status,
+            }:  # fmt: skip
+                return sample.value
+    return 0.0
+
+
+def test_requests_without_a_valid_key_get_401(base_url, serve_dir, client):
+    for path in ("/chat/completions", "/completions"):
+        reply = _post(base_url, path, json=_chat())  # no Authorization header
+        assert reply.status_code == 401, reply.text
+        assert reply.headers[VERSION_HEADER] == TAG
+        assert reply.json()["error"]["type"] == "authentication_error"
+        assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+    assert httpx.get(f"{base_url}/models", timeout=10).status_code == 401
+    wrong = openai.OpenAI(base_url=base_url, api_key="hft-" + "x" * 43, max_retries=0, timeout=30)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        wrong.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=2)
+    assert refused.value.code == "invalid_api_key"
+    # a revoked key is refused at once (the key store is the router's, read per request)
+    store = KeyStore(ServePaths(serve_dir).keys)
+    revoked = openai.OpenAI(base_url=base_url, api_key=store.create("gone"), max_retries=0)
+    assert revoked.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=2).choices
+    store.revoke("gone")
+    with pytest.raises(openai.AuthenticationError):
+        revoked.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=2)
+    # the right key gets in; health stays open (deploy's own probe)
+    assert client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=2).choices
+    assert httpx.get(f"{_root(base_url)}/health", timeout=10).status_code == 200
+
+
+def _status_of_partial_post(base_url: str, api_key: str, head: dict[str, str], part: bytes) -> int:
+    """Send the headers and only ``part`` of the body; the door must answer without the rest
+    (a server that reads the whole body first waits for it and times out here)."""
+    url = httpx.URL(base_url)
+    lines = [f"POST {url.path}/completions HTTP/1.1", f"Host: {url.host}:{url.port}",
+             f"Authorization: Bearer {api_key}", "Content-Type: application/json",
+             *(f"{k}: {v}" for k, v in head.items())]  # fmt: skip
+    with socket.create_connection((url.host, url.port), timeout=15) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + part)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_a_body_over_the_cap_is_refused_before_it_is_read(base_url, api_key, client):
+    part = b'{"model": "tiny-chat", "prompt": "' + b"x" * 1000
+    declared = {"Content-Length": str(5_000_000)}  # 5 MB announced, 1 KB sent
+    assert _status_of_partial_post(base_url, api_key, declared, part) == 413
+    # no length announced (chunked): refused once what arrived passes the cap
+    chunk = b"x" * 70_000  # the router's limit is 64 KiB
+    chunked = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"  # no last chunk: more to come
+    unsized = {"Transfer-Encoding": "chunked"}
+    assert _status_of_partial_post(base_url, api_key, unsized, chunked) == 413
+    reply = _post(base_url, "/completions", api_key, json={"model": NAME, "prompt": "x" * 70_000})
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"
+    assert "limit is 65536" in reply.json()["error"]["message"]
+    with pytest.raises(openai.APIStatusError) as five_mb:  # the real client, as users meet it
+        client.completions.create(model=NAME, prompt="x" * 5_000_000, max_tokens=1)
+    assert five_mb.value.status_code == 413
+    assert client.completions.create(model=NAME, prompt="still here", max_tokens=2).choices
+
+
+def test_metrics_count_the_requests_the_door_answered(base_url, client):
+    before = _requests_counted(base_url, "chat", "200")
+    refused = _requests_counted(base_url, "chat", "401")
+    client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=2)
+    _post(base_url, "/chat/completions", json=_chat())  # no key
+    assert _requests_counted(base_url, "chat", "200") == before + 1
+    assert _requests_counted(base_url, "chat", "401") == refused + 1
+
+
+def test_insecure_local_serves_loopback_clients_without_keys(base_url, tiny_model_dir):
+    from ray import serve
+
+    port = httpx.URL(base_url).port
+    url = deploy(str(tiny_model_dir), NAME, VERSION, port=port, app_name="test-openai-local",
+                 route_prefix="/local", insecure_local=True)  # fmt: skip
+    try:
+        reply = _post(url, "/chat/completions", json=_chat(max_tokens=2))  # no key at all
+        assert reply.status_code == 200, reply.text
+    finally:
+        serve.delete("test-openai-local")
+
+
+def test_deploy_refuses_an_empty_key_store_and_insecure_local_off_loopback(
+    ray_session, tiny_model_dir, tmp_path
+):
+    with pytest.raises(UserError, match="hybridft keys create NAME"):
+        deploy(str(tiny_model_dir), NAME, VERSION, serve_dir=tmp_path / "empty")
+    with pytest.raises(UserError, match="loopback host only"):
+        deploy(str(tiny_model_dir), NAME, VERSION, host="0.0.0.0", insecure_local=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hybridft.demo.loop import run_loop
+from hybridft.demo.loop import SERVE_DIR, fresh_demo_root, run_loop
 from hybridft.demo.steps import acting_as, print_step
 from hybridft.demo.synth import synthesize
 from hybridft.evaluate.table import eval_table
@@ -24,6 +24,8 @@ from hybridft.registry.gates import approve, evaluate_gate, promote
 from hybridft.registry.lineage import describe_lineage, lineage_tree
 from hybridft.registry.policy import load_policy
 from hybridft.registry.registration import evaluate_run, register_version
+from hybridft.serve.canary import ServePaths
+from hybridft.serve.keys import KeyStore
 from hybridft.serve.launch import serve_version
 from hybridft.sweep.report import build_report
 from hybridft.sweep.report_html import decision_tables
@@ -47,6 +49,8 @@ def run_demo(
     on the reviewed data, a new canary, and a trace of one of its answers.
     """
     steps = LOOP_STEPS if full else STEPS
+    if full:  # the loop replaces the serving folder: only one the demo made (or asks)
+        fresh_demo_root(SERVE_DIR)
     console = Console(width=max(Console().width, 120))
     t_start = time.perf_counter()
     t = print_step(console, 1, steps, "demo data (deterministic, seed 0)")
@@ -92,12 +96,16 @@ def run_demo(
     console.print(lineage_tree(describe_lineage(registry, ref)), width=200)
 
     print_step(console, 7, steps, f"serve {ref} on Ray Serve (OpenAI-compatible)")
-    url = serve_version(ref, port=port)
+    keys = KeyStore(ServePaths(SERVE_DIR).keys)  # the door wants a key, as the router does
+    if any(k.name == "demo" for k in keys.list()):
+        keys.revoke("demo")  # keys are stored hashed: a fresh one per run
+    api_key = keys.create("demo")
+    url = serve_version(ref, port=port, serve_dir=SERVE_DIR)
 
-    print_step(console, 8, steps, "one request with the openai client")
+    print_step(console, 8, steps, "one request with the openai client (an API key)")
     import openai
 
-    client = openai.OpenAI(base_url=url, api_key="demo")
+    client = openai.OpenAI(base_url=url, api_key=api_key)
     sample = json.loads(Path(data_dir, "sft/it_desk/test.jsonl").read_text().splitlines()[0])
     reply = client.chat.completions.create(
         model=MODEL_NAME,

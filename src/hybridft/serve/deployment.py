@@ -27,26 +27,21 @@ from hybridft.errors import UserError
 from hybridft.model.device import Dtype
 from hybridft.serve.adapters import AdapterHandle, AdapterSet
 from hybridft.serve.channel import ChannelServer
-from hybridft.serve.generation import GenerationEngine, SamplingParams
+from hybridft.serve.generation import GenerationEngine
+from hybridft.serve.model_door import DoorSpec, ModelServerDoor
 from hybridft.serve.openai_api import (
-    AssistantMessage,
-    ChatChoice,
-    ChatCompletion,
     ChatCompletionRequest,
-    CompletionChoice,
     CompletionRequest,
     ModelCard,
     ModelList,
     OpenAIError,
-    TextCompletion,
-    Usage,
-    chat_chunks,
-    completion_chunks,
     parse_request,
-    sse_events,
 )
-from hybridft.serve.openai_http import VERSION_HEADER, install_error_handlers
+from hybridft.serve.openai_choices import Row, answer_body, choice_rows, token_text_of
+from hybridft.serve.openai_http import install_error_handlers
+from hybridft.serve.openai_stream import chat_chunks, completion_chunks, sse_events
 from hybridft.serve.request_checks import (
+    check_fields,
     checked_prompt,
     label_set,
     sampling_params,
@@ -70,40 +65,13 @@ MAX_ADAPTERS_PER_REPLICA = 4  # LoRA adapters one replica keeps loaded (Serve un
 app = FastAPI(title="hybridft model server", docs_url=None, redoc_url=None)
 
 
-def _server() -> "ModelServer":
-    # The FastAPI app is shared by the class; the replica's instance is reachable the same way
-    # Serve itself injects `self` into routes.
-    return serve.get_replica_context().servable_object
-
-
-class _ModelVersionHeader:
-    """ASGI middleware: stamp every HTTP response with the serving model version."""
-
-    def __init__(self, asgi_app: Any) -> None:
-        self.app = asgi_app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        tag = getattr(_server(), "version_tag", None)
-        header = (VERSION_HEADER.encode(), str(tag).encode())
-
-        async def send_with_version(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start" and tag is not None:
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_version)
-
-
 def _sse(chunks: Iterator[BaseModel]) -> StreamingResponse:
     return StreamingResponse(sse_events(chunks), media_type="text/event-stream")
 
 
 # Everything the routes use must exist before this point: @serve.ingress pickles the app (routes
 # included, by value, with the module globals defined so far) when the class is decorated.
-app.add_middleware(_ModelVersionHeader)
+app.add_middleware(ModelServerDoor)  # version header; API key, body cap, /metrics (model_door)
 install_error_handlers(app)
 
 
@@ -152,7 +120,8 @@ class ModelServer:
     callers that set the multiplexed model id reach a replica that has it loaded).
 
     ``device`` / ``dtype``: where and in which dtype the replica runs the model (``"cuda"`` when
-    the deployment reserves GPUs, see ``launch.build_app``).
+    the deployment reserves GPUs, see ``launch.build_app``). ``door``: who its HTTP routes let
+    in (``model_door``: the router's API keys and body cap; not used behind the router).
     """
 
     def __init__(
@@ -168,17 +137,20 @@ class ModelServer:
         channel: bool = True,
         device: str = "cpu",
         dtype: Dtype = "auto",
+        door: DoorSpec | None = None,
     ) -> None:
         self.engine = GenerationEngine.from_dir(model_dir, device=device, dtype=dtype)
         self.adapters = AdapterSet(self.engine.model, adapters) if adapters else None
         self.model_name = model_name
         self.version = version
         self.version_tag = f"{model_name}/{version}"
+        self.door = door  # read by ModelServerDoor; None: HTTP requests need a key, none opens
         self.max_tokens_limit = max_tokens_limit
         self.tasks = tasks or {}
         self.created = int(time.time())
-        self._generate_batched.set_max_batch_size(max_batch_size)
-        self._generate_batched.set_batch_wait_timeout_s(batch_wait_s)
+        batched: Any = self._generate_batched  # @serve.batch's setters (untyped in Ray)
+        batched.set_max_batch_size(max_batch_size)
+        batched.set_batch_wait_timeout_s(batch_wait_s)
         self.batch_wait_s = batch_wait_s
         self._in_flight = 0  # non-streamed requests waiting for or inside a decode batch
         self.batches = {"batches": 0, "requests": 0}  # decode loops run, requests they served
@@ -186,8 +158,9 @@ class ModelServer:
         self.channel = _start_channel(self.answer) if channel else None
 
     def __del__(self) -> None:  # Serve calls it when the replica shuts down
-        if getattr(self, "channel", None) is not None:
-            self.channel.close()
+        channel = getattr(self, "channel", None)  # None, or absent if __init__ failed
+        if channel is not None:
+            channel.close()
 
     # --- the handle API (the canary router) ---------------------------------------------------
 
@@ -257,38 +230,25 @@ class ModelServer:
         adapter = self._check_model(request.model)
         if adapter is not None:
             await self._adapter(adapter)  # Serve's multiplexed cache (LRU per replica)
-        prompt_ids = self._prompt_ids(kind, request)
+        check_fields(request, self.engine)
+        prompts = self._prompts(kind, request)
         scoring = label_set(request, self.tasks)
+        params = sampling_params(request, self.max_tokens_limit)
         self._in_flight += 1
         try:
             # Hold a batch open only when the replica is busy: a lone request on an idle
             # replica has nobody to wait for (with the 40 ms window it took ~57 ms instead of
             # ~20 ms); under load the window fills batches as before.
             wait = self.batch_wait_s if self._busy() else 0.0
-            self._generate_batched.set_batch_wait_timeout_s(wait)
-            out = await self._generate_batched(
-                (prompt_ids, sampling_params(request, self.max_tokens_limit), adapter)
-            )
+            self._generate_batched.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
+            # Every choice of the request (prompts x n) rides in the same decode batch.
+            outs = await self._generate_batched((choice_rows(prompts, request.n, params), adapter))
         finally:
             self._in_flight -= 1
-        if isinstance(out, Exception):
-            self._raise(out)
-        usage = Usage.of(out.prompt_tokens, out.completion_tokens)
-        if kind == "chat":
-            message = AssistantMessage(content=out.text)
-            body: dict[str, Any] = ChatCompletion(
-                model=self.model_name,
-                system_fingerprint=self.version_tag,
-                choices=[ChatChoice(message=message, finish_reason=out.finish_reason)],
-                usage=usage,
-            ).model_dump()
-        else:
-            body = TextCompletion(
-                model=self.model_name,
-                system_fingerprint=self.version_tag,
-                choices=[CompletionChoice(text=out.text, finish_reason=out.finish_reason)],
-                usage=usage,
-            ).model_dump()
+        for out in outs:
+            if isinstance(out, Exception):
+                self._raise(out)
+        body = answer_body(kind, request, prompts, outs, self._ids(), self.engine.tokenizer)
         if scoring is not None:
             labels, temperature, label_end, task = scoring
             # Scored as evaluation scores (``evaluate.scoring``): from the turns, not the ids.
@@ -319,32 +279,34 @@ class ModelServer:
                 "labels/task: label probabilities are not returned on streamed requests",
                 param="stream",
             )
-        prompt_ids = self._prompt_ids(kind, request)
+        check_fields(request, self.engine)  # one choice only: n=1, one prompt
+        prompt_ids = self._prompts(kind, request)[0]
         steps = self.engine.stream(prompt_ids, sampling_params(request, self.max_tokens_limit))
         if self.adapters is not None:
             steps = self.adapters.stepwise(steps, adapter)
         chunks = chat_chunks if kind == "chat" else completion_chunks
-        return chunks(steps, self._ids(), request.include_usage())
+        token_text = token_text_of(self.engine.tokenizer)
+        return chunks(steps, self._ids(), request.include_usage(), token_text)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def _generate_batched(
-        self, items: list[tuple[list[int], SamplingParams, str | None]]
-    ) -> list[Any]:
+    async def _generate_batched(self, items: list[tuple[list[Row], str | None]]) -> list[Any]:
         # One decode loop for every request that arrived within the wait window (one per
-        # adapter when several adapters' requests share the window).
+        # adapter when several adapters' requests share the window); a request brings its
+        # rows (choices) and gets their answers back in order.
         return await asyncio.to_thread(self._generate_groups, items)
 
-    def _generate_groups(self, items: list[tuple[list[int], SamplingParams, str | None]]) -> list:
+    def _generate_groups(self, items: list[tuple[list[Row], str | None]]) -> list[list[Any]]:
         self.batches["batches"] += 1
         self.batches["requests"] += len(items)
-        out: list[Any] = [None] * len(items)
+        out: list[list[Any]] = [[] for _ in items]
         try:
-            for adapter in dict.fromkeys(a for _, _, a in items):
-                idx = [i for i, item in enumerate(items) if item[2] == adapter]
+            for adapter in dict.fromkeys(a for _, a in items):
+                idx = [i for i, item in enumerate(items) if item[1] == adapter]
                 with self._using(adapter):
-                    results = self.engine.generate_batch([items[i][:2] for i in idx])
-                for i, result in zip(idx, results, strict=True):
-                    out[i] = result
+                    results = self.engine.generate_batch([r for i in idx for r in items[i][0]])
+                answers = iter(results)
+                for i in idx:
+                    out[i] = [next(answers) for _ in items[i][0]]
         finally:
             self._last_batch = (len(items), time.monotonic())
         return out
@@ -376,18 +338,22 @@ class ModelServer:
     def _check_model(self, requested: str) -> str | None:
         return served_adapter(requested, self.model_name, self.adapters)
 
-    def _prompt_ids(self, kind: str, request: Any) -> list[int]:
+    def _prompts(self, kind: str, request: Any) -> list[list[int]]:
+        """Each prompt's token ids: the chat's, or each completion prompt (text or ids)."""
         if kind == "chat":
             messages = [m.template_dict() for m in request.messages]
-            return self._prompt(lambda: self.engine.chat_prompt_ids(messages), param="messages")
-        return self._prompt(lambda: self.engine.text_prompt_ids(request.prompt), param="prompt")
+            return [self._prompt(lambda: self.engine.chat_prompt_ids(messages), "messages")]
+        return [
+            self._prompt(lambda p=p: p if isinstance(p, list) else self.engine.text_prompt_ids(p))
+            for p in request.prompts()
+        ]
 
-    def _prompt(self, encode: Any, param: str) -> list[int]:
+    def _prompt(self, encode: Any, param: str = "prompt") -> list[int]:
         try:
             ids = encode()
         except Exception as exc:  # a template that rejects the conversation is the client's
             raise OpenAIError(400, f"{param}: cannot be encoded: {exc}", param=param) from exc
-        return checked_prompt(ids, param, self.engine.max_position)
+        return checked_prompt(ids, param, self.engine.max_position, self.engine.vocab_size)
 
     def _raise(self, exc: BaseException) -> NoReturn:
         if isinstance(exc, OpenAIError):

@@ -5,8 +5,10 @@ A hand-written loop rather than ``model.generate``: it gives a per-request seede
 token-by-token streaming without a helper thread. It is checked against a full forward pass in
 the tests. ``generate_batch`` runs many requests as one left-padded batch (Serve's dynamic
 batching), each row answering exactly as it would alone. Every tensor, and every request's RNG,
-lives on the engine's device (the model's). ``label_probs`` scores labels with evaluation's own
-scorer (``evaluate.scoring``): a task's fitted temperature meets the scores it was fitted on.
+lives on the engine's device (the model's). A request may ask for its tokens' logprobs, and its
+prompt's (``serve.logprobs``: from the same forward passes). ``label_probs`` scores labels with
+evaluation's own scorer (``evaluate.scoring``): a task's fitted temperature meets the scores it
+was fitted on.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from hybridft.errors import UserError
 from hybridft.model.device import Dtype, load_model_on, model_device, resolve_device
 from hybridft.model.hf import load_tokenizer
+from hybridft.serve.decoding import BatchRow, Completion, FinishReason, StreamStep
+from hybridft.serve.logprobs import TokenLogprob, prompt_logprobs, step_logprobs
 from hybridft.serve.sampling import (
     SamplingParams,
     first_stop,
@@ -29,29 +32,12 @@ from hybridft.serve.sampling import (
     request_generator,
 )
 
+__all__ = ["Completion", "FinishReason", "GenerationEngine", "SamplingParams", "StreamStep"]
+
 if TYPE_CHECKING:
     from hybridft.evaluate.scoring import LabelEnd
 
-FinishReason = Literal["stop", "length"]
 _PARTIAL_CHAR = "\ufffd"  # what a byte-level decode shows for an unfinished UTF-8 sequence
-
-
-@dataclass(frozen=True)
-class StreamStep:
-    """A piece of new text; the last step of a stream carries the finish reason and counts."""
-
-    text: str
-    finish_reason: FinishReason | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
 
 
 class GenerationEngine:
@@ -60,6 +46,9 @@ class GenerationEngine:
     Thread-safe for concurrent requests: each call owns its cache and generator, the model is
     only read. ``device``: where to run (the model is moved there); None keeps the model's own.
     """
+
+    name = "hf"  # the engine named when a request asks for what it cannot do
+    structured_outputs = False  # response_format json_object / json_schema: no constrained decoding
 
     def __init__(self, model: Any, tokenizer: Any, device: str | None = None) -> None:
         if device is not None:
@@ -74,7 +63,7 @@ class GenerationEngine:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         # Only the last position's logits are needed to pick a token: skip the rest of the lm_head.
         self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self._vocab = int(model.get_input_embeddings().num_embeddings)
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         pad = tokenizer.pad_token_id
         self._pad_id = min(self.eos_ids) if pad is None else int(pad)
 
@@ -113,11 +102,18 @@ class GenerationEngine:
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Completion:
         """Generate one whole completion for ``prompt_ids``."""
         pieces: list[str] = []
+        entries: list[TokenLogprob] = []
         for step in self.stream(prompt_ids, params):
             pieces.append(step.text)
+            entries.extend(step.logprobs)
             if step.finish_reason is not None:
                 return Completion(
-                    "".join(pieces), step.finish_reason, step.prompt_tokens, step.completion_tokens
+                    "".join(pieces),
+                    step.finish_reason,
+                    step.prompt_tokens,
+                    step.completion_tokens,
+                    logprobs=None if params.logprobs is None else tuple(entries),
+                    prompt_logprobs=step.prompt_logprobs,
                 )
         raise AssertionError("stream ended without a finish step")  # stream always finishes
 
@@ -133,7 +129,10 @@ class GenerationEngine:
             params: Sampling parameters.
 
         Yields:
-            StreamStep pieces; exactly one (the last) has ``finish_reason`` set.
+            StreamStep pieces; exactly one (the last) has ``finish_reason`` set. With
+            ``params.logprobs``, each step carries the entries of the tokens decoded since the
+            step before (so they add up to the answer's); the last, with
+            ``params.prompt_logprobs``, the prompt's.
         """
         import torch
 
@@ -146,14 +145,25 @@ class GenerationEngine:
 
         cache = DynamicCache(config=self.model.config)
         new_ids: list[int] = []
+        entries: list[TokenLogprob] = []  # logprobs of the tokens not yet handed out
+        scored: tuple[TokenLogprob | None, ...] | None = None
         text, emitted = "", 0
         finish: FinishReason = "length"
         inputs = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
+        # Scoring the prompt needs its forward pass even when no token is asked for.
+        passes = max(budget, int(params.prompt_logprobs is not None))
         with torch.inference_mode():
-            for _ in range(budget):
+            for step in range(passes):
                 out = self.model(input_ids=inputs, use_cache=True, **{self._cache_kwarg: cache})
+                if step == 0 and params.prompt_logprobs is not None:
+                    scored = prompt_logprobs(out.logits[0], prompt_ids, params.prompt_logprobs)
+                if step == budget:
+                    break
                 token = pick_token(out.logits[0, -1], params, generator)
                 new_ids.append(token)
+                if params.logprobs is not None:
+                    picked = step_logprobs(out.logits[0, -1:], [token], [params.logprobs])
+                    entries.extend(e for e in picked if e is not None)
                 if token in self.eos_ids:
                     finish = "stop"
                     break
@@ -164,10 +174,12 @@ class GenerationEngine:
                     break
                 ready = min(len(text) - holdback, len(text.rstrip(_PARTIAL_CHAR)))
                 if ready > emitted:
-                    yield StreamStep(text[emitted:ready])
-                    emitted = ready
+                    yield StreamStep(text[emitted:ready], logprobs=tuple(entries))
+                    emitted, entries = ready, []
                 inputs = torch.tensor([[token]], dtype=torch.long, device=self.device)
-        yield StreamStep(text[emitted:], finish, prompt_len, len(new_ids))
+        yield StreamStep(
+            text[emitted:], finish, prompt_len, len(new_ids), tuple(entries), prompt_logprobs=scored
+        )
 
     def generate_batch(
         self, requests: Sequence[tuple[Sequence[int], SamplingParams]]
@@ -186,7 +198,7 @@ class GenerationEngine:
             rejected it (a rejected request does not affect the others).
         """
         results: dict[int, Completion | Exception] = {}
-        rows: list[_BatchRow] = []
+        rows: list[BatchRow] = []
         for slot, (prompt_ids, params) in enumerate(requests):
             try:
                 budget = self._budget(prompt_ids, params.max_tokens)
@@ -194,8 +206,8 @@ class GenerationEngine:
                 results[slot] = err
                 continue
             generator = request_generator(params, self.device)
-            row = _BatchRow(slot, list(prompt_ids), params, budget, generator)
-            if budget > 0:
+            row = BatchRow(slot, list(prompt_ids), params, budget, generator)
+            if budget > 0 or params.prompt_logprobs is not None:  # scoring the prompt: a prefill
                 rows.append(row)
             else:
                 results[slot] = row.completion(self.tokenizer)
@@ -271,8 +283,8 @@ class GenerationEngine:
         prompt_len = len(prompt_ids)
         if prompt_len == 0:
             raise UserError("prompt is empty after tokenization")
-        if min(prompt_ids) < 0 or max(prompt_ids) >= self._vocab:
-            raise UserError(f"prompt has token ids outside the vocabulary [0, {self._vocab})")
+        if min(prompt_ids) < 0 or max(prompt_ids) >= self.vocab_size:
+            raise UserError(f"prompt has token ids outside the vocabulary [0, {self.vocab_size})")
         if self.max_position is None:
             return max_tokens
         if prompt_len >= self.max_position:
@@ -281,8 +293,9 @@ class GenerationEngine:
             )
         return min(max_tokens, self.max_position - prompt_len)
 
-    def _decode_batch(self, rows: list[_BatchRow]) -> None:
-        """Decode ``rows`` together until every one has finished."""
+    def _decode_batch(self, rows: list[BatchRow]) -> None:
+        """Decode ``rows`` together until every one has finished (a row with no budget, there to
+        score its prompt, finishes after the prefill)."""
         import torch
         from transformers import DynamicCache
 
@@ -290,14 +303,17 @@ class GenerationEngine:
         with torch.inference_mode():
             inputs = torch.full((len(rows), width), self._pad_id, dtype=torch.long, device=device)
             # Room for every step's column; column `length - 1` is the newest token.
-            steps = max(row.budget for row in rows) - 1
+            steps = max(max(row.budget for row in rows) - 1, 0)
             mask = torch.zeros((len(rows), width + steps), dtype=torch.long, device=device)
             for i, row in enumerate(rows):
                 inputs[i, width - len(row.prompt) :] = torch.tensor(row.prompt, device=device)
                 mask[i, width - len(row.prompt) : width] = 1
             positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
             cache = DynamicCache(config=self.model.config)
-            kwargs = {self._cache_kwarg: cache, "use_cache": True, **self._last_logits}
+            kwargs = {self._cache_kwarg: cache, "use_cache": True}
+            # The prefill keeps every position's logits when a row scores its prompt (echo):
+            # rows x width x vocab of them, for this one forward pass.
+            scoring = any(row.params.prompt_logprobs is not None for row in rows)
             length = width
             while True:
                 out = self.model(
@@ -305,12 +321,20 @@ class GenerationEngine:
                     attention_mask=mask[:, :length],
                     position_ids=positions,
                     **kwargs,
+                    **({} if scoring else self._last_logits),
                 )
+                if scoring:
+                    for i, row in enumerate(rows):
+                        row.score_prompt(out.logits[i, width - len(row.prompt) :])
+                    scoring = False
                 tokens = pick_tokens(out.logits[:, -1], rows)
+                entries = step_logprobs(
+                    out.logits[:, -1], tokens, [row.params.logprobs for row in rows]
+                )
                 keep = [
                     i
-                    for i, (row, token) in enumerate(zip(rows, tokens, strict=True))
-                    if not row.push(token, self.tokenizer, self.eos_ids)
+                    for i, (row, token, entry) in enumerate(zip(rows, tokens, entries, strict=True))
+                    if row.budget > 0 and not row.push(token, entry, self.tokenizer, self.eos_ids)
                 ]
                 if not keep:
                     return
@@ -334,41 +358,6 @@ class GenerationEngine:
         duplicates = sorted(label for label, n in Counter(labels).items() if n > 1)
         if duplicates:
             raise UserError(f"labels: expected distinct labels, got duplicates {duplicates!r}")
-
-
-@dataclass
-class _BatchRow:
-    """One request's state inside ``generate_batch``."""
-
-    slot: int
-    prompt: list[int]
-    params: SamplingParams
-    budget: int
-    generator: Any
-    new_ids: list[int] = field(default_factory=list)
-    text: str | None = None  # kept per step only for rows with stop strings
-    finish: FinishReason = "length"
-
-    def push(self, token: int, tokenizer: Any, eos_ids: frozenset[int]) -> bool:
-        """Add a token; True once the row is finished (the rules of ``stream``, in its order)."""
-        self.new_ids.append(token)
-        if token in eos_ids:
-            self.finish = "stop"
-            self.text = tokenizer.decode(self.new_ids[:-1], skip_special_tokens=True)
-            return True
-        if self.params.stop:  # decode every step only where a stop string is looked for
-            self.text = tokenizer.decode(self.new_ids, skip_special_tokens=True)
-            cut = first_stop(self.text, self.params.stop)
-            if cut is not None:
-                self.text, self.finish = self.text[:cut], "stop"
-                return True
-        return len(self.new_ids) >= self.budget
-
-    def completion(self, tokenizer: Any) -> Completion:
-        text = self.text
-        if text is None:
-            text = tokenizer.decode(self.new_ids, skip_special_tokens=True)
-        return Completion(text, self.finish, len(self.prompt), len(self.new_ids))
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

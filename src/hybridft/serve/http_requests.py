@@ -1,5 +1,6 @@
-"""Reading a request to the canary router: its API key, its JSON body, and the fast path of
-the two generation routes past FastAPI's routing layer."""
+"""Reading a request at a serving door (the canary router, a model server served directly): its
+API key, its body under a size cap, and the router's fast path of the two generation routes past
+FastAPI's routing layer."""
 
 # No `from __future__ import annotations`: Serve pickles the router's FastAPI app, middleware
 # included, and FastAPI reads real annotations.
@@ -78,22 +79,32 @@ def authorize(keys: KeyStore, request: Request, admin: bool = False) -> KeyInfo:
     return info
 
 
-async def read_json_body(request: Request, max_bytes: int) -> Any:
-    """The JSON body: 413 over ``max_bytes`` (declared or read), 400 when it does not parse."""
+async def read_capped_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refused with 413 past ``max_bytes``: on its declared length before any of
+    it is read, otherwise as soon as what has arrived passes the limit (a chunked body)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise OpenAIError(
-            413,
-            f"request body is {declared} bytes; the limit is {max_bytes}",
-            code="request_too_large",
-        )
-    raw = await request.body()
-    if len(raw) > max_bytes:
-        raise OpenAIError(
-            413,
-            f"request body is {len(raw)} bytes; the limit is {max_bytes}",
-            code="request_too_large",
-        )
+        raise _too_large(declared, max_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(f"more than {max_bytes}", max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: str, max_bytes: int) -> OpenAIError:
+    return OpenAIError(
+        413,
+        f"request body is {size} bytes; the limit is {max_bytes}",
+        code="request_too_large",
+    )
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """The JSON body: 413 over ``max_bytes`` (``read_capped_body``), 400 when it does not parse."""
+    raw = await read_capped_body(request, max_bytes)
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

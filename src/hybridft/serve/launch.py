@@ -22,7 +22,8 @@ from hybridft.registry.client import Registry
 from hybridft.runtime import ensure_ray
 from hybridft.serve.adapters import check_adapter_dir
 from hybridft.serve.deployment import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_TOKENS_LIMIT, ModelServer
-from hybridft.serve.openai_http import VERSION_HEADER
+from hybridft.serve.model_door import check_door, check_host, door_spec
+from hybridft.serve.openai_http import MAX_BODY_BYTES, VERSION_HEADER
 from hybridft.specfile import describe_error
 from hybridft.specs import NonNegFloat
 
@@ -55,6 +56,12 @@ class ServeModelArgs(BaseModel):
     adapters: dict[str, str] = {}
     # A loopback channel the canary router uses instead of the Serve handle (serve.channel).
     channel: bool = True
+    # The HTTP door, when the application has a route prefix (behind the router it has none):
+    # API keys from this endpoint folder's key store (the router's; `hybridft keys create`), or
+    # none with insecure_local (loopback clients only; `deploy` wants a loopback host for it).
+    serve_dir: str = ".hybridft/serve"
+    insecure_local: bool = False
+    max_body_bytes: Annotated[int, Field(ge=1)] = MAX_BODY_BYTES
 
     @field_validator("adapters")
     @classmethod
@@ -123,6 +130,7 @@ def build_app(args: ServeModelArgs) -> serve.Application:
         channel=args.channel,
         device="cuda" if args.num_gpus > 0 else "cpu",
         dtype=args.dtype,
+        door=door_spec(args.serve_dir, args.insecure_local, args.max_body_bytes),
     )
 
 
@@ -141,6 +149,8 @@ def deploy(
     adapters: dict[str, str] | None = None,
     num_gpus: float = 0.0,
     dtype: Dtype = "auto",
+    serve_dir: str | Path = ".hybridft/serve",
+    insecure_local: bool = False,
 ) -> str:
     """Serve a model directory on an already initialised Ray and return its OpenAI base URL.
 
@@ -161,9 +171,14 @@ def deploy(
         adapters: LoRA adapter directories by name, served as ``<model_name>:<name>``.
         num_gpus: GPUs reserved per replica; > 0 runs the model on CUDA.
         dtype: The weights' dtype (``auto``: bfloat16 on CUDA, float32 on CPU).
+        serve_dir: The endpoint folder whose key store (the router's) holds the API keys.
+        insecure_local: Serve without API keys; only on a loopback ``host``.
 
     Returns:
         The base URL for OpenAI clients, e.g. ``http://127.0.0.1:8000/v1``.
+
+    Raises:
+        UserError: ``insecure_local`` on another host, an empty key store, or bad arguments.
     """
     import ray
 
@@ -178,8 +193,11 @@ def deploy(
         "adapters": adapters or {},
         "num_gpus": num_gpus,
         "dtype": dtype,
+        "serve_dir": str(serve_dir),
+        "insecure_local": insecure_local,
     }
     args = serve_args(ServeModelArgs, values, where="serve")
+    check_door(host, door_spec(args.serve_dir, args.insecure_local))
     # Serve's per-request INFO access lines drown a terminal; warnings and errors still show
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
     serve.run(
@@ -208,13 +226,19 @@ def serve_version(
     tracking_uri: str | None = None,
     cache: str | Path = ".hybridft/served",
     adapters: dict[str, str] | None = None,
+    serve_dir: str | Path = ".hybridft/serve",
+    insecure_local: bool = False,
 ) -> str:
     """Resolve a registry reference, fetch its model, deploy it on Ray Serve; returns the base URL.
 
     ``adapters``: LoRA adapter directories on that base, served as model ids ``NAME:ADAPTER``.
+    Requests need an API key from ``serve_dir``'s key store (``hybridft keys create``), unless
+    ``insecure_local`` (a loopback ``host`` only); both are checked before the model is fetched.
     """
+    check_host(host, insecure_local)  # a wrong command line first, then a wrong reference
     registry = Registry(tracking_uri)
     version = registry.resolve(ref)
+    check_door(host, door_spec(serve_dir, insecure_local))
     model_dir = registry.download(version, Path(cache) / version.name / version.version)
     ensure_ray()
     return deploy(
@@ -224,6 +248,8 @@ def serve_version(
         host=host,
         port=port,
         adapters=adapters,
+        serve_dir=serve_dir,
+        insecure_local=insecure_local,
     )
 
 

@@ -7,20 +7,21 @@ official ``openai`` client parses; only the fields we fill are declared.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
-from hybridft.serve.generation import FinishReason, StreamStep
+from hybridft.serve.generation import FinishReason
+from hybridft.serve.openai_logprobs import ChatLogprobs, CompletionLogprobs
 
 logger = logging.getLogger(__name__)
 
 MAX_STOP_SEQUENCES = 4  # the OpenAI limit
+MAX_CHOICES = 128  # n (times the prompts of a completion): OpenAI's limit on n
 
 
 class _Request(BaseModel):
@@ -54,6 +55,21 @@ class StreamOptions(_Request):
 
 StopString = Annotated[str, Field(min_length=1)]
 Stop = str | Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+# A completion prompt: a string, a list of strings, token ids, or a list of token-id lists.
+Prompt = (
+    Annotated[str, Field(min_length=1)]
+    | Annotated[list[StopString], Field(min_length=1)]
+    | TokenIds
+    | Annotated[list[TokenIds], Field(min_length=1)]
+)
+
+
+class ResponseFormat(_Request):
+    """``text``, or structured output (``json_object`` / ``json_schema``: engine-dependent)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
 
 
 class _GenerationRequest(_Request):
@@ -61,8 +77,9 @@ class _GenerationRequest(_Request):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     stop: Stop | None = None
-    n: int = 1
-    seed: int | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None  # int64, as OpenAI's
+    response_format: ResponseFormat | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -71,13 +88,6 @@ class _GenerationRequest(_Request):
     # (then with the temperature fitted on its calibration split).
     labels: Annotated[list[StopString], Field(min_length=2, max_length=64)] | None = None
     task: str | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError(f"only n=1 is supported, got {n}")
-        return n
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -93,17 +103,42 @@ class ChatCompletionRequest(_GenerationRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: Annotated[str, Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] = 16  # the OpenAI default for /v1/completions
+    prompt: Prompt
+    # The OpenAI default; 0 only with ``echo`` (score the prompt, generate nothing).
+    max_tokens: Annotated[int, Field(ge=0)] = 16
+    echo: bool | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+
+    @field_validator("prompt", mode="wrap")
+    @classmethod
+    def _one_prompt_error(cls, value: Any, handler: Any) -> Any:
+        # One error for the union, not one per form it is not.
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError(
+                "prompt_type",
+                "expected a non-empty string, a list of strings, a list of token ids "
+                "(integers >= 0) or a list of token-id lists",
+            ) from None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt the request sends (a text or token ids); each gets its own choices."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        ids = [p for p in self.prompt if isinstance(p, int)]
+        return [ids] if ids else [p for p in self.prompt if not isinstance(p, int)]
 
 
 # --- responses --------------------------------------------------------------------------------
@@ -144,7 +179,7 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -166,7 +201,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -183,7 +218,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class TextCompletion(BaseModel):
@@ -256,79 +291,24 @@ def error_from_validation(errors: list[Any]) -> OpenAIError:
     message = str(first.get("msg", "invalid value"))
     if first.get("type") == "missing":
         message = "field required"
-    elif "input" in first and first.get("type") != "extra_forbidden":
+    elif first.get("type") == "extra_forbidden":
+        message = "unknown field, or one this server does not support"
+    elif "input" in first:
         message = f"{message}, got {_short(first['input'])}"
     where = f"{param}: " if param else "request body: "
-    extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    # A field can fail several ways at once (each form of a union): count fields, not errors.
+    others = {_field_of(e) for e in errors[1:]} - {_field_of(first)}
+    extra = f" (and {len(others)} more invalid field{'s' * (len(others) > 1)})" if others else ""
     return OpenAIError(400, f"{where}{message}{extra}", param=param, code="invalid_value")
+
+
+def _field_of(error: Any) -> str:
+    return next((str(p) for p in error.get("loc", ()) if p != "body"), "")
 
 
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --- streaming --------------------------------------------------------------------------------
-
-
-def chat_chunks(
-    steps: Iterator[StreamStep], ids: dict[str, str], include_usage: bool
-) -> Iterator[ChatCompletionChunk]:
-    """``chat.completion.chunk`` objects for engine steps: role, content deltas, finish, usage.
-
-    Args:
-        steps: The engine's stream; the last step carries the finish reason and token counts.
-        ids: ``model`` and ``system_fingerprint`` for every chunk.
-        include_usage: Append OpenAI's final usage-only chunk (``stream_options``).
-
-    Yields:
-        Chunks in the order the ``openai`` client expects.
-    """
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), **ids}
-
-    def chunk(delta: ChatDelta, finish: FinishReason | None = None) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            **head, choices=[ChatChunkChoice(delta=delta, finish_reason=finish)]
-        )
-
-    yield chunk(ChatDelta(role="assistant", content=""))
-    last = StreamStep("")
-    for last in steps:
-        if last.text:
-            yield chunk(ChatDelta(content=last.text))
-    yield chunk(ChatDelta(), last.finish_reason)
-    if include_usage:
-        usage = Usage.of(last.prompt_tokens, last.completion_tokens)
-        yield ChatCompletionChunk(**head, choices=[], usage=usage)
-
-
-def completion_chunks(
-    steps: Iterator[StreamStep], ids: dict[str, str], include_usage: bool
-) -> Iterator[TextCompletion]:
-    """Streamed ``text_completion`` objects for engine steps (see :func:`chat_chunks`)."""
-    head = TextCompletion(**ids, choices=[])
-    for step in steps:
-        if step.text or step.finish_reason:
-            choice = CompletionChoice(text=step.text, finish_reason=step.finish_reason)
-            yield head.model_copy(update={"choices": [choice]})
-        if step.finish_reason and include_usage:
-            usage = Usage.of(step.prompt_tokens, step.completion_tokens)
-            yield head.model_copy(update={"usage": usage})
-
-
-def sse_events(chunks: Iterator[BaseModel]) -> Iterator[str]:
-    """Server-sent events in OpenAI's framing, ending with ``[DONE]``.
-
-    A failure mid-stream becomes an in-band error event: the 200 status is already sent.
-    """
-    try:
-        for chunk in chunks:
-            yield f"data: {chunk.model_dump_json()}\n\n"
-    except Exception as exc:  # keep the replica serving; the client sees the error event
-        logger.exception("streamed generation failed")
-        err = OpenAIError(500, f"generation failed: {exc}", type="server_error")
-        yield f"data: {json.dumps(err.body())}\n\n"
-    yield "data: [DONE]\n\n"
 
 
 def parse_request(kind: str, body: Any) -> ChatCompletionRequest | CompletionRequest:
@@ -337,8 +317,6 @@ def parse_request(kind: str, body: Any) -> ChatCompletionRequest | CompletionReq
     Raises:
         OpenAIError: 400 naming the first bad field (the same error FastAPI's validation gives).
     """
-    from pydantic import ValidationError
-
     model = ChatCompletionRequest if kind == "chat" else CompletionRequest
     if not isinstance(body, dict):
         raise OpenAIError(
@@ -356,4 +334,7 @@ def prompt_text(kind: str, parsed: Any) -> str:
     """The user's text of a request: the user turns of a chat, or the completion prompt."""
     if kind == "chat":
         return "\n".join(m.text() for m in parsed.messages if m.role == "user")
-    return parsed.prompt if isinstance(parsed.prompt, str) else str(parsed.prompt)
+    prompt = parsed.prompt
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(p if isinstance(p, str) else str(p) for p in prompt) if prompt else ""

@@ -12,6 +12,9 @@ from hybridft.serve.openai_api import OpenAIError, error_from_validation
 logger = logging.getLogger(__name__)
 
 VERSION_HEADER = "x-hybridft-model-version"  # on every response: <model>/<version> that answered
+# The largest request body a door reads (router and model server): a chat request with a long
+# conversation is a few KiB; past the limit the body is refused before it is read.
+MAX_BODY_BYTES = 64 * 1024
 
 
 def error_response(err: OpenAIError, headers: Mapping[str, str] | None = None) -> Any:

@@ -82,10 +82,14 @@ class CanaryRouter:
         self.traffic = open_traffic_log(self.paths.traffic_log, traffic_log or {})
         self.watcher = RouteWatcher(self.paths.state)
         self.keys = KeyStore(self.paths.keys)
-        self.feedback = FeedbackStore(self.paths.traffic)
+        # not `self.feedback`: that name is the /v1/feedback route
+        self.feedback_store = FeedbackStore(self.paths.traffic)
         self.review = ReviewQueue(self.paths.review)
         self.log = RequestLogWriter(
-            self.feedback, self.review, self.traffic, float((traffic_log or {}).get("flush_s", 2.0))
+            self.feedback_store,
+            self.review,
+            self.traffic,
+            float((traffic_log or {}).get("flush_s", 2.0)),
         )
         self.metrics = Metrics()
         self.max_body_bytes = max_body_bytes
@@ -150,7 +154,7 @@ class CanaryRouter:
         await asyncio.to_thread(self.log.flush)  # the answer's log row must be written first
         try:
             version = await asyncio.to_thread(
-                self.feedback.record, request_id, None, success, "user", score
+                self.feedback_store.record, request_id, None, success, "user", score
             )
         except UserError as exc:  # unknown request (404); duplicate, failed or shadow-only (409)
             raise OpenAIError(404 if "unknown" in str(exc) else 409, str(exc)) from None

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-Arm = Literal["primary", "canary", "forced"]
+Arm = Literal["primary", "canary", "forced", "shadow"]  # shadow: mirrored, never answered
 Mode = Literal["weighted", "shadow"]
 
 _SCALE = float(2**64)

@@ -10,13 +10,20 @@ from typing import Any
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. ``temperature == 0`` is greedy; otherwise seeded nucleus sampling."""
+    """How to pick tokens. ``temperature == 0`` is greedy; otherwise seeded nucleus sampling.
+
+    ``logprobs``: report each generated token's logprob with this many top alternatives (0: the
+    token's own only; None: no logprobs). ``prompt_logprobs``: the same for the prompt's tokens
+    (the first has none). vLLM's ``SamplingParams`` names them the same way.
+    """
 
     max_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
 
 def request_generator(params: SamplingParams, device: Any) -> Any:

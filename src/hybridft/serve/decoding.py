@@ -1,0 +1,95 @@
+"""What a decode produces, and one request's state inside a batched decode.
+
+``Completion`` is a whole answer, ``StreamStep`` a streamed piece of one; ``BatchRow`` applies the
+engine's stop rules to one row of ``GenerationEngine.generate_batch`` (the rules of ``stream``,
+in its order) and keeps its logprobs (``serve.logprobs``) when the request asks for them: one
+entry per generated token, as many as ``completion_tokens`` (an end-of-sequence token and the
+tokens of a stop string included, as vLLM reports them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hybridft.serve.logprobs import TokenLogprob, prompt_logprobs
+from hybridft.serve.sampling import SamplingParams, first_stop
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class StreamStep:
+    """A piece of new text; the last step of a stream carries the finish reason and counts.
+
+    ``logprobs``: entries of the tokens decoded since the previous step (requested logprobs);
+    ``prompt_logprobs``: on the last step, the prompt's (requested prompt logprobs).
+    """
+
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole answer; ``logprobs`` / ``prompt_logprobs`` only when the request asked."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+
+@dataclass
+class BatchRow:
+    """One request's state inside ``generate_batch``."""
+
+    slot: int
+    prompt: list[int]
+    params: SamplingParams
+    budget: int
+    generator: Any
+    new_ids: list[int] = field(default_factory=list)
+    text: str | None = None  # kept per step only for rows with stop strings
+    finish: FinishReason = "length"
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    scored: tuple[TokenLogprob | None, ...] | None = None  # the prompt's logprobs
+
+    def score_prompt(self, logits: Any) -> None:
+        """Keep the prompt's logprobs from the prefill's logits over it, when asked for."""
+        if self.params.prompt_logprobs is not None:
+            self.scored = prompt_logprobs(logits, self.prompt, self.params.prompt_logprobs)
+
+    def push(
+        self, token: int, entry: TokenLogprob | None, tokenizer: Any, eos_ids: frozenset[int]
+    ) -> bool:
+        """Add a token (and its logprob entry); True once the row is finished."""
+        self.new_ids.append(token)
+        if entry is not None:
+            self.logprobs.append(entry)
+        if token in eos_ids:
+            self.finish = "stop"
+            self.text = tokenizer.decode(self.new_ids[:-1], skip_special_tokens=True)
+            return True
+        if self.params.stop:  # decode every step only where a stop string is looked for
+            self.text = tokenizer.decode(self.new_ids, skip_special_tokens=True)
+            cut = first_stop(self.text, self.params.stop)
+            if cut is not None:
+                self.text, self.finish = self.text[:cut], "stop"
+                return True
+        return len(self.new_ids) >= self.budget
+
+    def completion(self, tokenizer: Any) -> Completion:
+        text = self.text
+        if text is None:
+            text = tokenizer.decode(self.new_ids, skip_special_tokens=True)
+        logprobs = None if self.params.logprobs is None else tuple(self.logprobs)
+        return Completion(
+            text, self.finish, len(self.prompt), len(self.new_ids), logprobs, self.scored
+        )
