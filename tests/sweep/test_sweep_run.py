@@ -3,6 +3,7 @@ losses, the Optuna study in sqlite, nested MLflow runs, and resume after a SIGKI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from hybridft.sweep.params import sample_sequence
 from hybridft.sweep.space import load_space
 from hybridft.sweep.trial import ATTEMPTS_FILE, OUTCOME_FILE
 from hybridft.sweep.tune import max_concurrent_trials, run_sweep, trial_resources
+from hybridft.train.in_process import INDEX_FILE
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -151,8 +153,9 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
 ) -> None:
     job = write_hybrid(tmp_path, small_demo_data)
     spec = space_dict(job)
-    # twice the usual budget: trial 2 runs long enough to be killed mid-way
-    spec["budget"] = {"trials": 2, "tokens": 2 * BUDGET, "seeds": [0], "max_concurrent": 1}
+    # four times the usual budget: trial 2 runs long enough to be killed mid-way, after Tune's
+    # saved state lists it (saved about every second, later on a busy machine)
+    spec["budget"] = {"trials": 2, "tokens": 4 * BUDGET, "seeds": [0], "max_concurrent": 1}
     spec["job_overrides"] = {"training": {"checkpoint_every": 2, "validate_every": 2}}
     spec.pop("asha")  # no early stopping: the kill lands in a trial that would finish
     space_path = write_space(tmp_path, spec)
@@ -187,8 +190,18 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
         assert proc.poll() is None, "the driver finished before it could be killed"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
+        # the Ray it started dies with it: its trial process too (a Ray worker is not always in
+        # the driver's process group, and an orphan would go on training until it noticed)
+        for attempt in _attempts(sweep_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(attempt["pid"], signal.SIGKILL)
         proc.wait()
     second_id = started[1]["trial_id"]
+    # the kill must land mid-run: a run whose last checkpoint is its final one has nothing left
+    # to resume (the resumed sweep would only measure it), and this test would prove nothing
+    index = sweep_dir / "runs" / "ray" / started[1]["run_name"] / INDEX_FILE
+    last = json.loads(index.read_text())[-1]["metrics"]
+    assert not last.get("done"), "killed too late: trial 2 had finished training"
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -217,8 +230,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
     # Tune restarts the trial function (iteration 1 again); its Train run continues from a
     # checkpoint (step >= 1): its first validation is past global step 2, where a fresh run's
     # first one is (validate_every 2, or the instruction stage's end before that)
-    resumed = [p for p in trials[second_id]["intermediate"] if p["iteration"] == 1][-1]
-    assert resumed["sweep_steps"] > 2
+    points = trials[second_id]["intermediate"]
+    resumed = [p for p in points if p["iteration"] == 1][-1]
+    assert resumed["sweep_steps"] > 2, [
+        {k: p.get(k) for k in ("iteration", "sweep_steps", "trial/fresh_process")} for p in points
+    ]
     import optuna
 
     study = optuna.load_study(study_name="drv", storage=result.study_storage)
