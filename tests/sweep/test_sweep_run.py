@@ -153,9 +153,9 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
 ) -> None:
     job = write_hybrid(tmp_path, small_demo_data)
     spec = space_dict(job)
-    # four times the usual budget: trial 2 runs long enough to be killed mid-way, after Tune's
+    # three times the usual budget: trial 2 runs long enough to be killed mid-way, after Tune's
     # saved state lists it (saved about every second, later on a busy machine)
-    spec["budget"] = {"trials": 2, "tokens": 4 * BUDGET, "seeds": [0], "max_concurrent": 1}
+    spec["budget"] = {"trials": 2, "tokens": 3 * BUDGET, "seeds": [0], "max_concurrent": 1}
     spec["job_overrides"] = {"training": {"checkpoint_every": 2, "validate_every": 2}}
     spec.pop("asha")  # no early stopping: the kill lands in a trial that would finish
     space_path = write_space(tmp_path, spec)

@@ -240,7 +240,8 @@ class ModelServer:
             # replica has nobody to wait for (with the 40 ms window it took ~57 ms instead of
             # ~20 ms); under load the window fills batches as before.
             wait = self.batch_wait_s if self._busy() else 0.0
-            self._generate_batched.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
+            batched: Any = self._generate_batched  # @serve.batch's setter (untyped in Ray)
+            batched.set_batch_wait_timeout_s(wait)
             # Every choice of the request (prompts x n) rides in the same decode batch.
             outs = await self._generate_batched((choice_rows(prompts, request.n, params), adapter))
         finally:

@@ -107,7 +107,7 @@ def _tune_report_callback_sink() -> Callable[[dict[str, Any]], None]:
 
     callback = TuneReportCallback()
     # after_report reads no run context (there is no Train run here): only the metrics
-    return lambda record: callback.after_report(None, [record], None)  # type: ignore[arg-type]
+    return lambda record: callback.after_report(None, [record], None)
 
 
 def train_and_measure(

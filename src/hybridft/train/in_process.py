@@ -75,7 +75,8 @@ class InProcessSession(LocalTrainFnUtils):
                 ckpt = Checkpoint.from_directory(str(storage / entry["dir"]))
                 self.reported.append((ckpt, entry["metrics"]))
 
-    def report(self, metrics: dict[str, Any], checkpoint: Any = None, **_: Any) -> None:  # type: ignore[override]  # the loop passes metrics and a checkpoint only
+    # the loop passes metrics and a checkpoint only (Ray's other report options are unused)
+    def report(self, metrics: dict[str, Any], checkpoint: Any = None, **_: Any) -> None:
         from ray.train import Checkpoint
 
         persisted = None
