@@ -106,3 +106,12 @@ def first_forward_devices(model: Any, call: Any) -> dict[str, str]:
     finally:
         handle.remove()
     return seen
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a test's Serve HTTP proxy)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

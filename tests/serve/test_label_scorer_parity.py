@@ -8,12 +8,11 @@ and the handle the canary router calls), the probabilities evaluation computed f
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import openai
 import pytest
 import torch
+from helpers import free_port
 
 from hybridft.data.records import Example, Message
 from hybridft.evaluate.calibration import apply_temperature
@@ -161,12 +160,6 @@ def test_an_unknown_label_end_is_a_user_error(engine):
 # --- through a live deployment ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(ray_session, model_dir, evaluated, tmp_path_factory):
     """The model behind Serve with the task as ``endpoint.classification_tasks`` reads it from
@@ -178,7 +171,7 @@ def served(ray_session, model_dir, evaluated, tmp_path_factory):
     cal = evaluated["calibration"]
     task = {"labels": cal["labels"], "temperature": cal["temperature"]}
     tasks = {"desk": task, "desk_reply": {**task, "label_end": "newline"}}
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve_dir = tmp_path_factory.mktemp("serve")
     key = KeyStore(serve_dir / "keys.db").create("tests")  # the door: the router's key store

@@ -30,7 +30,6 @@ YAML files, on a local data file; the tokenizer is the model's directory: nothin
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ import httpx
 import lm_eval
 import numpy as np
 import pytest
-from helpers import job_dict, write_job
+from helpers import free_port, job_dict, write_job
 from lm_eval.tasks import TaskManager
 
 from hybridft.data.reader import read_examples
@@ -101,12 +100,6 @@ CHOICE_TASK: dict[str, Any] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_model(ray_session, small_demo_data, tmp_path_factory) -> Path:
     """The tiny base fine-tuned on it_desk by ``hybridft train`` (300 steps of 8 rows)."""
@@ -149,7 +142,7 @@ def endpoint(demo_model, tmp_path_factory):
         str(demo_model),
         NAME,
         VERSION,
-        port=_free_port(),
+        port=free_port(),
         app_name="test-lm-eval",
         serve_dir=serve_dir,
     )

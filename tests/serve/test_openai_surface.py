@@ -11,12 +11,11 @@ the module; Serve is shut down in teardown.
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import openai
 import pytest
 import torch
+from helpers import free_port
 
 from hybridft.model.hf import load_model, load_tokenizer
 from hybridft.serve import deploy
@@ -35,12 +34,6 @@ PROMPT = "Ticket 9: my laptop cannot reach the VPN"
 TOL = 1e-4
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def serve_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("serve-surface")
@@ -55,7 +48,7 @@ def api_key(serve_dir) -> str:
 def base_url(ray_session, tiny_model_dir, serve_dir, api_key):
     from ray import serve
 
-    url = deploy(str(tiny_model_dir), NAME, VERSION, port=_free_port(),
+    url = deploy(str(tiny_model_dir), NAME, VERSION, port=free_port(),
                  app_name="test-openai-surface", serve_dir=serve_dir)  # fmt: skip
     yield url
     serve.shutdown()

@@ -5,12 +5,12 @@ multiplexed deployment and reached through the openai client as ``MODEL:ADAPTER`
 from __future__ import annotations
 
 import concurrent.futures as cf
-import socket
 from pathlib import Path
 
 import openai
 import pytest
 import torch
+from helpers import free_port
 
 from hybridft.errors import UserError
 from hybridft.model.hf import load_model
@@ -101,12 +101,6 @@ def test_adapter_dirs_need_safetensors_and_a_plain_name(adapter_dirs, tmp_path):
         check_adapter_dir("x", str(tmp_path))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.ray
 def test_multiplexed_deployment_serves_each_adapter_by_model_id(
     ray_session, tiny_model_dir, adapter_dirs, tmp_path
@@ -120,7 +114,7 @@ def test_multiplexed_deployment_serves_each_adapter_by_model_id(
         engine = _reference_engine(tiny_model_dir, path)
         expected[model_id] = _answer(engine)
     key = KeyStore(tmp_path / "keys.db").create("tests")  # the door: the router's key store
-    url = deploy(str(tiny_model_dir), "tiny", "1", port=_free_port(), app_name="test-adapters",
+    url = deploy(str(tiny_model_dir), "tiny", "1", port=free_port(), app_name="test-adapters",
                  adapters=adapter_dirs, serve_dir=tmp_path)  # fmt: skip
     try:
         client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=60)

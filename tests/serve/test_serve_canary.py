@@ -11,7 +11,6 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 
@@ -19,7 +18,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from helpers import LOOSE, RELEASER
+from helpers import LOOSE, RELEASER, free_port
 
 from hybridft.monitor.trace import trace_request, trace_tree
 from hybridft.registry.access import User
@@ -39,12 +38,6 @@ pytestmark = pytest.mark.ray
 
 MESSAGES = [{"role": "user", "content": "Ticket 3: my laptop cannot reach the VPN"}]
 LOAD_S = float(os.environ.get("HYBRIDFT_TEST_LOAD_S", "8"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +72,7 @@ def endpoint(ray_session, tiny_model_dir, template_db, tmp_path_factory):
     )
     paths = ServePaths(root / "serve")
     deployer = ServeDeployer(registry, "desk", cache=root / "served", num_cpus=0.4)
-    port = _free_port()
+    port = free_port()
     url = start_endpoint(spec, paths.root, registry, port=port, deployer=deployer)
     keys = KeyStore(paths.keys)
     ctx = {

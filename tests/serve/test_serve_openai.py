@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 import torch
+from helpers import free_port
 
 from hybridft.errors import UserError
 from hybridft.model.hf import load_model, load_tokenizer
@@ -32,12 +33,6 @@ MESSAGES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def serve_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("serve")
@@ -52,7 +47,7 @@ def api_key(serve_dir) -> str:
 def base_url(ray_session, tiny_model_dir, serve_dir, api_key):
     from ray import serve
 
-    url = deploy(str(tiny_model_dir), NAME, VERSION, port=_free_port(), app_name="test-openai",
+    url = deploy(str(tiny_model_dir), NAME, VERSION, port=free_port(), app_name="test-openai",
                  serve_dir=serve_dir)  # fmt: skip
     yield url
     serve.shutdown()
@@ -237,7 +232,7 @@ def test_server_still_answers_after_bad_requests(base_url, api_key, client):
 
 def test_deploy_rejects_a_directory_without_a_model(ray_session, tmp_path):
     with pytest.raises(UserError, match="model_dir"):
-        deploy(str(tmp_path), NAME, VERSION, port=_free_port())
+        deploy(str(tmp_path), NAME, VERSION, port=free_port())
 
 
 # --- the door: the router's API keys, body cap and /metrics (serve.model_door) ---------------
