@@ -15,6 +15,9 @@ pytest_plugins = ["registry_fixtures"]  # registry, make_version: used by regist
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The tests play several people on one machine (HYBRIDFT_USER / HYBRIDFT_ROLES): dev mode, the
+# only mode that reads them (registry.access). tests/security/ turns it off to attack the guards.
+os.environ["HYBRIDFT_DEV_MODE"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from hybridft.errors import UserError
 from hybridft.quiet import quiet_library_chatter
+from hybridft.runtime import DEBUG_ENV, debug_mode
 
 # Each command imports the library when it runs: `hybridft --help` loads typer and rich only.
 
@@ -27,11 +28,14 @@ from hybridft.cli_serve import ServeDirOpt, canary_app, keys_app, review_app  # 
 app.add_typer(canary_app, name="canary")
 app.add_typer(keys_app, name="keys")
 app.add_typer(review_app, name="review")
-from hybridft import cli_monitor  # noqa: E402
+from hybridft import cli_govern, cli_monitor  # noqa: E402
 from hybridft.cli_base import base_app  # noqa: E402
 from hybridft.cli_sweep import report, study, sweep  # noqa: E402
 
 app.add_typer(base_app, name="base")
+app.add_typer(cli_govern.policy_app, name="policy")
+for command in (cli_govern.register, cli_govern.gate, cli_govern.approve, cli_govern.promote):
+    app.command()(command)
 app.command()(sweep)
 app.command()(report)
 app.command()(study)
@@ -147,22 +151,6 @@ def eval_(
         Console().print(f"{name}: {path}", highlight=False)
 
 
-@app.command()
-def register(
-    run_dir: Path = typer.Argument(..., help="a run directory written by `hybridft train`"),
-    name: str = typer.Option(..., "--name", help="registered model name"),
-    policy: Path = typer.Option(
-        Path("policies/default.yaml"), help="its max_contamination blocks registration"
-    ),
-    tracking_uri: str = TrackingOpt,
-) -> None:
-    """Register the run's model as a new version of NAME, with its lineage and model card."""
-    from hybridft.registry.registration import register_version  # heavy: MLflow, torch
-
-    ref = register_version(run_dir, name, policy if policy.exists() else None, tracking_uri)
-    typer.echo(f"{ref.name}@{ref.version}")
-
-
 @catalog_app.command("list")
 def catalog_list(
     status: str = typer.Option(None, help="draft | approved | rejected"),
@@ -264,70 +252,6 @@ def lineage(
 
 
 @app.command()
-def gate(
-    ref: str = typer.Argument(..., help="NAME@VERSION"),
-    policy: Path = typer.Option(Path("policies/default.yaml"), help="governance policy"),
-    tracking_uri: str = TrackingOpt,
-) -> None:
-    """Run a policy's gate on a version and print every check (exit 1 when it fails)."""
-    # heavy: pydantic, MLflow; `hybridft --help` imports none of the library
-    from hybridft.registry.client import Registry
-    from hybridft.registry.gates import evaluate_gate
-    from hybridft.registry.policy import load_policy
-
-    registry = Registry(tracking_uri)
-    version = registry.resolve(ref)
-    verdict = evaluate_gate(registry, load_policy(policy), version.name, version.version)
-    for check in verdict.checks:
-        mark = "[green]pass[/]" if check.passed else "[red]FAIL[/]"
-        Console().print(f"{mark}  {check.check}: {check.detail}")
-    raise typer.Exit(0 if verdict.passed else 1)
-
-
-@app.command()
-def approve(
-    ref: str = typer.Argument(..., help="NAME@VERSION"),
-    comment: str = typer.Option("", help="why"),
-    role: str = typer.Option("approver", help="the role the approval is given in"),
-    tracking_uri: str = TrackingOpt,
-) -> None:
-    """Approve a version as the current user (HYBRIDFT_USER; needs the approver role)."""
-    # heavy: pydantic, MLflow; `hybridft --help` imports none of the library
-    from hybridft.registry.client import Registry
-    from hybridft.registry.gates import approve as approve_version
-
-    registry = Registry(tracking_uri)
-    version = registry.resolve(ref)
-    approve_version(registry, version.name, version.version, role=role, comment=comment)
-    console.print(f"[green]approved[/] {version.name}@{version.version}")
-
-
-@app.command()
-def promote(
-    ref: str = typer.Argument(..., help="NAME@VERSION"),
-    alias: str = typer.Option("candidate", help="candidate | canary | champion (per policy)"),
-    policy: Path = typer.Option(Path("policies/default.yaml"), help="governance policy"),
-    reason: str = typer.Option("", help="why (goes into the audit log)"),
-    tracking_uri: str = TrackingOpt,
-) -> None:
-    """Move @ALIAS to a version, only through a passing gate (audited either way)."""
-    # heavy: pydantic, MLflow; `hybridft --help` imports none of the library
-    from hybridft.registry.client import Registry
-    from hybridft.registry.gates import promote as promote_version
-    from hybridft.registry.policy import load_policy
-
-    registry = Registry(tracking_uri)
-    version = registry.resolve(ref)
-    result = promote_version(
-        registry, load_policy(policy), version.name, version.version, alias, reason=reason
-    )
-    if not result.moved:
-        console.print(f"[red]refused:[/] {result.reason}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-    console.print(f"[green]{version.name}@{alias}[/] {result.from_version} -> {result.to_version}")
-
-
-@app.command()
 def demo(
     port: int = typer.Option(8000),
     data_dir: Path = typer.Option(Path("data/demo")),
@@ -345,7 +269,9 @@ def demo(
 
 def main() -> None:
     """Entry point: user errors are one line on stderr (``--debug`` or HYBRIDFT_DEBUG=1: traceback)."""
-    debug = "--debug" in sys.argv or os.environ.get("HYBRIDFT_DEBUG") == "1"
+    if "--debug" in sys.argv:  # workers and subcommands read it from the environment
+        os.environ[DEBUG_ENV] = "1"
+    debug = debug_mode()
     # MLflow's INFO lines (database migrations) are not for users; warnings still show
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

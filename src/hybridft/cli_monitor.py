@@ -75,13 +75,16 @@ def retrain(
     from hybridft.monitor.policy import load_monitor_policy
     from hybridft.monitor.retrain import retrain as run_retrain
     from hybridft.monitor.status import gather_status
+    from hybridft.registry.access import require
     from hybridft.registry.client import Registry
 
     policy = load_monitor_policy(policy_path)
     registry = Registry(tracking_uri)
+    # who acts, before the store is read (run_retrain checks the releaser role as well)
+    user = require("trainer", "retrain", tracking_uri=registry.tracking_uri, model=policy.model)
     alerts = gather_status(policy, registry).alerts
     outcome = run_retrain(
-        policy, registry, alerts=alerts, force=force, on_event=lambda m: console.print(m)
+        policy, registry, alerts=alerts, force=force, on_event=lambda m: console.print(m), user=user
     )
     for b in outcome.blocked:
         console.print(

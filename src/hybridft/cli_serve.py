@@ -24,21 +24,40 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys of the serving endpo
 review_app = typer.Typer(no_args_is_help=True, help="The human review queue of flagged answers.")
 
 
-def _controller(spec_path: Path, serve_dir: Path, tracking_uri: str | None, deploy: bool):
+def _authorize(role: str, action: str, model: str = "", tracking_uri: str | None = None):
+    """The acting user, who holds ``role`` (refusals audited), and the audit log to record in."""
+    # heavy: MLflow (the store decides the identity); `hybridft --help` imports none of it
+    from hybridft.registry.access import require
+    from hybridft.registry.audit import default_audit_path
+    from hybridft.registry.client import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    audit = default_audit_path(uri)
+    return require(role, action, audit_path=audit, tracking_uri=uri, model=model), audit
+
+
+def _controller(
+    spec_path: Path, serve_dir: Path, tracking_uri: str | None, deploy: bool, action: str
+):
     # heavy: the controller and the endpoint bring pydantic, MLflow, Ray Serve
-    from hybridft.registry.access import current_user
+    from hybridft.errors import UserError
+    from hybridft.registry.access import refuse
+    from hybridft.registry.bindings import policy_for
     from hybridft.registry.client import Registry
-    from hybridft.registry.policy import load_policy
     from hybridft.release.controller import CanaryController
     from hybridft.serve.canary import ServePaths, load_canary_spec
     from hybridft.serve.endpoint import ServeDeployer
 
     spec = load_canary_spec(spec_path)
     registry = Registry(tracking_uri)
+    user, audit = _authorize("releaser", action, spec.model, registry.tracking_uri)
+    try:  # the model's bound policy; the spec's must be the same
+        policy, note = policy_for(registry, spec.model, spec.policy)
+    except UserError as exc:
+        raise refuse(user, action, f"{spec_path}: {exc}", audit, model=spec.model) from None
+    console.print(note, highlight=False)
     deployer = ServeDeployer(registry, spec.model) if deploy else None
-    return CanaryController(
-        spec, ServePaths(serve_dir), registry, load_policy(spec.policy), current_user(), deployer
-    )
+    return CanaryController(spec, ServePaths(serve_dir), registry, policy, user, deployer)
 
 
 def _prober(controller, url: str, serve_dir: Path):
@@ -72,10 +91,18 @@ def canary_run(
     """Serve the model's champion behind the canary router and run the controller (Ctrl-C stops
     the controller; the endpoint keeps serving). Point @canary at a version to start a canary."""
     # heavy: pydantic (the canary state), Ray Serve (the endpoint)
+    from hybridft.registry.access import record_allowed
     from hybridft.serve.canary import CanaryStore, ServePaths
     from hybridft.serve.endpoint import start_endpoint
 
-    controller = _controller(spec_path, serve_dir, tracking_uri, deploy)
+    controller = _controller(spec_path, serve_dir, tracking_uri, deploy, "canary_run")
+    record_allowed(
+        controller.user,
+        "canary_run",
+        controller.audit_path,
+        model=controller.spec.model,
+        extra={"spec": str(spec_path), "deploy": deploy},
+    )
     if deploy:
         ensure_ray()
         url = start_endpoint(controller.spec, serve_dir, controller.registry, host=host, port=port)
@@ -121,13 +148,23 @@ def canary_status(
 
 
 def _manual(action: str, serve_dir: Path, reason: str, weight: float | None = None) -> None:
+    """A manual gate on the running canary (role releaser; audited either way)."""
     # heavy: pydantic (the canary state); `hybridft --help` imports none of the library
-    from hybridft.registry.access import current_user
+    from hybridft.registry.access import record_allowed
     from hybridft.serve.canary import CanaryStore, ServePaths, manual_action
 
-    user = current_user()
-    state = manual_action(
-        CanaryStore(ServePaths(serve_dir).state), action, user.name, reason, weight
+    store = CanaryStore(ServePaths(serve_dir).state)
+    model = store.read().model if store.exists() else ""
+    user, audit = _authorize("releaser", f"canary_{action}", model)
+    state = manual_action(store, action, user.name, reason, weight)
+    record_allowed(
+        user,
+        f"canary_{action}",
+        audit,
+        reason=reason,
+        model=state.model,
+        version=state.canary,
+        extra={"weight": state.weight, "status": state.status},
     )
     console.print(f"{action}: status {state.status}, weight {state.weight:.2f}")
 
@@ -157,7 +194,7 @@ def canary_weight(
 def _decide_now(
     action: str, spec_path: Path, serve_dir: Path, reason: str, uri: str | None
 ) -> None:
-    controller = _controller(spec_path, serve_dir, uri, deploy=False)
+    controller = _controller(spec_path, serve_dir, uri, deploy=False, action=f"canary_{action}")
     decision = controller.decide_now(action, controller.user, reason)
     console.print(f"{decision.decision}: {decision.reason}")
     if decision.decision != action:
@@ -192,12 +229,23 @@ def keys_create(
     role: str = typer.Option("user", help="user | admin"),
     serve_dir: Path = ServeDirOpt,
 ) -> None:
-    """Create a key; it is printed once (stdout) and stored only as a hash."""
+    """Create a key; it is printed once (stdout) and stored only as a hash (role admin; audited)."""
     # heavy: pydantic (the canary state); `hybridft --help` imports none of the library
+    from hybridft.registry.access import record_allowed
     from hybridft.serve.canary import ServePaths
     from hybridft.serve.keys import KeyStore
 
-    key = KeyStore(ServePaths(serve_dir).keys).create(name, role)
+    user, audit = _authorize("admin", "key_create")
+    keys = KeyStore(ServePaths(serve_dir).keys)
+    key = keys.create(name, role)
+    info = keys.verify(key)
+    record_allowed(
+        user,
+        "key_create",
+        audit,
+        reason=f"{role} key for {name}",
+        extra={"key_id": info.key_id if info else "", "serve_dir": str(serve_dir)},
+    )
     print(key)
     console.print(f"created {role} key for {name} (store it now: it is not shown again)")
 
@@ -217,12 +265,21 @@ def keys_list(serve_dir: Path = ServeDirOpt) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(name_or_id: str = typer.Argument(...), serve_dir: Path = ServeDirOpt) -> None:
-    """Revoke a key by name or id."""
+    """Revoke a key by name or id (role admin; audited)."""
     # heavy: pydantic (the canary state); `hybridft --help` imports none of the library
+    from hybridft.registry.access import record_allowed
     from hybridft.serve.canary import ServePaths
     from hybridft.serve.keys import KeyStore
 
+    user, audit = _authorize("admin", "key_revoke")
     info = KeyStore(ServePaths(serve_dir).keys).revoke(name_or_id)
+    record_allowed(
+        user,
+        "key_revoke",
+        audit,
+        reason=f"revoked {info.name}",
+        extra={"key_id": info.key_id, "serve_dir": str(serve_dir)},
+    )
     console.print(f"revoked {info.name} ({info.key_id})")
 
 

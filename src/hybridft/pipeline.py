@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hybridft.registry.access import current_user
 from hybridft.registry.client import Registry
 from hybridft.registry.data_approval import catalog_run_data, require_approved
 from hybridft.registry.tracking import RunRecord, log_train_run
@@ -31,10 +32,13 @@ def train_and_log(
     """
     spec = load_job(spec_path)
     registry = Registry(tracking_uri)  # opened first: a bad URI fails before training
+    # who trains, established first too: refused credentials or a declared identity outside dev
+    # mode fail now, not after the run
+    who = current_user(tracking_uri=registry.tracking_uri)
     gate = None
     if require_approved_data:
-        gate = lambda fps: require_approved(registry, spec, fps)  # noqa: E731
+        gate = lambda fps: require_approved(registry, spec, fps, who)  # noqa: E731
     result = run(spec, run_name=run_name, resume=resume, output_dir=output_dir, data_gate=gate)
-    record = log_train_run(registry, spec, result)
-    catalog_run_data(registry, spec, record.fingerprints)
+    record = log_train_run(registry, spec, result, trained_by=who.name)
+    catalog_run_data(registry, spec, record.fingerprints, who)
     return record

@@ -110,7 +110,7 @@ def test_retraining_never_trains_on_unapproved_data(loop, registry, tmp_path):
     assert reviewed.status == "draft" and reviewed.generator == "review-queue"
     assert reviewed.rows == 6 and reviewed.sources == [out.dataset["path"]]
     audit = read_audit(default_audit_path(registry.tracking_uri), action="retrain")
-    assert [r.outcome for r in audit] == ["blocked"]
+    assert [r.outcome for r in audit] == ["ok", "blocked"]  # not triggered, then blocked
 
     # approving only the reviewed rows is not enough
     review_dataset(registry, blocked["reviewed"]["fingerprint"], "approved", reviewer=APPROVER)

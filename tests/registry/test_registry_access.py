@@ -7,29 +7,50 @@ from pathlib import Path
 import pytest
 
 from hybridft.errors import UserError
-from hybridft.registry.access import User, current_user, load_users, require
+from hybridft.registry.access import User, current_user, load_users, os_user, require
+from hybridft.registry.approvals import approve
 from hybridft.registry.audit import default_audit_path, read_audit
-from hybridft.registry.gates import alias_version, approve, promote
+from hybridft.registry.gates import alias_version, promote
 from hybridft.registry.policy import Policy, load_policy
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_roles_from_env_then_file_then_viewer(tmp_path, monkeypatch):
+def test_dev_mode_roles_from_env_then_file_then_viewer(tmp_path, monkeypatch):
     users = tmp_path / "users.yaml"
     users.write_text("users:\n  carol: [approver, viewer]\n")
     monkeypatch.setenv("HYBRIDFT_USERS_FILE", str(users))
+    monkeypatch.setenv("HYBRIDFT_DEV_MODE", "1")
     monkeypatch.delenv("HYBRIDFT_ROLES", raising=False)
     monkeypatch.setenv("HYBRIDFT_USER", "carol")
-    assert current_user() == User("carol", ("approver", "viewer"))
-    assert current_user("mallory") == User("mallory", ("viewer",))
+    assert current_user() == User("carol", ("approver", "viewer"), dev_mode=True)
+    assert current_user("mallory").roles == ("viewer",)
     monkeypatch.setenv("HYBRIDFT_ROLES", "releaser, trainer")
-    assert current_user() == User("carol", ("releaser", "trainer"))
-    monkeypatch.setenv("HYBRIDFT_ROLES", "admin")
-    with pytest.raises(UserError, match="HYBRIDFT_ROLES: unknown role 'admin'"):
+    assert current_user() == User("carol", ("releaser", "trainer"), dev_mode=True)
+    monkeypatch.setenv("HYBRIDFT_ROLES", "root")
+    with pytest.raises(UserError, match="HYBRIDFT_ROLES: unknown role 'root'"):
         current_user()
     with pytest.raises(UserError, match="expected letters"):
         current_user("bad name")
+
+
+def test_outside_dev_mode_the_login_account_and_the_users_file(tmp_path, monkeypatch):
+    me = os_user()
+    users = tmp_path / "users.yaml"
+    users.write_text(f"users:\n  {me}: [approver, viewer]\n")
+    monkeypatch.setenv("HYBRIDFT_USERS_FILE", str(users))
+    monkeypatch.delenv("HYBRIDFT_DEV_MODE")
+    for var in ("HYBRIDFT_USER", "HYBRIDFT_ROLES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("USER", "someone-else")  # getpass would believe it; the uid does not
+    monkeypatch.setenv("LOGNAME", "someone-else")
+    assert current_user() == User(me, ("approver", "viewer"))
+    monkeypatch.setenv("HYBRIDFT_ROLES", "releaser")
+    with pytest.raises(UserError, match=r"^HYBRIDFT_ROLES is set: expected HYBRIDFT_DEV_MODE=1"):
+        current_user()
+    monkeypatch.setenv("HYBRIDFT_DEV_MODE", "1")
+    with pytest.raises(UserError, match="with the MLflow server http://mlflow.example"):
+        current_user(tracking_uri="http://mlflow.example:5000")
 
 
 def test_bad_users_and_policy_files_give_file_line_key(tmp_path):

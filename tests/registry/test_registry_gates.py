@@ -11,9 +11,10 @@ import pytest
 
 from hybridft.errors import UserError
 from hybridft.registry.access import User
+from hybridft.registry.approvals import approve
 from hybridft.registry.audit import default_audit_path, read_audit
 from hybridft.registry.catalog import register_dataset, review_dataset
-from hybridft.registry.gates import alias_version, approve, evaluate_gate, promote
+from hybridft.registry.gates import alias_version, evaluate_gate, promote
 from hybridft.registry.policy import Policy, load_policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,7 +146,7 @@ def test_promote_refuses_unguarded_alias_and_stale_expectation(registry, make_ve
     missing = promote(registry, loose, "m", "99", "champion", user=RELEASER)
     assert not missing.moved and missing.reason == "m@99: no such model version"
     outcomes = [r.outcome for r in read_audit(default_audit_path(registry.tracking_uri))]
-    assert outcomes == ["ok", "refused", "refused"]
+    assert outcomes == ["refused", "ok", "refused", "refused"]  # the unguarded alias first
 
 
 def _race_worker(uri: str, version: str, barrier, audit: str) -> None:

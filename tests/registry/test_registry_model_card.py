@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow.artifacts
 
 from hybridft.registry.access import User
-from hybridft.registry.gates import approve
+from hybridft.registry.approvals import approve
 from hybridft.registry.model_card import (
     CARD_ARTIFACT,
     CARD_TAG,

@@ -6,7 +6,8 @@ the status page -> the flagged answers reviewed -> retrain (blocked until the re
 approved, then trained from the champion, evaluated, gated) -> a new canary -> one live answer of
 the new version traced back to the live requests its training rows came from.
 
-Users (policies/users.yaml): carol reviews and approves, dave releases.
+Users (policies/users.yaml, played in dev mode): carol reviews and approves, dave releases and
+runs retraining (trainer and releaser).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from hybridft.monitor.status import alerts_table, gather_status
 from hybridft.monitor.status_page import render_status
 from hybridft.monitor.trace import trace_request, trace_tree
 from hybridft.registry.access import current_user
+from hybridft.registry.approvals import approve
 from hybridft.registry.catalog import review_dataset
 from hybridft.registry.client import Registry
-from hybridft.registry.gates import approve, promote
+from hybridft.registry.gates import promote
 from hybridft.registry.policy import load_policy
 from hybridft.release.controller import CanaryController
 from hybridft.release.probes import Prober, load_probe_rows

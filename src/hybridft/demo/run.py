@@ -1,6 +1,7 @@
 """``make demo``: data -> train -> eval -> register -> govern -> serve -> one answer -> summary.
 
-The governance step acts as the users of ``policies/users.yaml``: carol (approver) reviews the
+The demo plays the users of ``policies/users.yaml`` in dev mode (``demo.steps.acting_as``; every
+audit line says ``dev_mode``): bob (trainer) trains and registers, carol (approver) reviews the
 training data and approves the version, dave (releaser) promotes it through the gate.
 """
 
@@ -18,9 +19,10 @@ from hybridft.demo.steps import acting_as, print_step
 from hybridft.demo.synth import synthesize
 from hybridft.evaluate.table import eval_table
 from hybridft.pipeline import train_and_log
+from hybridft.registry.approvals import approve
 from hybridft.registry.catalog import review_dataset
 from hybridft.registry.client import Registry
-from hybridft.registry.gates import approve, evaluate_gate, promote
+from hybridft.registry.gates import evaluate_gate, promote
 from hybridft.registry.lineage import describe_lineage, lineage_tree
 from hybridft.registry.policy import load_policy
 from hybridft.registry.registration import evaluate_run, register_version
@@ -59,7 +61,8 @@ def run_demo(
     console.print(f"{rows} rows in {data_dir}  ({time.perf_counter() - t:.1f}s)")
 
     t = print_step(console, 2, steps, f"train {DEMO_SPEC} on Ray Train (2 workers, DDP over gloo)")
-    record = train_and_log(DEMO_SPEC)
+    with acting_as("bob"):  # trainer: trains and registers; may not approve what he trained
+        record = train_and_log(DEMO_SPEC)
     console.print(f"run {record.run_name} ({time.perf_counter() - t:.0f}s)")
 
     t = print_step(console, 3, steps, "evaluate: leakage shield, scores, calibration, robustness")
@@ -68,7 +71,8 @@ def run_demo(
 
     print_step(console, 4, steps, "register in MLflow (lineage, eval, model card)")
     registry = Registry(record.tracking_uri)
-    version = register_version(record.run_dir, MODEL_NAME, POLICY)
+    with acting_as("bob"):
+        version = register_version(record.run_dir, MODEL_NAME, POLICY)
     console.print(f"registered {version.name} version {version.version}")
 
     print_step(console, 5, steps, f"governance: gate ({POLICY}), reviews, approval, promotion")
@@ -127,7 +131,8 @@ def run_demo(
         t = print_step(
             console, 9, steps, f"sweep {SWEEP_SPACE}: Ray Tune + Optuna TPE + ASHA, few long trials"
         )
-        swept = run_sweep(SWEEP_SPACE, verbose=0)
+        with acting_as("bob"):
+            swept = run_sweep(SWEEP_SPACE, verbose=0)
         done = sum(1 for x in swept.trials if x["status"] == "completed")
         console.print(
             f"{len(swept.trials)} trials ({done} completed, the rest stopped early by ASHA) in "
@@ -141,16 +146,17 @@ def run_demo(
             f"report: SFT only vs instruction only vs best hybrid, {REPORT_SEEDS} seeds, "
             "label-efficiency evidence",
         )
-        page = build_report(
-            swept.sweep_dir,
-            seeds=REPORT_SEEDS,
-            evidence_seeds=1,  # the label-efficiency runs: one seed each (intervals over rows)
-            label_sizes=(50, 200),  # 1000 and all labels: `hybridft study`
-            eval_examples=100,
-            register_as=MODEL_NAME,  # a new version of the demo model: the loop's canary
-            policy_path=POLICY,
-            on_event=lambda m: console.print(m, highlight=False),
-        )
+        with acting_as("bob"):  # the report trains its arms and registers the recommendation
+            page = build_report(
+                swept.sweep_dir,
+                seeds=REPORT_SEEDS,
+                evidence_seeds=1,  # the label-efficiency runs: one seed each (intervals over rows)
+                label_sizes=(50, 200),  # 1000 and all labels: `hybridft study`
+                eval_examples=100,
+                register_as=MODEL_NAME,  # a new version of the demo model: the loop's canary
+                policy_path=POLICY,
+                on_event=lambda m: console.print(m, highlight=False),
+            )
         for part in decision_tables(json.loads((page.parent / "report.json").read_text())):
             console.print(part, highlight=False)
         console.print(f"report: {page}  ({time.perf_counter() - t:.0f}s)", highlight=False)

@@ -19,6 +19,10 @@ def print_step(console: Console, n: int, total: int, text: str) -> float:
 
 @contextmanager
 def acting_as(user: str) -> Iterator[None]:
-    """Run governance actions as ``user`` (roles from policies/users.yaml)."""
-    with environment({"HYBRIDFT_USER": user, "HYBRIDFT_ROLES": None}):
+    """Run governance actions as ``user`` (roles from policies/users.yaml).
+
+    The demo is one person playing several: dev mode, the only mode in which ``HYBRIDFT_USER``
+    declares the user (``registry.access``); every audit line it writes says ``dev_mode``.
+    """
+    with environment({"HYBRIDFT_DEV_MODE": "1", "HYBRIDFT_USER": user, "HYBRIDFT_ROLES": None}):
         yield

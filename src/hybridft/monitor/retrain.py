@@ -35,7 +35,7 @@ from hybridft.monitor.policy import MonitorPolicy, RetrainPolicy
 from hybridft.monitor.records import Alert
 from hybridft.monitor.trigger import TriggerVerdict, champion_version, evaluate_trigger
 from hybridft.pipeline import train_and_log
-from hybridft.registry.access import current_user
+from hybridft.registry.access import User, audit_dev_mode, require
 from hybridft.registry.audit import AuditRecord, append_audit, default_audit_path
 from hybridft.registry.client import Registry
 from hybridft.registry.data_approval import UnapprovedData
@@ -169,16 +169,59 @@ def retrain(
     alerts: list[Alert] | None = None,
     force: bool = False,
     on_event: Callable[[str], None] = lambda _m: None,
+    user: User | None = None,
 ) -> RetrainOutcome:
-    """Run the loop's retraining steps as far as the evidence and the approvals allow."""
-    rules = policy.retrain
-    if rules is None:
+    """Run the loop's retraining steps as far as the evidence and the approvals allow.
+
+    Needs roles trainer and releaser (it trains, registers and promotes), checked before
+    anything runs; every call leaves one audit line: ``ok``, ``blocked`` (data awaiting
+    approval) or ``refused`` (a gate), with where it stopped.
+    """
+    if policy.retrain is None:
         raise UserError(f"{policy.source_file or 'monitor policy'}: retrain: section missing")
+    audit_path = default_audit_path(registry.tracking_uri)
+    who = require(
+        "trainer",
+        "retrain",
+        user=user,
+        audit_path=audit_path,
+        tracking_uri=registry.tracking_uri,
+        model=policy.model,
+    )
+    require("releaser", "retrain", user=who, audit_path=audit_path, model=policy.model)
+    out = _retrain(policy, policy.retrain, registry, who, alerts or [], force, on_event)
+    outcome = {"awaiting_approval": "blocked", "refused": "refused"}.get(out.status, "ok")
+    append_audit(
+        AuditRecord(
+            who=who.name,
+            roles=list(who.roles),
+            dev_mode=audit_dev_mode(who),
+            action="retrain",
+            outcome=outcome,
+            reason=f"{out.status}: {out.steps[-1]['detail']}"[:2000],
+            model=policy.model,
+            to_version=out.version or None,
+            extra={"run_dir": out.run_dir},
+        ),
+        audit_path,
+    )
+    return out
+
+
+def _retrain(
+    policy: MonitorPolicy,
+    rules: RetrainPolicy,
+    registry: Registry,
+    who: User,
+    alerts: list[Alert],
+    force: bool,
+    on_event: Callable[[str], None],
+) -> RetrainOutcome:
     paths = ServePaths(policy.serve_dir)
     history = paths.root / "retrain" / "history.jsonl"
     champion = champion_version(registry, policy.model)
     created = champion.creation_timestamp / 1000 if champion is not None else None
-    verdict = evaluate_trigger(rules, alerts or [], created)
+    verdict = evaluate_trigger(rules, alerts, created)
     if force:
         verdict = TriggerVerdict(True, ["forced by the operator", *verdict.reasons])
     out = RetrainOutcome("not_triggered", reasons=verdict.reasons)
@@ -210,14 +253,13 @@ def retrain(
     except UnapprovedData as exc:
         out.status = "awaiting_approval"
         out.blocked = exc.blocked
-        _audit(registry, policy.model, "retrain", "blocked", str(exc))
         return _done(out, history, on_event, str(exc))
     out.run_dir = record.run_dir
     _step(out, on_event, "train", f"run {record.run_name}")
 
     evaluate_run(record.run_dir)
     try:
-        version = register_version(record.run_dir, policy.model, rules.gate_policy)
+        version = register_version(record.run_dir, policy.model, rules.gate_policy, user=who)
     except UserError as exc:  # e.g. the leakage shield: audited by register_version
         out.status = "refused"
         return _done(out, history, on_event, str(exc))
@@ -240,6 +282,7 @@ def retrain(
             policy.model,
             version.version,
             alias,
+            user=who,
             reason="retrain: " + out.reasons[0],
         )
         if not move.moved:
@@ -248,15 +291,6 @@ def retrain(
         _step(out, on_event, "promote", f"@{alias} -> version {version.version}")
     out.status = "canary" if rules.start_canary else "candidate"
     return _done(out, history, on_event, f"version {version.version} holds @{aliases[-1]}")
-
-
-def _audit(registry: Registry, model: str, action: str, outcome: str, reason: str) -> None:
-    who = current_user()
-    append_audit(
-        AuditRecord(who=who.name, roles=list(who.roles), action=action, outcome=outcome,
-                    reason=reason[:2000], model=model),
-        default_audit_path(registry.tracking_uri),
-    )  # fmt: skip
 
 
 def _step(out: RetrainOutcome, on_event: Callable[[str], None], name: str, detail: str) -> None:

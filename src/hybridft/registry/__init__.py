@@ -1,5 +1,5 @@
 """The registry: MLflow runs and versions with their lineage, identity and roles, gates,
-approvals, the audit log, the data catalog and model cards.
+approvals, policies bound to models, the audit log, the data catalog and model cards.
 
 A run directory enters it through ``tracking`` (``log_train_run``) and ``registration``
 (``evaluate_run``, ``register_version``); the data a run reads through ``data_approval``."""
@@ -13,10 +13,15 @@ _EXPORTS = {
     "User": "access",
     "current_user": "access",
     "require": "access",
+    "approve": "approvals",
     "AuditRecord": "audit",
     "append_audit": "audit",
     "default_audit_path": "audit",
     "exclusive_lock": "audit",
+    "Binding": "bindings",
+    "bind_policy": "bindings",
+    "bound_policy": "bindings",
+    "policy_for": "bindings",
     "read_audit": "audit",
     "DatasetEntry": "catalog",
     "get_dataset": "catalog",
@@ -31,7 +36,6 @@ _EXPORTS = {
     "GateVerdict": "gates",
     "Promotion": "gates",
     "alias_version": "gates",
-    "approve": "gates",
     "evaluate_gate": "gates",
     "promote": "gates",
     "describe_lineage": "lineage",

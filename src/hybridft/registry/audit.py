@@ -23,6 +23,14 @@ from hybridft.errors import UserError
 
 AUDIT_ENV = "HYBRIDFT_AUDIT_LOG"
 DEFAULT_AUDIT = Path(".hybridft") / "audit.jsonl"
+# Dev mode: one person plays several users on a local store (the demo, tests). Identities and
+# roles then come from the environment (``registry.access``); every audit line says so.
+DEV_MODE_ENV = "HYBRIDFT_DEV_MODE"
+
+
+def in_dev_mode() -> bool:
+    """Whether ``HYBRIDFT_DEV_MODE`` is on (``1``, ``true`` or ``yes``)."""
+    return os.environ.get(DEV_MODE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass
@@ -42,6 +50,8 @@ class AuditRecord:
     extra: dict[str, Any] = field(default_factory=dict)
     when: str = field(default_factory=lambda: utc_now())
     pid: int = field(default_factory=os.getpid)
+    # True when written in dev mode: the identity was declared through the environment.
+    dev_mode: bool = field(default_factory=in_dev_mode)
 
 
 def utc_now() -> str:

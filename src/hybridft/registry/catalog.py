@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hybridft.errors import UserError
-from hybridft.registry.access import User, require
+from hybridft.registry.access import User, audit_dev_mode, require
 from hybridft.registry.audit import AuditRecord, append_audit, default_audit_path, utc_now
 from hybridft.registry.client import Registry
 
@@ -165,7 +165,14 @@ def register_dataset(
     """
     _check_fingerprint(fingerprint)
     audit_path = audit_path or default_audit_path(registry.tracking_uri)
-    who = require("trainer", "register_dataset", user=user, audit_path=audit_path, model=name)
+    who = require(
+        "trainer",
+        "register_dataset",
+        user=user,
+        audit_path=audit_path,
+        tracking_uri=registry.tracking_uri,
+        model=name,
+    )
     existing = get_dataset(registry, fingerprint)
     if existing is not None:
         return existing
@@ -194,6 +201,7 @@ def register_dataset(
         AuditRecord(
             who=who.name,
             roles=list(who.roles),
+            dev_mode=audit_dev_mode(who),
             action="register_dataset",
             outcome="ok",
             model=name,
@@ -235,7 +243,13 @@ def review_dataset(
         raise UserError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
     _check_fingerprint(fingerprint)
     audit_path = audit_path or default_audit_path(registry.tracking_uri)
-    who = require("approver", "review_dataset", user=reviewer, audit_path=audit_path)
+    who = require(
+        "approver",
+        "review_dataset",
+        user=reviewer,
+        audit_path=audit_path,
+        tracking_uri=registry.tracking_uri,
+    )
     run = _find_run(registry, fingerprint)
     if run is None:
         raise UserError(f"fingerprint {fingerprint}: not in the data catalog (register it first)")
@@ -256,6 +270,7 @@ def review_dataset(
         AuditRecord(
             who=who.name,
             roles=list(who.roles),
+            dev_mode=audit_dev_mode(who),
             action="review_dataset",
             outcome="ok",
             reason=comment,

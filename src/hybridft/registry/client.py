@@ -179,6 +179,15 @@ class Registry:
         )
         return ModelRef.of(mv)
 
+    def model_version(self, name: str, version: str) -> ModelVersion:
+        """One model version, or a one-line error when there is no such version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(name, str(version))
+        except MlflowException:
+            raise UserError(f"{name}@{version}: no such model version") from None
+
     def resolve(self, ref: str) -> ModelRef:
         """``name@alias``, ``name@3``, ``name/3`` or ``models:/name@alias`` -> a model version."""
         from mlflow.exceptions import MlflowException

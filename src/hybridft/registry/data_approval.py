@@ -19,7 +19,9 @@ from hybridft.registry.client import Registry
 from hybridft.specs import JobSpec
 
 
-def catalog_run_data(registry: Registry, spec: JobSpec, fingerprints: dict[str, str]) -> list[Any]:
+def catalog_run_data(
+    registry: Registry, spec: JobSpec, fingerprints: dict[str, str], user: User | None = None
+) -> list[Any]:
     """Record every dataset version a run trained on in the data catalog (as ``draft``).
 
     Provenance: the source files, rows, format and schema; for generated data, the generator and
@@ -28,7 +30,7 @@ def catalog_run_data(registry: Registry, spec: JobSpec, fingerprints: dict[str, 
     fingerprint) are left as they are, review status included. Training is not role-gated, so the
     entry is registered under the training user's name with the trainer role for this one action.
     """
-    who = current_user()
+    who = user or current_user(tracking_uri=registry.tracking_uri)
     entries = []
     for name, fp in sorted(fingerprints.items()):
         source = spec.data.sources.get(name)
@@ -68,9 +70,11 @@ class UnapprovedData(UserError):
         )
 
 
-def require_approved(registry: Registry, spec: JobSpec, fingerprints: dict[str, str]) -> None:
+def require_approved(
+    registry: Registry, spec: JobSpec, fingerprints: dict[str, str], user: User | None = None
+) -> None:
     """Catalogue ``fingerprints`` (drafts when new); raise UnapprovedData unless all approved."""
-    catalog_run_data(registry, spec, fingerprints)
+    catalog_run_data(registry, spec, fingerprints, user)
     blocked = []
     for name, fp in sorted(fingerprints.items()):
         entry = get_dataset(registry, fp)

@@ -1,7 +1,8 @@
 """Governance gates on MLflow aliases: approvals, policy checks, and a compare-and-set promote.
 
 MLflow moves an alias unconditionally and keeps no history. Here an alias moves only through
-``promote``: it needs role releaser, runs the policy gate, and holds an exclusive lock (a file
+``promote``: it needs role releaser and the policy bound to the model when one is
+(``registry.bindings``), runs the policy gate, and holds an exclusive lock (a file
 beside the audit log) around read-alias -> gate -> set-alias -> audit. The caller states which
 version it believes holds the alias (``expected_current``); if another promotion moved it in
 between, this one is refused. Every attempt, passed or refused, is one audit record.
@@ -18,7 +19,8 @@ from types import EllipsisType
 from typing import Any
 
 from hybridft.errors import UserError
-from hybridft.registry.access import User, current_user, require
+from hybridft.registry.access import User, audit_dev_mode, refuse, require
+from hybridft.registry.approvals import approvals, counted_approvals
 from hybridft.registry.audit import (
     AuditRecord,
     append_audit,
@@ -26,11 +28,11 @@ from hybridft.registry.audit import (
     exclusive_lock,
     utc_now,
 )
+from hybridft.registry.bindings import check_bound, policy_sha256
 from hybridft.registry.catalog import get_dataset
 from hybridft.registry.client import Registry
 from hybridft.registry.policy import Policy
 
-APPROVAL_TAG = "hybridft.approval."
 FINGERPRINT_TAG = "hybridft.fingerprint."
 CONTAMINATION = "eval/contamination"
 ECE = "eval/ece"
@@ -89,27 +91,6 @@ def alias_version(registry: Registry, name: str, alias: str) -> str | None:
     return str(version) if version is not None else None
 
 
-def _version(registry: Registry, name: str, version: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return registry.client.get_model_version(name, str(version))
-    except MlflowException:
-        raise UserError(f"{name}@{version}: no such model version") from None
-
-
-def approvals(mv: Any) -> dict[str, dict[str, Any]]:
-    """``{user: {role, when, comment}}`` from the version's ``hybridft.approval.<user>`` tags."""
-    out = {}
-    for key, value in mv.tags.items():
-        if key.startswith(APPROVAL_TAG):
-            try:
-                out[key.removeprefix(APPROVAL_TAG)] = json.loads(value)
-            except ValueError:
-                continue  # a hand-edited tag that is not ours does not count as an approval
-    return out
-
-
 def _metric_checks(
     policy: Policy, metrics: dict[str, float], champ: dict[str, float] | None, champion: str | None
 ) -> list[Check]:
@@ -143,7 +124,9 @@ def _metric_checks(
     return checks
 
 
-def evaluate_gate(registry: Registry, policy: Policy, name: str, version: str) -> GateVerdict:
+def evaluate_gate(
+    registry: Registry, policy: Policy, name: str, version: str, releaser: User | None = None
+) -> GateVerdict:
     """Check one model version against a policy; reads MLflow, changes nothing.
 
     Args:
@@ -151,18 +134,20 @@ def evaluate_gate(registry: Registry, policy: Policy, name: str, version: str) -
         policy: The policy.
         name: Registered model name.
         version: The version to check.
+        releaser: Who would release it: with ``separate_approver_and_releaser``, not an
+            approver; approvals given in dev mode count when the releaser acts in dev mode.
 
     Returns:
         Every check with its outcome and a one-line detail.
     """
-    mv = _version(registry, name, version)
+    mv = registry.model_version(name, version)
     run = registry.client.get_run(mv.run_id)
     metrics = dict(run.data.metrics)
     champion = alias_version(registry, name, policy.champion_alias)
     champ = None
     if champion is not None:
         champ = dict(
-            registry.client.get_run(_version(registry, name, champion).run_id).data.metrics
+            registry.client.get_run(registry.model_version(name, champion).run_id).data.metrics
         )
     verdict = GateVerdict(policy.name, name, str(version), champion)
     verdict.checks += _metric_checks(policy, metrics, champ, champion)
@@ -177,9 +162,16 @@ def evaluate_gate(registry: Registry, policy: Policy, name: str, version: str) -
         verdict.checks.append(_contamination_check(policy.max_contamination, metrics, mv, run))
     need = policy.required_approvals
     if need.count:
-        got = sorted(u for u, a in approvals(mv).items() if a.get("role") == need.role)
+        got, skipped = counted_approvals(mv, need.role, audit_dev_mode(releaser))
         detail = f"{len(got)} of {need.count} ({', '.join(got) or 'none'})"
+        if skipped:
+            detail += f"; not counted: {', '.join(skipped)}"
         verdict.checks.append(Check(f"approvals by {need.role}", len(got) >= need.count, detail))
+    if releaser is not None and policy.separate_approver_and_releaser:
+        approved = releaser.name in approvals(mv)
+        who = releaser.name
+        detail = f"{who} approved this version" if approved else f"{who} did not approve"
+        verdict.checks.append(Check("releaser is not an approver", not approved, detail))
     if policy.require_approved_data:
         verdict.checks.append(_data_check(registry, mv))
     return verdict
@@ -218,58 +210,6 @@ def _data_check(registry: Registry, mv: Any) -> Check:
     return Check("training data approved", not bad, detail)
 
 
-def approve(
-    registry: Registry,
-    name: str,
-    version: str,
-    user: User | None = None,
-    role: str = "approver",
-    comment: str = "",
-    audit_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """Record ``user``'s approval of a model version as the tag ``hybridft.approval.<user>``.
-
-    Args:
-        registry: The MLflow store.
-        name: Registered model name.
-        version: The version approved.
-        user: The approver (default ``current_user()``); must hold ``role``.
-        role: The role the approval is given in (what ``required_approvals.role`` counts).
-        comment: Why.
-        audit_path: The audit log (default: beside the store).
-
-    Returns:
-        The approval ``{role, when, comment}``.
-    """
-    audit_path = audit_path or default_audit_path(registry.tracking_uri)
-    who = require(
-        role,
-        "approve",
-        user=user or current_user(),
-        audit_path=audit_path,
-        model=name,
-        version=str(version),
-    )
-    _version(registry, name, version)
-    approval = {"role": role, "when": utc_now(), "comment": comment}
-    registry.client.set_model_version_tag(
-        name, str(version), APPROVAL_TAG + who.name, json.dumps(approval)
-    )
-    append_audit(
-        AuditRecord(
-            who=who.name,
-            roles=list(who.roles),
-            action="approve",
-            outcome="ok",
-            reason=comment,
-            model=name,
-            to_version=str(version),
-        ),
-        audit_path,
-    )
-    return approval
-
-
 def promote(
     registry: Registry,
     policy: Policy,
@@ -290,40 +230,44 @@ def promote(
         name: Registered model name.
         version: The version to promote.
         alias: One of ``policy.aliases``.
-        user: The releaser (default ``current_user()``).
+        user: The releaser (default ``current_user()``); with the policy's
+            ``separate_approver_and_releaser``, not one of the version's approvers.
         reason: Why, for the audit log.
         expected_current: The version the caller believes holds the alias (None: unset);
             default: read when the call starts.
         audit_path: The audit log; the lock file ``<audit>.lock`` sits beside it.
 
     Returns:
-        The outcome; ``moved`` is False when the gate or the compare-and-set refused, or the
-        version does not exist (``reason`` says which).
+        The outcome; ``moved`` is False when ``policy`` is not the one bound to the model, the
+        gate or the compare-and-set refused, or the version does not exist (``reason`` says
+        which).
 
     Raises:
         UserError: The user is not a releaser, or the policy does not guard ``alias``.
     """
     audit_path = Path(audit_path or default_audit_path(registry.tracking_uri))
     version = str(version)
+    where: dict[str, Any] = {"model": name, "version": version, "alias": alias}
     who = require(
         "releaser",
         "promote",
         user=user,
         audit_path=audit_path,
-        model=name,
-        version=version,
-        alias=alias,
+        tracking_uri=registry.tracking_uri,
+        **where,
     )
-    if alias not in policy.aliases:
-        raise UserError(
-            f"policy {policy.name} guards {', '.join(policy.aliases)}; not alias {alias!r}"
-        )
+    not_bound = check_bound(registry, name, policy)  # the model's own policy, or refused
+    if not_bound is None and alias not in policy.aliases:
+        why = f"policy {policy.name} guards {', '.join(policy.aliases)}; not alias {alias!r}"
+        raise refuse(who, "promote", why, audit_path, **where)
     if expected_current is ...:
         expected_current = alias_version(registry, name, alias)
     with exclusive_lock(audit_path.with_name(audit_path.name + ".lock")):
         current = alias_version(registry, name, alias)
         verdict: GateVerdict | None = None
-        if current != expected_current:
+        if not_bound is not None:
+            moved, why = False, not_bound
+        elif current != expected_current:
             moved = False
             why = (
                 f"{alias} moved from {expected_current or '(none)'} to {current or '(none)'} "
@@ -331,7 +275,7 @@ def promote(
             )
         else:
             try:
-                verdict = evaluate_gate(registry, policy, name, version)
+                verdict = evaluate_gate(registry, policy, name, version, releaser=who)
             except UserError as exc:  # e.g. no such version: still an audited attempt
                 moved, why = False, str(exc)
             else:
@@ -355,6 +299,7 @@ def promote(
             AuditRecord(
                 who=who.name,
                 roles=list(who.roles),
+                dev_mode=audit_dev_mode(who),
                 action="promote",
                 outcome="ok" if moved else "refused",
                 reason=why,
@@ -365,6 +310,7 @@ def promote(
                 verdict=verdict.to_dict() if verdict else None,
                 extra={
                     "policy": policy.name,
+                    "policy_sha256": policy_sha256(policy),
                     "expected_current": expected_current,
                     "requested_reason": reason,
                 },

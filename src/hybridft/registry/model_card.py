@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 
 from hybridft.evaluate.model_index import model_index, task_metrics
+from hybridft.registry.approvals import approvals
 from hybridft.registry.client import ModelRef, Registry
-from hybridft.registry.gates import CONTAMINATION, ECE, approvals, evaluate_gate
+from hybridft.registry.gates import CONTAMINATION, ECE, evaluate_gate
 from hybridft.registry.lineage import describe_lineage
 from hybridft.registry.policy import Policy
 

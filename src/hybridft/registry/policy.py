@@ -13,8 +13,9 @@ from pydantic import Field, model_validator
 from hybridft.specfile import load_yaml_model
 from hybridft.specs import Strict
 
-Role = Literal["viewer", "trainer", "approver", "releaser"]
-ROLES: tuple[str, ...] = ("viewer", "trainer", "approver", "releaser")
+# admin: binds policies to models and manages the serving endpoint's API keys
+Role = Literal["viewer", "trainer", "approver", "releaser", "admin"]
+ROLES: tuple[str, ...] = ("viewer", "trainer", "approver", "releaser", "admin")
 
 
 class MetricThreshold(Strict):
@@ -53,6 +54,8 @@ class Policy(Strict):
         None, ge=0, le=1
     )  # ``eval/contamination`` metric or tag
     required_approvals: Approvals = Approvals()
+    # The releaser of a promotion may not be one of the version's approvers (off: allowed).
+    separate_approver_and_releaser: bool = False
     # Every ``hybridft.fingerprint.*`` of the version approved in the data catalog.
     require_approved_data: bool = True
     aliases: Annotated[list[str], Field(min_length=1)] = ["candidate", "champion"]

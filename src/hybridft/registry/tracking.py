@@ -14,6 +14,7 @@ from typing import Any
 from hybridft.errors import UserError
 from hybridft.model import read_base_info
 from hybridft.model.hf import weights_digest
+from hybridft.registry.approvals import REGISTERED_BY, TRAINED_BY
 from hybridft.registry.client import (
     WEIGHTS_TAG,
     ModelRef,
@@ -58,13 +59,20 @@ class RunRecord:
         return cls(**json.loads(path.read_text()))
 
 
-def log_train_run(registry: Registry, spec: JobSpec, result: Any) -> RunRecord:
-    """Log a finished training run: flattened spec, per-step metrics, mixture, fingerprints, model."""
+def log_train_run(
+    registry: Registry, spec: JobSpec, result: Any, trained_by: str = ""
+) -> RunRecord:
+    """Log a finished training run: flattened spec, per-step metrics, mixture, fingerprints, model.
+
+    ``trained_by`` (the user who ran it) becomes the run tag ``hybridft.trained_by``: the
+    version registered from it carries it, and that user may not approve the version.
+    """
     spec_json = spec.model_dump_json()
     commit = git_commit()
     run_id = registry.start_run(
         result.run_name,
         tags={
+            **({TRAINED_BY: trained_by} if trained_by else {}),
             "hybridft.kind": "train",
             "hybridft.job": spec.name,
             "hybridft.spec_file": spec.source_file,
@@ -151,11 +159,16 @@ def log_eval(registry: Registry, record: RunRecord, result: Any, eval_path: Path
     registry.client.log_artifact(record.mlflow_run_id, str(eval_path))
 
 
-def register_run(registry: Registry, record: RunRecord, model_name: str) -> ModelRef:
-    """A model version whose tags carry its lineage: run, spec, commit, fingerprints, parent."""
+def register_run(
+    registry: Registry, record: RunRecord, model_name: str, registered_by: str = ""
+) -> ModelRef:
+    """A model version whose tags carry its lineage (run, spec, commit, fingerprints, parent) and
+    its authors: who trained the run (its ``hybridft.trained_by``) and ``registered_by``."""
     run = registry.client.get_run(record.mlflow_run_id)
     score = run.data.metrics.get("eval/score")
+    authors = {TRAINED_BY: run.data.tags.get(TRAINED_BY, ""), REGISTERED_BY: registered_by}
     tags = {
+        **{k: v for k, v in authors.items() if v},
         "hybridft.run_name": record.run_name,
         "hybridft.spec_sha256": record.spec_sha256,
         "hybridft.git_commit": record.git_commit,

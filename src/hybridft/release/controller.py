@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from hybridft.errors import UserError
-from hybridft.registry.access import User, require
+from hybridft.registry.access import User, audit_dev_mode, require
 from hybridft.registry.audit import AuditRecord, append_audit, default_audit_path
 from hybridft.registry.client import Registry
 from hybridft.registry.gates import alias_version, promote
@@ -69,7 +69,7 @@ class CanaryController:
         paths: ServePaths,
         registry: Registry,
         policy: Policy,
-        user: User,
+        user: User | None,
         deployer: Deployer | None = None,
         audit_path: str | Path | None = None,
         prober: Any | None = None,
@@ -85,8 +85,9 @@ class CanaryController:
         self.user = require(
             "releaser",
             "run a canary controller",
-            user=user,
+            user=user,  # None: the store's acting user (registry.access)
             audit_path=self.audit_path,
+            tracking_uri=registry.tracking_uri,
             model=spec.model,
         )
         self.deployer = deployer or NoDeployer()
@@ -332,6 +333,7 @@ class CanaryController:
             AuditRecord(
                 who=decision.who if decision.who != "controller" else self.user.name,
                 roles=list(self.user.roles),
+                dev_mode=audit_dev_mode(self.user),
                 action=f"canary_{decision.decision}",
                 outcome="refused" if decision.decision == "refused" else "ok",
                 reason=decision.reason,
