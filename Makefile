@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	# DeepSpeed (ZeRO-2/3): built against the installed torch, no CUDA ops on CPU
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation "deepspeed>=0.16"
+	# its CPU all-reduce op is compiled on first use (~30 s on 2 cores, mid-way through a user's
+	# first ZeRO job): compile it once here, into torch's extension cache
+	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as a; \
+	  a().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
 	touch $(STAMP)
 
 # The whole story, about 14 minutes on 2 cores: data -> train -> eval -> govern -> serve ->
@@ -38,6 +42,9 @@ demo-short: $(STAMP)
 	$(BIN)/hybridft demo
 
 test: $(STAMP) browser
+	# the suite starts ~100 Python processes (Ray workers, CLI calls) that import src/: with
+	# PYTHONDONTWRITEBYTECODE set, as on our machines, each would compile it again
+	$(BIN)/python -m compileall -q src >/dev/null
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

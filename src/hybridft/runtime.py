@@ -24,6 +24,19 @@ LOCAL_RUNTIME_ENV = {
 }
 
 
+DEBUG_ENV = "HYBRIDFT_DEBUG"
+
+
+def debug_mode() -> bool:
+    """``--debug`` (or HYBRIDFT_DEBUG=1): every library's INFO lines and tracebacks are shown."""
+    return os.environ.get(DEBUG_ENV) == "1"
+
+
+def ray_log_level() -> str:
+    """Ray's (and Ray Train's) console level: its INFO lines are for debugging, not for users."""
+    return "INFO" if debug_mode() else "WARNING"
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Connect to ``RAY_ADDRESS`` / a given cluster, or start a local instance."""
     import ray  # heavy (~1 s): only commands that use Ray pay for it
@@ -32,7 +45,7 @@ def ensure_ray(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     # Ray libraries log every report at INFO; users want our progress lines and warnings.
-    quiet = ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
+    quiet = ray.LoggingConfig(encoding="TEXT", log_level=ray_log_level())
     if address:  # a cluster: token auth stays on, the client side sends the token
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, log_to_driver=True, logging_config=quiet)

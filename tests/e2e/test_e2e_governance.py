@@ -26,8 +26,11 @@ POLICY = {
 }
 
 
-def _job(tmp: Path, data: Path, train_paths: list[str], name: str, hybrid: bool = False) -> Path:
+def _job(
+    tmp: Path, data: Path, train_paths: list[str], name: str, hybrid: bool = False, workers: int = 2
+) -> Path:
     spec = job_dict(tmp, data, name=name)
+    spec["scaling"]["num_workers"] = workers
     spec["data"]["sources"]["it_desk"]["paths"] = train_paths
     if hybrid:  # instruction stage (urgency_detect + sentiment: cluster classification) -> SFT
         spec["stages"].insert(
@@ -82,7 +85,9 @@ def test_shield_blocks_registration_of_a_model_trained_on_its_test_rows(
     )
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    record = train_and_log(_job(tmp_path, data, [str(leaky)], "leaky"), tracking_uri=store)
+    # one worker: this is about the shield, not DDP (the clean run below trains on two)
+    leaky_job = _job(tmp_path, data, [str(leaky)], "leaky", workers=1)
+    record = train_and_log(leaky_job, tracking_uri=store)
     result = evaluate_run(record.run_dir, tracking_uri=store)
 
     # every eval row is a train row: all four rules' union flags all of them

@@ -87,13 +87,19 @@ def test_killed_driver_resumes_with_the_same_run_name(
         "--tracking-uri",
         f"sqlite:///{tmp_path / 'mlflow.db'}",
     ]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    # the driver joins the session's Ray, as `ray job submit` drivers join a running cluster:
+    # killing it ends its job (Ray kills the job's Train controller and workers), not the
+    # cluster, and no second Ray starts on 2 cores (the client reads the session's token)
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+        "RAY_AUTH_MODE": "token",
+    }
     proc = subprocess.Popen(
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        # kill the driver (and the Ray it started) once stage 2 has a checkpoint
+        # kill the driver once stage 2 has a checkpoint
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
             states = list(ray_dir.glob("checkpoint_*/train_state.pt"))

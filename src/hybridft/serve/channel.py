@@ -244,8 +244,10 @@ class ChannelPool:
                 continue
             seen.add(path.name)
             current = clients.get(path.name)
-            if current is not None and not current.closed:
-                continue
+            if current is not None:
+                if not current.closed:
+                    continue
+                current.close()  # its reader task ends with it
             client = ChannelClient(address)
             try:
                 await client.connect()
@@ -259,6 +261,8 @@ class ChannelPool:
         return {k: c for k, c in clients.items() if not c.closed}
 
     def close(self) -> None:
+        """Close every connection (its reader task too: a pending one left to the garbage
+        collector is logged as "Task was destroyed but it is pending!")."""
         for app in list(self._clients):
             self._drop(app)
 

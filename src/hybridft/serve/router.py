@@ -104,6 +104,8 @@ class CanaryRouter:
     def __del__(self) -> None:  # Serve calls it when the replica shuts down
         # the buffered traffic events and queued request-log rows are written, not dropped
         self.log.close()
+        if self.channels is not None:
+            self.channels.close()
 
     # --- routes -----------------------------------------------------------------------------
 

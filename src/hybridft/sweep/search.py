@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
+from hybridft.runtime import debug_mode
 from hybridft.sweep.params import draw_distinct, make_sampler, suggest_params
 from hybridft.sweep.record import OPTUNA_NUMBER
 from hybridft.sweep.space import SearchSpace
@@ -80,6 +81,8 @@ def study_url(sweep_dir: Path) -> str:
 def searcher(space: SearchSpace, sweep_dir: Path, study_name: str) -> OptunaSearch:
     import optuna
 
+    if not debug_mode():  # no "A new study created in RDB" line
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = space.objective_names
     modes = ["min" if d == "minimize" else "max" for d in space.directions]
     single = len(names) == 1

@@ -117,9 +117,9 @@ def max_concurrent_trials(
 
 
 @contextlib.contextmanager
-def _tune_environment() -> Iterator[None]:
+def _tune_environment(verbose: int) -> Iterator[None]:
     """Environment Tune reads on the driver (and passes to trial actors) while a sweep runs."""
-    wanted = {
+    wanted: dict[str, str | None] = {
         # Tune's strict check wants every searcher metric in every result; ours arrive last
         "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
         # trials keep the driver's working directory: job specs name data by relative paths
@@ -130,6 +130,8 @@ def _tune_environment() -> Iterator[None]:
         # checkpoint, and a driver killed in that gap would lose the trial's place to resume
         "TUNE_GLOBAL_CHECKPOINT_S": "1",
     }
+    if verbose == 0:  # only Tune's legacy console output is silent at 0: the new one still
+        wanted["RAY_AIR_NEW_OUTPUT"] = "0"  # prints where results are and how to see them
     with environment(wanted):
         yield
 
@@ -289,7 +291,7 @@ def run_sweep(
             ),
         )
     tune_started = time.time()  # a fresh trial process's start-up is counted from here at most
-    with _tune_environment():
+    with _tune_environment(verbose):
         tuner.fit()
 
     trials = read_trials(sweep_dir)

@@ -19,7 +19,7 @@ from typing import Any
 
 from hybridft.errors import RunFailed, UserError
 from hybridft.model import base_of, is_random_init, load_tokenizer
-from hybridft.runtime import ensure_ray
+from hybridft.runtime import ensure_ray, ray_log_level
 from hybridft.specfile import line_of
 from hybridft.specs import JobSpec, ScalingSpec, TrainingSpec
 from hybridft.train.checkpoint import HISTORY_FILE, KEEP_SCORE
@@ -125,7 +125,7 @@ def run(
     from ray.train.torch import TorchConfig
 
     # Train V2's configs (what ray.train names when V2 is on, as it is here)
-    from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.config import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.v2.torch.torch_trainer import TorchTrainer
 
     t0 = time.perf_counter()
@@ -204,6 +204,9 @@ def run(
             checkpoint_config=checkpoint_config(spec.training, len(spec.stages)),
             worker_runtime_env={"env_vars": _worker_env(spec.scaling)},
             callbacks=callbacks,
+            # its INFO lines (resources requested, worker group started, each checkpoint's
+            # path) are debugging detail: users see our progress lines and its warnings
+            logging_config=LoggingConfig(log_level=ray_log_level()),
         ),
     )
     try:
