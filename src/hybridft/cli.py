@@ -297,6 +297,13 @@ def main() -> None:
         if isinstance(exc, click.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
+        # an MLflow server's refusal (its auth app: 401 / 403) is the user's answer, not a bug
+        if getattr(exc, "error_code", None) in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            if debug:
+                raise
+            reason = " ".join(str(getattr(exc, "message", exc)).split())
+            console.print(f"[red]error:[/] the MLflow server refused: {reason}", soft_wrap=True)
+            sys.exit(2)
         if debug:
             raise
         console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)")

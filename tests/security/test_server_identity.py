@@ -138,8 +138,9 @@ def signed_in(server: Server, hostile, user: str) -> Iterator[Registry]:
         yield Registry(server.uri)
 
 
-def _version_by(server: Server, hostile, user: str, name: str) -> str:
-    """A version trained and registered by ``user`` on the server, with their credentials."""
+def _version_by(server: Server, hostile, user: str, name: str, share: bool = True) -> str:
+    """A version trained and registered by ``user`` on the server, with their credentials
+    (``share``: carol and dave get EDIT on the model)."""
     with signed_in(server, hostile, user) as reg:
         run_id = reg.start_run("run", tags={"hybridft.trained_by": user})
         reg.log_metrics(run_id, GOOD)
@@ -147,7 +148,9 @@ def _version_by(server: Server, hostile, user: str, name: str) -> str:
         source = f"{reg.client.get_run(run_id).info.artifact_uri}/model"
         tags = {"hybridft.trained_by": user, "hybridft.registered_by": user}
         version = reg.register(name, run_id, source, tags).version
-    for other in ("carol", "dave"):  # approvers write tags, releasers move aliases: EDIT
+    for other in (
+        ("carol", "dave") if share else ()
+    ):  # approvers write tags, releasers move aliases: EDIT
         server.admin(
             "POST",
             "/api/3.0/mlflow/users/permissions/grant",
@@ -235,3 +238,10 @@ def test_only_the_admin_binds_and_the_binding_is_out_of_reach(server, hostile) -
     with signed_in(server, hostile, "bob") as reg:
         with pytest.raises(MlflowException, match="Permission denied"):
             reg.client.set_registered_model_tag(GOVERNANCE_MODEL, "hybridft.policy.srv", "{}")
+
+    # the server's own refusal reaches the user as one line too: carol holds the approver role
+    # but only READ on a model nobody shared with her
+    v = _version_by(server, hostile, "bob", "unshared", share=False)
+    ran = hostile.cli("approve", f"unshared@{v}", env=server.creds("carol"))
+    assert ran.code == 2
+    assert ran.error_line().startswith("error: the MLflow server refused: "), ran.err

@@ -86,6 +86,9 @@ def endpoint(ray_session, tiny_model_dir, template_db, tmp_path_factory):
         "controller": CanaryController(spec, paths, registry, LOOSE, RELEASER, deployer),
         "rows": rows,
         "fingerprint": fingerprint,
+        "restart_router": lambda cpus: start_endpoint(
+            spec, paths.root, registry, port=port, deployer=deployer, router_cpus=cpus
+        ),
     }
     yield ctx
     serve.shutdown()
@@ -424,3 +427,53 @@ def test_canary_split_sticky_force_admin_and_load(endpoint, tmp_path):
     assert alias_version(registry, "desk", "canary") is None
     time.sleep(0.5)  # routers re-read the state file at most every 0.25 s
     assert {version_for(u) for u in first} == {v1}
+
+
+def test_a_router_stopped_under_load_logs_every_answer_it_sent(endpoint):
+    """The router's replica stopped under load, as a redeploy stops it (Serve starts its
+    successor, then stops it gracefully): every answer sent is one request event in the
+    traffic log; its buffered events are written, not lost."""
+    answered, failed, stop = [], [], threading.Event()
+    started_at = time.time()
+
+    def client_loop(i):
+        n = 0
+        while not stop.is_set():
+            try:
+                r = _post(
+                    endpoint,
+                    "/v1/chat/completions",
+                    json={"model": "desk", "messages": MESSAGES, "max_tokens": 2,
+                          "user": f"stop-{i}-{n}"},
+                )  # fmt: skip
+            except httpx.HTTPError as exc:
+                failed.append(type(exc).__name__)
+            else:
+                if r.status_code == 200:
+                    answered.append(r.json()["hybridft"]["request_id"])
+                else:
+                    failed.append(r.status_code)
+            n += 1
+
+    with cf.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(client_loop, i) for i in range(6)]
+        time.sleep(LOAD_S / 4)
+        endpoint["restart_router"](0.3)  # a new replica; the old one stops under load
+        time.sleep(LOAD_S / 4)
+        stop.set()
+        for f in futures:
+            f.result()
+    sent = set(answered)
+    assert len(sent) == len(answered) >= 20
+    log = TrafficLog(endpoint["paths"].traffic_log)
+    deadline = time.monotonic() + 15  # the live router flushes its buffer every ~2 s
+    while True:
+        events = log.read(model="desk", since=started_at, kinds=["request"]).rows()
+        logged = [e["request_id"] for e in events]  # nothing else was sent meanwhile
+        if sent <= set(logged) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sorted(sent - set(logged)) == [], f"{len(sent - set(logged))} answers not logged"
+    assert len(logged) == len(set(logged)), "an answer was logged twice"
+    # an event for an answer the client never got: only for a request it saw fail
+    assert len(set(logged) - sent) <= len(failed)

@@ -4,6 +4,7 @@ headless Chromium; its numbers recomputed from the MLflow runs."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -112,12 +113,16 @@ def test_report_from_a_real_sweep_recomputed_from_mlflow(
         yaml.safe_dump({"name": "p", "metrics": [{"metric": "eval/score", "min": 0}]})
     )
     eval_examples = 16
-    page = build_report(
-        sweep.sweep_dir, seeds=2, label_sizes=(50,), eval_examples=eval_examples,
-        register_as="rec", policy_path=policy, tracking_uri=tracking, on_event=lambda m: None,
-        evidence_seeds=1,
-    )  # fmt: skip
-    doc = json.loads((page.parent / "report.json").read_text())
+
+    def report(events: list[str]) -> tuple[Path, dict]:
+        page = build_report(
+            sweep.sweep_dir, seeds=2, label_sizes=(50,), eval_examples=eval_examples,
+            register_as="rec", policy_path=policy, tracking_uri=tracking, on_event=events.append,
+            evidence_seeds=1,
+        )  # fmt: skip
+        return page, json.loads((page.parent / "report.json").read_text())
+
+    page, doc = report([])
 
     # the report is about the user's task: its target, and the majority-class baseline of its
     # own test rows (the most frequent training label, always answered)
@@ -222,6 +227,22 @@ def test_report_from_a_real_sweep_recomputed_from_mlflow(
     assert _has_data(plots[1]) == measured
     assert all(_has_data(p) for p in plots[2:4]) and not _has_data(plots[4])
     assert _has_data(screenshot(page, tmp_path / "report.png"))
+
+    # an interrupted report, built again: a run killed after training, before it recorded its
+    # result, resumes from its checkpoints (to the same model and scores); the others are reused
+    victim = Path(arms[0]["run_dir"]) / "report_run.json"
+    assert victim.is_file()
+    victim.unlink()
+    events: list[str] = []
+    _, again_doc = report(events)
+    # two phases (the label-efficiency runs that start from an arm's model come second)
+    phases = [re.match(r"report: (\d+) runs \((\d+) reused\)", e) for e in events]
+    counts = [(int(m[1]), int(m[2])) for m in phases if m]
+    assert [sum(c) for c in zip(*counts, strict=True)] == [len(doc["runs"]), len(doc["runs"]) - 1]
+    assert again_doc["verdict"] == doc["verdict"] and again_doc["evidence"] == doc["evidence"]
+    (redone,) = [r for r in again_doc["arms"] if r["run_name"] == arms[0]["run_name"]]
+    assert redone["trained_tokens"] == arms[0]["trained_tokens"]
+    assert redone["target_score"] == arms[0]["target_score"]
 
 
 def test_labelled_subsets_are_the_first_rows_of_the_target_files(small_demo_data, tmp_path):

@@ -195,8 +195,12 @@ class ChannelClient:
 
     def close(self) -> None:
         self._fail(ChannelError("closed"))
-        if self._reader_task is not None:
-            self._reader_task.cancel()
+        task = self._reader_task
+        if task is not None and not task.done():
+            task.cancel()
+            # closed on purpose: when a replica shuts down its loop may stop before the
+            # cancellation runs, and asyncio would log "Task was destroyed but it is pending!"
+            setattr(task, "_log_destroy_pending", False)  # noqa: B010 - asyncio's own switch
 
 
 class ChannelPool:
