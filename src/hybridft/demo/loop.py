@@ -257,6 +257,10 @@ def run_loop(
                 console.print(
                     f"@{alias} -> v{outcome.version}: {'moved' if move.moved else move.reason}"
                 )
+        summary["retrain"] = (  # the gate held the new version for an approval, as it should
+            f"{outcome.dataset.get('rows', 0)} reviewed rows -> {model}@{outcome.version} "
+            "(held by the gate until carol approved it)"
+        )
 
     n += 1
     print_step(
