@@ -30,9 +30,9 @@ $(STAMP): pyproject.toml
 	  a().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
 	touch $(STAMP)
 
-# The whole story, about 14 minutes on 2 cores: data -> train -> eval -> govern -> serve ->
+# The whole story, about 10 minutes on 2 cores: data -> train -> eval -> govern -> serve ->
 # sweep -> report, then round the loop: canary -> drift -> alert -> review -> retrain on reviewed
-# data -> new canary -> promote -> trace. `make demo-short` stops after the report (~12 minutes).
+# data -> new canary -> promote -> trace. `make demo-short` stops after the report (~7 minutes).
 demo: $(STAMP)
 	$(BIN)/hybridft demo --full
 
