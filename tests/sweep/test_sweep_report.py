@@ -228,13 +228,15 @@ def test_report_from_a_real_sweep_recomputed_from_mlflow(
     assert all(_has_data(p) for p in plots[2:4]) and not _has_data(plots[4])
     assert _has_data(screenshot(page, tmp_path / "report.png"))
 
-    # an interrupted report, built again: a run killed after training, before it recorded its
-    # result, resumes from its checkpoints (to the same model and scores); the others are reused
+    # an interrupted report, built again: a run whose result file is cut short (killed mid-write
+    # by a writer that is not atomic, a full disk) is done again and resumes from its
+    # checkpoints, to the same model and scores; the others are reused
     victim = Path(arms[0]["run_dir"]) / "report_run.json"
-    assert victim.is_file()
-    victim.unlink()
+    text = victim.read_text()
+    victim.write_text(text[: len(text) // 2])
     events: list[str] = []
     _, again_doc = report(events)
+    assert any("its result is unreadable (JSONDecodeError): redone" in e for e in events)
     # two phases (the label-efficiency runs that start from an arm's model come second)
     phases = [re.match(r"report: (\d+) runs \((\d+) reused\)", e) for e in events]
     counts = [(int(m[1]), int(m[2])) for m in phases if m]

@@ -78,6 +78,20 @@ class ReportRunners:
         self.idle, self.busy = [], {}
 
 
+def _finished(path: Path, on_event: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A finished run's recorded row and its eval.json; ``None`` when the run must be done
+    (again): never recorded, or its files unreadable (a run killed mid-write by an older
+    version, a disk that filled up). Its training resumes from its own checkpoints."""
+    if not path.is_file():
+        return None
+    try:
+        row = json.loads(path.read_text())
+        return row, json.loads((Path(row["run_dir"]) / "eval.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        on_event(f"  {path.parent.name}: its result is unreadable ({type(exc).__name__}): redone")
+        return None
+
+
 def train_runs(
     plan: Sequence[PlannedRun],
     runners: ReportRunners,
@@ -96,10 +110,9 @@ def train_runs(
     done: dict[str, dict[str, Any]] = {}
     pending = []
     for planned in plan:
-        cached = runs_dir / planned.name / RUN_RESULT
-        if cached.is_file():
-            row = json.loads(cached.read_text())
-            doc = json.loads((Path(row["run_dir"]) / "eval.json").read_text())
+        cached = _finished(runs_dir / planned.name / RUN_RESULT, on_event)
+        if cached is not None:
+            row, doc = cached
             done[planned.name] = {**row, **summarise_run(doc, target, score)}
         else:
             pending.append(planned)
