@@ -35,8 +35,8 @@ from hybridft.monitor.policy import MonitorPolicy, RetrainPolicy
 from hybridft.monitor.records import Alert
 from hybridft.monitor.trigger import TriggerVerdict, champion_version, evaluate_trigger
 from hybridft.pipeline import train_and_log
-from hybridft.registry.access import User, audit_dev_mode, require
-from hybridft.registry.audit import AuditRecord, append_audit, default_audit_path
+from hybridft.registry.access import User, audit_action, require
+from hybridft.registry.audit import default_audit_path
 from hybridft.registry.client import Registry
 from hybridft.registry.data_approval import UnapprovedData
 from hybridft.registry.gates import promote
@@ -191,19 +191,15 @@ def retrain(
     require("releaser", "retrain", user=who, audit_path=audit_path, model=policy.model)
     out = _retrain(policy, policy.retrain, registry, who, alerts or [], force, on_event)
     outcome = {"awaiting_approval": "blocked", "refused": "refused"}.get(out.status, "ok")
-    append_audit(
-        AuditRecord(
-            who=who.name,
-            roles=list(who.roles),
-            dev_mode=audit_dev_mode(who),
-            action="retrain",
-            outcome=outcome,
-            reason=f"{out.status}: {out.steps[-1]['detail']}"[:2000],
-            model=policy.model,
-            to_version=out.version or None,
-            extra={"run_dir": out.run_dir},
-        ),
+    audit_action(
+        who,
+        "retrain",
         audit_path,
+        outcome=outcome,
+        reason=f"{out.status}: {out.steps[-1]['detail']}"[:2000],
+        model=policy.model,
+        to_version=out.version or None,
+        extra={"run_dir": out.run_dir},
     )
     return out
 

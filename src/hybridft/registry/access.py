@@ -172,16 +172,18 @@ def audit_dev_mode(user: User | None) -> bool:
     return in_dev_mode() or bool(user and user.dev_mode)
 
 
-def _audit(
+def audit_action(
     user: User | None,
     action: str,
-    outcome: str,
-    reason: str,
     audit_path: str | Path,
     *,
+    outcome: str = "ok",
+    reason: str = "",
     claimed: str = "",
     **fields: Any,
 ) -> None:
+    """One audit line about ``user``'s action (its roles and dev mode filled in); ``fields``:
+    the other ``AuditRecord`` fields. ``user`` None: ``claimed`` names who it claimed to be."""
     who, roles = (user.name, list(user.roles)) if user else (claimed, [])
     append_audit(
         AuditRecord(
@@ -235,12 +237,14 @@ def require(
         except UserError as exc:
             message = f"{action} refused: {exc}"
             claimed = claimed_name(tracking_uri)
-            _audit(None, action, "refused", message, path, claimed=claimed, **where)
+            audit_action(
+                None, action, path, outcome="refused", reason=message, claimed=claimed, **where
+            )
             raise UserError(message) from None
     if user.has(role):
         return user
     message = f"{user} may not {action}: needs role {role}"
-    _audit(user, action, "refused", message, path, **where)
+    audit_action(user, action, path, outcome="refused", reason=message, **where)
     raise UserError(message)
 
 
@@ -256,12 +260,11 @@ def record_allowed(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """The audit line of an action that was allowed and done."""
-    _audit(
+    audit_action(
         user,
         action,
-        "ok",
-        reason,
         audit_path,
+        reason=reason,
         model=model,
         alias=alias,
         to_version=version,
@@ -283,12 +286,12 @@ def refuse(
 ) -> UserError:
     """Audit a refusal that is not about a role (a policy, a separation of duties); returns the
     one-line error for the caller to raise. ``user`` None: the identity was not established."""
-    _audit(
+    audit_action(
         user,
         action,
-        "refused",
-        reason,
         audit_path,
+        outcome="refused",
+        reason=reason,
         claimed=claimed_name(tracking_uri),
         model=model,
         alias=alias,

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hybridft.errors import UserError
-from hybridft.registry.access import User, audit_dev_mode, require
-from hybridft.registry.audit import AuditRecord, append_audit, default_audit_path, utc_now
+from hybridft.registry.access import User, audit_action, require
+from hybridft.registry.audit import default_audit_path, utc_now
 from hybridft.registry.client import Registry
 
 CATALOG_EXPERIMENT = "hybridft-catalog"
@@ -197,17 +197,12 @@ def register_dataset(
         tags={PREFIX + k: v for k, v in tags.items()},
     )
     registry.end_run(run.info.run_id)
-    append_audit(
-        AuditRecord(
-            who=who.name,
-            roles=list(who.roles),
-            dev_mode=audit_dev_mode(who),
-            action="register_dataset",
-            outcome="ok",
-            model=name,
-            extra={"fingerprint": fingerprint, "kind": kind},
-        ),
+    audit_action(
+        who,
+        "register_dataset",
         audit_path,
+        model=name,
+        extra={"fingerprint": fingerprint, "kind": kind},
     )
     found = get_dataset(registry, fingerprint)
     assert found is not None
@@ -266,17 +261,12 @@ def review_dataset(
             PREFIX + "review." + now.replace(":", "").replace("+", "_"): _json_tag(review),
         },
     )
-    append_audit(
-        AuditRecord(
-            who=who.name,
-            roles=list(who.roles),
-            dev_mode=audit_dev_mode(who),
-            action="review_dataset",
-            outcome="ok",
-            reason=comment,
-            extra={"fingerprint": fingerprint, "from_status": before, "to_status": status},
-        ),
+    audit_action(
+        who,
+        "review_dataset",
         audit_path,
+        reason=comment,
+        extra={"fingerprint": fingerprint, "from_status": before, "to_status": status},
     )
     entry = get_dataset(registry, fingerprint)
     assert entry is not None

@@ -19,11 +19,9 @@ from types import EllipsisType
 from typing import Any
 
 from hybridft.errors import UserError
-from hybridft.registry.access import User, audit_dev_mode, refuse, require
+from hybridft.registry.access import User, audit_action, audit_dev_mode, refuse, require
 from hybridft.registry.approvals import approvals, counted_approvals
 from hybridft.registry.audit import (
-    AuditRecord,
-    append_audit,
     default_audit_path,
     exclusive_lock,
     utc_now,
@@ -295,26 +293,22 @@ def promote(
             registry.client.set_model_version_tag(
                 name, version, f"hybridft.promoted.{alias}", json.dumps(mirror)
             )
-        append_audit(
-            AuditRecord(
-                who=who.name,
-                roles=list(who.roles),
-                dev_mode=audit_dev_mode(who),
-                action="promote",
-                outcome="ok" if moved else "refused",
-                reason=why,
-                model=name,
-                alias=alias,
-                from_version=current,
-                to_version=version,
-                verdict=verdict.to_dict() if verdict else None,
-                extra={
-                    "policy": policy.name,
-                    "policy_sha256": policy_sha256(policy),
-                    "expected_current": expected_current,
-                    "requested_reason": reason,
-                },
-            ),
+        audit_action(
+            who,
+            "promote",
             audit_path,
+            outcome="ok" if moved else "refused",
+            reason=why,
+            model=name,
+            alias=alias,
+            from_version=current,
+            to_version=version,
+            verdict=verdict.to_dict() if verdict else None,
+            extra={
+                "policy": policy.name,
+                "policy_sha256": policy_sha256(policy),
+                "expected_current": expected_current,
+                "requested_reason": reason,
+            },
         )
     return Promotion(moved, name, alias, current, version, why, verdict)
