@@ -20,6 +20,20 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ["HYBRIDFT_DEV_MODE"] = "1"
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """`make test` runs two pytest-xdist workers (``--dist loadgroup``). Every module with a
+    test on the shared local Ray goes, whole, to one worker: one Ray instance, run one test at a
+    time as without xdist, and module fixtures built once. The other worker takes the rest
+    (units, CLI calls, the lint, the two-node cluster and MLflow server tests) meanwhile: the
+    Ray tests leave a core idle while they wait for processes to start and report. The group is
+    collected first, so its worker starts on it at once (it is the longest part of the run)."""
+    on_ray = {item.module.__name__ for item in items if "ray_session" in item.fixturenames}
+    for item in items:
+        if item.module.__name__ in on_ray:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+    items.sort(key=lambda item: item.module.__name__ not in on_ray)  # stable: order kept within
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One real local Ray instance for the whole test run (2 CPUs, like the machine and CI)."""

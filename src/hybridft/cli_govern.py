@@ -102,7 +102,7 @@ def gate(
     verdict = evaluate_gate(registry, rules, version.name, version.version)
     for check in verdict.checks:
         mark = "[green]pass[/]" if check.passed else "[red]FAIL[/]"
-        out.print(f"{mark}  {check.check}: {check.detail}")
+        out.print(f"{mark}  {check.check}: {check.detail}", soft_wrap=True)  # one line a check
     raise typer.Exit(0 if verdict.passed else 1)
 
 
