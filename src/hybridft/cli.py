@@ -203,6 +203,11 @@ def serve(
     insecure_local: bool = typer.Option(
         False, "--insecure-local", help="no API keys; allowed only with a loopback --host"
     ),
+    engine: str = typer.Option(
+        None,
+        "--engine",
+        help="what generates: hf, vllm (needs `make venv`) or auto (default: vllm if installed)",
+    ),
     tracking_uri: str = TrackingOpt,
 ) -> None:
     """Serve a registered version behind an OpenAI-compatible API (Ctrl-C to stop).
@@ -210,8 +215,12 @@ def serve(
     Requests need an API key of the endpoint's key store (`hybridft keys create NAME`), as
     through the canary router; --insecure-local serves without keys, on a loopback host only.
     """
+    from hybridft.serve.engines import DEFAULT_ENGINE, ENGINES
     from hybridft.serve.launch import serve_version  # heavy: Ray Serve, torch, MLflow
 
+    engine = engine or DEFAULT_ENGINE
+    if engine not in ENGINES:
+        raise UserError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
     adapters = {}
     for item in adapter:
         name, sep, path = item.partition("=")
@@ -226,6 +235,7 @@ def serve(
         adapters=adapters,
         serve_dir=serve_dir,
         insecure_local=insecure_local,
+        engine=engine,  # checked against ENGINES above
     )
     console.print(f"[green]serving[/] {ref} at {url}  (Ctrl-C to stop)")
     import time

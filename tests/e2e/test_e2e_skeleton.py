@@ -20,12 +20,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    from hybridft.demo import synthesize
-
-    out = tmp_path_factory.mktemp("demo") / "data"
-    synthesize(out, seed=0)
-    return out
+def demo_data(small_demo_data) -> Path:
+    """The demo's generator at the suite's small size (tests/conftest.py): 16 test rows are
+    evaluated either way (tests/helpers.py), and the full size costs ~10 s to write."""
+    return small_demo_data
 
 
 def write_spec(tmp: Path, data: Path, steps: int = 12) -> Path:

@@ -177,7 +177,7 @@ def served(ray_session, model_dir, evaluated, tmp_path_factory):
     key = KeyStore(serve_dir / "keys.db").create("tests")  # the door: the router's key store
     args = ServeModelArgs(
         model_dir=str(model_dir), model_name="m", version="1", tasks=tasks, num_cpus=0.25,
-        serve_dir=str(serve_dir),
+        serve_dir=str(serve_dir), engine="hf",
     )  # fmt: skip
     handle = serve.run(build_app(args), name="test-label-parity", route_prefix="/parity")
     client = openai.OpenAI(

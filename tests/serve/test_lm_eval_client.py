@@ -145,6 +145,7 @@ def endpoint(demo_model, tmp_path_factory):
         port=free_port(),
         app_name="test-lm-eval",
         serve_dir=serve_dir,
+        engine="hf",
     )
     yield url, key
     serve.shutdown()

@@ -49,7 +49,7 @@ def base_url(ray_session, tiny_model_dir, serve_dir, api_key):
     from ray import serve
 
     url = deploy(str(tiny_model_dir), NAME, VERSION, port=free_port(),
-                 app_name="test-openai-surface", serve_dir=serve_dir)  # fmt: skip
+                 app_name="test-openai-surface", serve_dir=serve_dir, engine="hf")  # fmt: skip
     yield url
     serve.shutdown()
 

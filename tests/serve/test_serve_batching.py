@@ -19,7 +19,7 @@ def handle(ray_session, tiny_model_dir):
 
     args = ServeModelArgs(
         model_dir=str(tiny_model_dir), model_name="m", version="1", batch_wait_s=WAIT_S,
-        num_cpus=0.25,
+        num_cpus=0.25, engine="hf",
     )  # fmt: skip
     yield serve.run(build_app(args), name="test-batching", route_prefix=None)
     serve.shutdown()  # the next module starts Serve with its own HTTP options

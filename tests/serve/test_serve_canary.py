@@ -71,7 +71,7 @@ def endpoint(ray_session, tiny_model_dir, template_db, tmp_path_factory):
         }
     )
     paths = ServePaths(root / "serve")
-    deployer = ServeDeployer(registry, "desk", cache=root / "served", num_cpus=0.4)
+    deployer = ServeDeployer(registry, "desk", cache=root / "served", num_cpus=0.4, engine="hf")
     port = free_port()
     url = start_endpoint(spec, paths.root, registry, port=port, deployer=deployer)
     keys = KeyStore(paths.keys)

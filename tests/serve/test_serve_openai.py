@@ -48,7 +48,7 @@ def base_url(ray_session, tiny_model_dir, serve_dir, api_key):
     from ray import serve
 
     url = deploy(str(tiny_model_dir), NAME, VERSION, port=free_port(), app_name="test-openai",
-                 serve_dir=serve_dir)  # fmt: skip
+                 serve_dir=serve_dir, engine="hf")  # fmt: skip
     yield url
     serve.shutdown()
 
@@ -330,7 +330,7 @@ def test_insecure_local_serves_loopback_clients_without_keys(base_url, tiny_mode
 
     port = httpx.URL(base_url).port
     url = deploy(str(tiny_model_dir), NAME, VERSION, port=port, app_name="test-openai-local",
-                 route_prefix="/local", insecure_local=True)  # fmt: skip
+                 route_prefix="/local", insecure_local=True, engine="hf")  # fmt: skip
     try:
         reply = _post(url, "/chat/completions", json=_chat(max_tokens=2))  # no key at all
         assert reply.status_code == 200, reply.text

@@ -9,13 +9,44 @@ tokens of a stop string included, as vLLM reports them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hybridft.errors import UserError
 from hybridft.serve.logprobs import TokenLogprob, prompt_logprobs
 from hybridft.serve.sampling import SamplingParams, first_stop
 
 FinishReason = Literal["stop", "length"]
+
+_PARTIAL_CHAR = "\ufffd"  # what a byte-level decode shows for an unfinished UTF-8 sequence
+
+
+def token_budget(
+    prompt_ids: Sequence[int], max_tokens: int, vocab_size: int, max_position: int | None
+) -> int:
+    """Tokens the prompt leaves room for, at most ``max_tokens``; a bad prompt raises."""
+    prompt_len = len(prompt_ids)
+    if prompt_len == 0:
+        raise UserError("prompt is empty after tokenization")
+    if min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
+        raise UserError(f"prompt has token ids outside the vocabulary [0, {vocab_size})")
+    if max_position is None:
+        return max_tokens
+    if prompt_len >= max_position:
+        raise UserError(f"prompt has {prompt_len} tokens; the model's context is {max_position}")
+    return min(max_tokens, max_position - prompt_len)
+
+
+def stop_holdback(stops: Sequence[str]) -> int:
+    """Characters a stream holds back: a partial match of the longest stop string."""
+    return max((len(s) for s in stops), default=1) - 1
+
+
+def ready_length(text: str, holdback: int) -> int:
+    """How much of a stream's decoded ``text`` is final: not a possible start of a stop string
+    (``holdback`` characters) nor an unfinished UTF-8 character."""
+    return min(len(text) - holdback, len(text.rstrip(_PARTIAL_CHAR)))
 
 
 @dataclass(frozen=True)

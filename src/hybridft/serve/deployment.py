@@ -27,7 +27,7 @@ from hybridft.errors import UserError
 from hybridft.model.device import Dtype
 from hybridft.serve.adapters import AdapterHandle, AdapterSet
 from hybridft.serve.channel import ChannelServer
-from hybridft.serve.generation import GenerationEngine
+from hybridft.serve.engines import DEFAULT_ENGINE, EngineName, load_engine
 from hybridft.serve.model_door import DoorSpec, ModelServerDoor
 from hybridft.serve.openai_api import (
     ChatCompletionRequest,
@@ -117,7 +117,8 @@ class ModelServer:
 
     With ``adapters`` (name -> peft LoRA directory), model id ``<name>:<adapter>`` answers with
     that adapter on the shared base (``serve.multiplexed``: loaded on first use, LRU-unloaded;
-    callers that set the multiplexed model id reach a replica that has it loaded).
+    callers that set the multiplexed model id reach a replica that has it loaded); on the hf
+    engine only, for now (``engines.VLLM_LORA_REFUSAL``).
 
     ``device`` / ``dtype``: where and in which dtype the replica runs the model (``"cuda"`` when
     the deployment reserves GPUs, see ``launch.build_app``). ``door``: who its HTTP routes let
@@ -138,8 +139,13 @@ class ModelServer:
         device: str = "cpu",
         dtype: Dtype = "auto",
         door: DoorSpec | None = None,
+        engine: EngineName = DEFAULT_ENGINE,
+        engine_threads: int = 1,
     ) -> None:
-        self.engine = GenerationEngine.from_dir(model_dir, device=device, dtype=dtype)
+        self.engine = load_engine(engine, model_dir, device, dtype, engine_threads, adapters)
+        # vllm: an adapter would be a request argument (vLLM's multi-LoRA; refused for now,
+        # engines.VLLM_LORA_REFUSAL); hf: swapped in the model under a lock
+        self._adapter_arg = getattr(self.engine, "continuous_batching", False)
         self.adapters = AdapterSet(self.engine.model, adapters) if adapters else None
         self.model_name = model_name
         self.version = version
@@ -161,6 +167,15 @@ class ModelServer:
         channel = getattr(self, "channel", None)  # None, or absent if __init__ failed
         if channel is not None:
             channel.close()
+        close = getattr(getattr(self, "engine", None), "close", None)  # vllm: its server
+        if close is not None:
+            close()
+
+    def check_health(self) -> None:
+        """Serve's periodic replica health check: a replica whose vLLM server died is replaced."""
+        alive = getattr(self.engine, "alive", None)
+        if alive is not None and not alive():
+            raise RuntimeError(f"the {self.engine.name} engine's server is not running")
 
     # --- the handle API (the canary router) ---------------------------------------------------
 
@@ -190,6 +205,7 @@ class ModelServer:
         return {
             "model": self.model_name,
             "version": self.version,
+            "engine": self.engine.name,
             "created": self.created,
             "tasks": {k: v.get("labels", []) for k, v in self.tasks.items()},
             "adapters": self.adapters.names() if self.adapters else [],
@@ -228,24 +244,18 @@ class ModelServer:
 
     async def _complete(self, kind: str, request: Any) -> dict[str, Any]:
         adapter = self._check_model(request.model)
-        if adapter is not None:
+        if adapter is not None and not self._adapter_arg:
             await self._adapter(adapter)  # Serve's multiplexed cache (LRU per replica)
         check_fields(request, self.engine)
         prompts = self._prompts(kind, request)
         scoring = label_set(request, self.tasks)
         params = sampling_params(request, self.max_tokens_limit)
-        self._in_flight += 1
-        try:
-            # Hold a batch open only when the replica is busy: a lone request on an idle
-            # replica has nobody to wait for (with the 40 ms window it took ~57 ms instead of
-            # ~20 ms); under load the window fills batches as before.
-            wait = self.batch_wait_s if self._busy() else 0.0
-            batched: Any = self._generate_batched  # @serve.batch's setter (untyped in Ray)
-            batched.set_batch_wait_timeout_s(wait)
-            # Every choice of the request (prompts x n) rides in the same decode batch.
-            outs = await self._generate_batched((choice_rows(prompts, request.n, params), adapter))
-        finally:
-            self._in_flight -= 1
+        rows = choice_rows(prompts, request.n, params)
+        if getattr(self.engine, "continuous_batching", False):
+            # vLLM batches concurrent requests itself: no window to wait in.
+            outs = await self.engine.agenerate_batch(rows, adapter)
+        else:
+            outs = await self._generate_in_window(rows, adapter)
         for out in outs:
             if isinstance(out, Exception):
                 self._raise(out)
@@ -272,6 +282,22 @@ class ModelServer:
             }
         return body
 
+    async def _generate_in_window(self, rows: list[Row], adapter: str | None) -> list[Any]:
+        """The hf engine's rows, decoded with whatever requests join them in the batch window."""
+        self._in_flight += 1
+        try:
+            # Hold a batch open only when the replica is busy: a lone request on an idle
+            # replica has nobody to wait for (with the 40 ms window it took ~57 ms instead of
+            # ~20 ms); under load the window fills batches as before.
+            wait = self.batch_wait_s if self._busy() else 0.0
+            batched: Any = self._generate_batched  # @serve.batch's setter (untyped in Ray)
+            batched.set_batch_wait_timeout_s(wait)
+            # Every choice of the request (prompts x n) rides in the same decode batch.
+            outs: list[Any] = await self._generate_batched((rows, adapter))
+            return outs
+        finally:
+            self._in_flight -= 1
+
     def _stream_steps(self, kind: str, request: Any) -> Iterator[BaseModel]:
         adapter = self._check_model(request.model)
         if request.labels or request.task:
@@ -282,9 +308,13 @@ class ModelServer:
             )
         check_fields(request, self.engine)  # one choice only: n=1, one prompt
         prompt_ids = self._prompts(kind, request)[0]
-        steps = self.engine.stream(prompt_ids, sampling_params(request, self.max_tokens_limit))
-        if self.adapters is not None:
-            steps = self.adapters.stepwise(steps, adapter)
+        params = sampling_params(request, self.max_tokens_limit)
+        if self._adapter_arg:
+            steps = self.engine.stream(prompt_ids, params, adapter)
+        else:
+            steps = self.engine.stream(prompt_ids, params)
+            if self.adapters is not None:
+                steps = self.adapters.stepwise(steps, adapter)
         chunks = chat_chunks if kind == "chat" else completion_chunks
         token_text = token_text_of(self.engine.tokenizer)
         return chunks(steps, self._ids(), request.include_usage(), token_text)
@@ -318,6 +348,8 @@ class ModelServer:
         return self._in_flight > 1 or (size > 1 and time.monotonic() - ended < BUSY_MEMORY_S)
 
     def _label_probs(self, adapter: str | None, *args: Any) -> dict[str, float]:
+        if self._adapter_arg:
+            return self.engine.label_probs(*args, adapter=adapter)
         with self._using(adapter):
             return self.engine.label_probs(*args)
 

@@ -18,6 +18,7 @@ from hybridft.errors import UserError, located
 from hybridft.model.device import Dtype
 from hybridft.registry.client import ModelRef, Registry
 from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths, TrafficLogSpec
+from hybridft.serve.engines import DEFAULT_ENGINE, EngineName
 from hybridft.serve.launch import ServeModelArgs, build_app, first_problem, serve_args
 from hybridft.serve.router import CanaryRouter
 from hybridft.serve.traffic import model_app_name
@@ -64,6 +65,7 @@ def version_app(
     num_replicas: int = 1,
     num_gpus: float = 0.0,
     dtype: Dtype = "auto",
+    engine: EngineName = DEFAULT_ENGINE,
 ) -> Any:
     """The Serve application of ``model`` at ``version`` (a number or an alias), fetched from
     the registry with its classification tasks' labels and temperatures."""
@@ -77,6 +79,7 @@ def version_app(
         "num_replicas": num_replicas,
         "num_gpus": num_gpus,
         "dtype": dtype,
+        "engine": engine,
         "tasks": classification_tasks(registry, ref),
     }
     return build_app(serve_args(ServeModelArgs, values))
@@ -108,7 +111,7 @@ class ServeDeployer:
 
     def __init__(self, registry: Registry, model: str, **options: Any) -> None:
         """``options``: ``version_app``'s keyword options (cache, num_cpus, num_replicas,
-        num_gpus, dtype), the same for every version this deployer serves."""
+        num_gpus, dtype, engine), the same for every version this deployer serves."""
         self.registry = registry
         self.model = model
         self.options = options
@@ -180,6 +183,7 @@ class VersionAppArgs(Strict):
     # GPUs reserved per replica (a fraction shares one GPU); 0 runs on CPU, > 0 on CUDA.
     num_gpus: NonNegFloat = 0.0
     dtype: Dtype = "auto"  # the weights' dtype: auto is bfloat16 on CUDA, float32 on CPU
+    engine: EngineName = DEFAULT_ENGINE  # what generates: auto, hf or vllm (serve.engines)
 
 
 def build_version_app(args: dict[str, Any]) -> Any:
@@ -197,6 +201,7 @@ def build_version_app(args: dict[str, Any]) -> Any:
         num_replicas=spec.num_replicas,
         num_gpus=spec.num_gpus,
         dtype=spec.dtype,
+        engine=spec.engine,
     )
 
 

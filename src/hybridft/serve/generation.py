@@ -14,7 +14,6 @@ was fitted on.
 from __future__ import annotations
 
 import inspect
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 from hybridft.errors import UserError
 from hybridft.model.device import Dtype, load_model_on, model_device, resolve_device
 from hybridft.model.hf import load_tokenizer
-from hybridft.serve.decoding import BatchRow, Completion, FinishReason, StreamStep
+from hybridft.serve.decoding import (
+    BatchRow,
+    Completion,
+    FinishReason,
+    StreamStep,
+    ready_length,
+    stop_holdback,
+    token_budget,
+)
+from hybridft.serve.label_probs import encode_labels, label_distribution
 from hybridft.serve.logprobs import TokenLogprob, prompt_logprobs, step_logprobs
 from hybridft.serve.sampling import (
     SamplingParams,
@@ -36,8 +44,6 @@ __all__ = ["Completion", "FinishReason", "GenerationEngine", "SamplingParams", "
 
 if TYPE_CHECKING:
     from hybridft.evaluate.scoring import LabelEnd
-
-_PARTIAL_CHAR = "\ufffd"  # what a byte-level decode shows for an unfinished UTF-8 sequence
 
 
 class GenerationEngine:
@@ -138,7 +144,7 @@ class GenerationEngine:
 
         prompt_len = len(prompt_ids)
         budget = self._budget(prompt_ids, params.max_tokens)
-        holdback = max((len(s) for s in params.stop), default=1) - 1
+        holdback = stop_holdback(params.stop)
         generator = request_generator(params, self.device)
 
         from transformers import DynamicCache
@@ -172,7 +178,7 @@ class GenerationEngine:
                 if cut is not None:
                     text, finish = text[:cut], "stop"
                     break
-                ready = min(len(text) - holdback, len(text.rstrip(_PARTIAL_CHAR)))
+                ready = ready_length(text, holdback)
                 if ready > emitted:
                     yield StreamStep(text[emitted:ready], logprobs=tuple(entries))
                     emitted, entries = ready, []
@@ -245,53 +251,17 @@ class GenerationEngine:
         Returns:
             ``{label: probability}`` in the order of ``labels``, summing to 1.
         """
-        # Imported here, like torch everywhere in this module: ``openai_api`` and the router
-        # import this module for its types and never run a model.
-        import numpy as np
-
         # heavy: the scorer imports torch; the router imports this module and never runs a model
         from hybridft.evaluate import scoring
-        from hybridft.evaluate.calibration import apply_temperature
 
-        self._check_labels(labels)
-        if not temperature > 0:
-            raise UserError(f"temperature: expected > 0, got {temperature}")
-        if label_end not in scoring.LABEL_ENDS:
-            raise UserError(f"label_end: expected one of {scoring.LABEL_ENDS}, got {label_end!r}")
-        if isinstance(prompt, str):
-            text, texts = scoring.text_label_texts(prompt, labels, label_end)
-        else:
-            text, texts = scoring.chat_label_texts(self.tokenizer, prompt, labels, label_end)
-        # A raw prompt is encoded with the tokenizer's special tokens, as ``text_prompt_ids``.
-        encoded = scoring.encode_continuations(self.tokenizer, text, texts, isinstance(prompt, str))
-        n_scored = [len(ids) - first for ids, first in encoded]
-        empty = [label for label, n in zip(labels, n_scored, strict=True) if n <= 0]
-        if empty:
-            raise UserError(f"labels: {empty!r} tokenise to no tokens")
-        longest = max(len(ids) for ids, _ in encoded)
-        if self.max_position is not None and longest > self.max_position:
-            raise UserError(
-                f"prompt plus label has {longest} tokens; the model's context is "
-                f"{self.max_position}"
-            )
+        encoded = encode_labels(
+            self.tokenizer, prompt, labels, temperature, label_end, self.max_position
+        )
         scores = scoring.score_continuations(self.model, encoded)
-        probs = apply_temperature(np.asarray([scores]), temperature)[0]
-        return {label: float(p) for label, p in zip(labels, probs, strict=True)}
+        return label_distribution(labels, scores, temperature)
 
     def _budget(self, prompt_ids: Sequence[int], max_tokens: int) -> int:
-        """Tokens the prompt leaves room for, at most ``max_tokens``; a bad prompt raises."""
-        prompt_len = len(prompt_ids)
-        if prompt_len == 0:
-            raise UserError("prompt is empty after tokenization")
-        if min(prompt_ids) < 0 or max(prompt_ids) >= self.vocab_size:
-            raise UserError(f"prompt has token ids outside the vocabulary [0, {self.vocab_size})")
-        if self.max_position is None:
-            return max_tokens
-        if prompt_len >= self.max_position:
-            raise UserError(
-                f"prompt has {prompt_len} tokens; the model's context is {self.max_position}"
-            )
-        return min(max_tokens, self.max_position - prompt_len)
+        return token_budget(prompt_ids, max_tokens, self.vocab_size, self.max_position)
 
     def _decode_batch(self, rows: list[BatchRow]) -> None:
         """Decode ``rows`` together until every one has finished (a row with no budget, there to
@@ -348,16 +318,6 @@ class GenerationEngine:
                 length += 1
                 positions = positions[:, -1:] + 1
                 inputs = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
-
-    @staticmethod
-    def _check_labels(labels: Sequence[str]) -> None:
-        if isinstance(labels, str) or not labels:
-            raise UserError(f"labels: expected a non-empty list of strings, got {labels!r}")
-        if not all(isinstance(label, str) and label for label in labels):
-            raise UserError(f"labels: expected non-empty strings, got {list(labels)!r}")
-        duplicates = sorted(label for label, n in Counter(labels).items() if n > 1)
-        if duplicates:
-            raise UserError(f"labels: expected distinct labels, got duplicates {duplicates!r}")
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -8,12 +8,13 @@ first); ``build_app`` is the Serve application builder (for ``serve run`` / a Se
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ray import serve
 
 from hybridft.errors import UserError
@@ -22,6 +23,7 @@ from hybridft.registry.client import Registry
 from hybridft.runtime import ensure_ray
 from hybridft.serve.adapters import check_adapter_dir
 from hybridft.serve.deployment import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_TOKENS_LIMIT, ModelServer
+from hybridft.serve.engines import DEFAULT_ENGINE, VLLM_LORA_REFUSAL, EngineName
 from hybridft.serve.model_door import check_door, check_host, door_spec
 from hybridft.serve.openai_http import MAX_BODY_BYTES, VERSION_HEADER
 from hybridft.specfile import describe_error
@@ -52,6 +54,11 @@ class ServeModelArgs(BaseModel):
     num_gpus: NonNegFloat = 0.0
     # The weights' dtype: auto is bfloat16 on CUDA, float32 on CPU.
     dtype: Dtype = "auto"
+    # What generates: "hf" (the model in the replica), "vllm" (vLLM's server as its child) or
+    # "auto": vllm where installed, else hf (serve.engines).
+    engine: EngineName = DEFAULT_ENGINE
+    # vllm: the CPU threads it computes with (default: num_cpus rounded up; not pinned to cores).
+    engine_threads: Annotated[int, Field(ge=1)] | None = None
     # LoRA adapters on this base, served as model ids "<model_name>:<adapter>" (multiplexed).
     adapters: dict[str, str] = {}
     # A loopback channel the canary router uses instead of the Serve handle (serve.channel).
@@ -70,6 +77,16 @@ class ServeModelArgs(BaseModel):
             return {name: check_adapter_dir(name, path) for name, path in value.items()}
         except UserError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _adapters_not_on_vllm(self) -> ServeModelArgs:
+        if self.adapters and self.engine == "vllm":
+            raise ValueError(f"{VLLM_LORA_REFUSAL}; got engine 'vllm'")
+        return self
+
+    def threads(self) -> int:
+        """The vllm engine's CPU threads: ``engine_threads``, else the replica's CPUs."""
+        return self.engine_threads or max(1, math.ceil(self.num_cpus))
 
     @field_validator("model_dir")
     @classmethod
@@ -131,6 +148,8 @@ def build_app(args: ServeModelArgs) -> serve.Application:
         device="cuda" if args.num_gpus > 0 else "cpu",
         dtype=args.dtype,
         door=door_spec(args.serve_dir, args.insecure_local, args.max_body_bytes),
+        engine=args.engine,
+        engine_threads=args.threads(),
     )
 
 
@@ -151,6 +170,7 @@ def deploy(
     dtype: Dtype = "auto",
     serve_dir: str | Path = ".hybridft/serve",
     insecure_local: bool = False,
+    engine: EngineName = DEFAULT_ENGINE,
 ) -> str:
     """Serve a model directory on an already initialised Ray and return its OpenAI base URL.
 
@@ -173,6 +193,7 @@ def deploy(
         dtype: The weights' dtype (``auto``: bfloat16 on CUDA, float32 on CPU).
         serve_dir: The endpoint folder whose key store (the router's) holds the API keys.
         insecure_local: Serve without API keys; only on a loopback ``host``.
+        engine: What generates: ``hf`` or ``vllm`` (``serve.engines``).
 
     Returns:
         The base URL for OpenAI clients, e.g. ``http://127.0.0.1:8000/v1``.
@@ -195,6 +216,7 @@ def deploy(
         "dtype": dtype,
         "serve_dir": str(serve_dir),
         "insecure_local": insecure_local,
+        "engine": engine,
     }
     args = serve_args(ServeModelArgs, values, where="serve")
     check_door(host, door_spec(args.serve_dir, args.insecure_local))
@@ -228,6 +250,7 @@ def serve_version(
     adapters: dict[str, str] | None = None,
     serve_dir: str | Path = ".hybridft/serve",
     insecure_local: bool = False,
+    engine: EngineName = DEFAULT_ENGINE,
 ) -> str:
     """Resolve a registry reference, fetch its model, deploy it on Ray Serve; returns the base URL.
 
@@ -250,6 +273,7 @@ def serve_version(
         adapters=adapters,
         serve_dir=serve_dir,
         insecure_local=insecure_local,
+        engine=engine,
     )
 
 

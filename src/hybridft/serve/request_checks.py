@@ -3,6 +3,7 @@ the base), the label set to score an answer over, the prompt's size, the fields 
 engine cannot honour, the sampling parameters. Each raises the OpenAI-shaped error the client
 sees (400 / 404, with the parameter named)."""
 
+import json
 from typing import Any
 
 from hybridft.serve.generation import SamplingParams
@@ -12,6 +13,7 @@ from hybridft.serve.openai_api import (
     CompletionRequest,
     OpenAIError,
 )
+from hybridft.serve.sampling import StructuredOutput
 
 STRUCTURED_FORMATS = ("json_object", "json_schema")
 
@@ -114,7 +116,17 @@ def sampling_params(
         seed=request.seed,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        structured=_structured(request),
     )
+
+
+def _structured(request: ChatCompletionRequest | CompletionRequest) -> StructuredOutput | None:
+    fmt = request.response_format
+    if fmt is None or fmt.type == "json_object":
+        return None if fmt is None else StructuredOutput("json_object")
+    if fmt.type == "json_schema":
+        return StructuredOutput("json_schema", json.dumps(fmt.json_schema, sort_keys=True))
+    return None
 
 
 def check_fields(request: ChatCompletionRequest | CompletionRequest, engine: Any) -> None:
@@ -133,6 +145,9 @@ def check_fields(request: ChatCompletionRequest | CompletionRequest, engine: Any
             "type 'text' or leave response_format out",
             code="unsupported_value",
         )
+    schema = request.response_format.json_schema if request.response_format else None
+    if fmt == "json_schema" and not schema:
+        refuse("response_format", "type 'json_schema' needs a json_schema object (its schema)")
     if isinstance(request, ChatCompletionRequest):
         if request.top_logprobs is not None and not request.logprobs:
             refuse("top_logprobs", "needs logprobs: true")

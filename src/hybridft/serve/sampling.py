@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A ``response_format`` the answer must follow (an engine with structured outputs only):
+    any JSON object, or ``json_schema``: OpenAI's ``json_schema`` object (``name``, ``schema``,
+    ``strict``) as JSON text, so the parameters stay hashable."""
+
+    type: Literal["json_object", "json_schema"]
+    json_schema: str | None = None
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    structured: StructuredOutput | None = None
 
 
 def request_generator(params: SamplingParams, device: Any) -> Any:

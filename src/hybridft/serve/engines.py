@@ -1,0 +1,106 @@
+"""The engine a model deployment generates with, chosen in the Serve config (``engine``).
+
+``hf``: ``generation.GenerationEngine``, the model in the replica's own process (a batched,
+KV-cached Hugging Face decode). ``vllm``: ``vllm_engine.VLLMEngine``, vLLM's server as the
+replica's child process (continuous batching, paged KV cache, structured outputs). Both answer
+the same interface (prompt ids, ``generate`` / ``generate_batch`` / ``stream``, ``label_probs``)
+with the same tokenizer, so everything above them is engine-neutral.
+
+``auto`` (the default) is decided in the replica: ``$HYBRIDFT_SERVE_ENGINE`` when set, else
+vllm where it is installed (``vllm_process.vllm_python``), else hf; hf for a deployment with
+LoRA adapters (``VLLM_LORA_REFUSAL``), and for a model vLLM's CPU attention cannot run
+(``vllm_cpu_refusal``: its head size), said in the replica's log. An explicit ``vllm`` is never
+swapped: it fails with vLLM's own error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from hybridft.errors import UserError
+from hybridft.model.device import Dtype, resolve_device
+from hybridft.serve.generation import GenerationEngine
+from hybridft.serve.vllm_engine import VLLMEngine
+from hybridft.serve.vllm_process import vllm_python
+
+logger = logging.getLogger(__name__)
+
+EngineName = Literal["auto", "hf", "vllm"]
+ENGINES: tuple[EngineName, ...] = ("auto", "hf", "vllm")
+ENGINE_ENV = "HYBRIDFT_SERVE_ENGINE"  # what `auto` means on this machine (hf | vllm)
+# benchmarks/serve_throughput.py on this 2-core machine, 16 clients, the same model and threads:
+# the vllm engine 847 completion tokens/s vs the hf engine's 523 (1.62x; p50 0.56 s vs 0.93 s),
+# 4.9x one-at-a-time HF generate; so vllm wherever it is installed.
+DEFAULT_ENGINE: EngineName = "auto"
+# vLLM 0.32 serves our peft adapters (MODEL:ADAPTER answers as the merged model on hf, logprobs
+# within 3e-6), but with LoRA enabled any request with prompt logprobs in a batch kills its engine
+# core (vllm-project/vllm#16668: the LoRA logits mapping is per request, the prompt's logits per
+# token): label probabilities and echo would take the replica down.
+VLLM_LORA_REFUSAL = (
+    "LoRA adapters are served on the hf engine: vLLM 0.32 with LoRA enabled crashes on prompt "
+    "logprobs (label probabilities, echo; vllm-project/vllm#16668)"
+)
+
+
+def resolve_engine(engine: EngineName, adapters: bool = False) -> Literal["hf", "vllm"]:
+    """The engine ``engine`` names here (``auto`` decided as the module says).
+
+    Raises:
+        UserError: ``vllm`` with adapters; an unknown ``$HYBRIDFT_SERVE_ENGINE``.
+    """
+    if engine == "vllm" and adapters:
+        raise UserError(f"adapters: {VLLM_LORA_REFUSAL}; use engine hf or auto")
+    if engine != "auto":
+        return engine
+    named = os.environ.get(ENGINE_ENV)
+    if named and named not in ("hf", "vllm"):
+        raise UserError(f"{ENGINE_ENV}: expected hf or vllm, got {named!r}")
+    if adapters:
+        return "hf"
+    if named:
+        return named  # type: ignore[return-value]
+    try:
+        vllm_python()
+    except UserError:
+        return "hf"  # vLLM not installed: the fallback
+    return "vllm"
+
+
+# vllm-cpu 0.32's CPU attention backend (CPUAttentionBackend.get_supported_head_sizes)
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def vllm_cpu_refusal(model_dir: str | Path) -> str | None:
+    """Why vLLM on a CPU cannot run the model in ``model_dir`` (None: it can, as far as known)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    heads = config.get("num_attention_heads")
+    head = config.get("head_dim") or (config.get("hidden_size", 0) // heads if heads else None)
+    if head is not None and head not in VLLM_CPU_HEAD_SIZES:
+        return f"head size {head}; vLLM's CPU attention runs {list(VLLM_CPU_HEAD_SIZES)}"
+    return None
+
+
+def load_engine(
+    engine: EngineName,
+    model_dir: str,
+    device: str = "cpu",
+    dtype: Dtype = "auto",
+    threads: int = 1,
+    adapters: dict[str, str] | None = None,
+) -> Any:
+    """The named engine on ``model_dir`` (``threads``: vLLM's CPU threads; the hf engine runs
+    in the replica's own torch threads). ``adapters``: LoRA directories by name, which vLLM
+    loads at start (the hf engine's replica loads them on first use, ``serve.adapters``)."""
+    chosen = resolve_engine(engine, bool(adapters))
+    if chosen == "vllm" and engine == "auto" and resolve_device(device).type == "cpu":
+        refusal = vllm_cpu_refusal(model_dir)
+        if refusal is not None:
+            logger.warning("engine auto: hf for %s (%s)", model_dir, refusal)
+            chosen = "hf"
+    if chosen == "vllm":
+        return VLLMEngine.from_dir(model_dir, device, dtype, threads, adapters)
+    return GenerationEngine.from_dir(model_dir, device=device, dtype=dtype)
