@@ -267,7 +267,8 @@ def main() -> None:
         port = free_port()
         spec = CanarySpec(model="bench")
         paths = ServePaths(tmp / "serve")
-        deployer = ServeDeployer(registry, "bench", cache=tmp / "served", num_cpus=0.5)
+        # (a) compares the router's version with the direct app on one engine: hf here, vllm in (d)
+        deployer = ServeDeployer(registry, "bench", cache=tmp / "served", num_cpus=0.5, engine="hf")
         root_url = start_endpoint(
             spec, paths.root, registry, port=port, deployer=deployer
         ).removesuffix("/v1")

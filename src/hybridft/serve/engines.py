@@ -32,9 +32,10 @@ logger = logging.getLogger(__name__)
 EngineName = Literal["auto", "hf", "vllm"]
 ENGINES: tuple[EngineName, ...] = ("auto", "hf", "vllm")
 ENGINE_ENV = "HYBRIDFT_SERVE_ENGINE"  # what `auto` means on this machine (hf | vllm)
-# benchmarks/serve_throughput.py on this 2-core machine, 16 clients, the same model and threads:
-# the vllm engine 847 completion tokens/s vs the hf engine's 523 (1.62x; p50 0.56 s vs 0.93 s),
-# 4.9x one-at-a-time HF generate; so vllm wherever it is installed.
+# benchmarks/serve_throughput.py on this 2-core machine, quiet, 16 clients, the same model and
+# threads: the vllm engine 1,593 completion tokens/s vs the hf engine's 1,365 (1.17x; p50 0.32 s
+# vs 0.38 s, p99 0.53 s vs 0.42 s), 3.7x one-at-a-time HF generate; a lone max_tokens=1 request
+# 23 ms vs 17 ms (vLLM's loopback hop). Throughput decides: vllm wherever it is installed.
 DEFAULT_ENGINE: EngineName = "auto"
 # vLLM 0.32 serves our peft adapters (MODEL:ADAPTER answers as the merged model on hf, logprobs
 # within 3e-6), but with LoRA enabled any request with prompt logprobs in a batch kills its engine
