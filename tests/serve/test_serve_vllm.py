@@ -290,21 +290,41 @@ def test_label_probs_equal_the_hf_engines(client, hf):
     assert [got[label] for label in LABELS] == pytest.approx([want[x] for x in LABELS], abs=TOL)
 
 
+def _servers(model_dir: Path) -> dict[int, list[str]]:
+    """The vLLM servers of ``model_dir`` running on this machine: pid -> command line."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(model_dir).encode() in cmdline and b"--served-model-name" in cmdline:
+            found[int(pid)] = [a.decode() for a in cmdline.split(b"\0")]
+    return found
+
+
+@pytest.mark.ray
+def test_the_vllm_server_behind_the_door_refuses_a_caller_without_its_key(base_url, model_dir):
+    """Another local user who finds the child's loopback port (its command line is public) gets
+    no model: vLLM's /v1 routes want the replica's key, which is in no command line."""
+    ((pid, cmdline),) = _servers(model_dir).items()
+    port = cmdline[cmdline.index("--port") + 1]
+    assert not any("api-key" in arg or "api_key" in arg for arg in cmdline)
+    body = {"model": "model", "prompt": [5, 6, 7], "max_tokens": 2}
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    assert httpx.post(url, json=body, timeout=30).status_code == 401
+    wrong = {"authorization": "Bearer not-the-key"}
+    assert httpx.post(url, json=body, headers=wrong, timeout=30).status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 401
+
+
 @pytest.mark.ray
 def test_deleting_the_application_stops_the_vllm_server(base_url, model_dir):
     """The server is the replica's child: it goes with the replica."""
     from ray import serve
 
     def servers() -> list[int]:
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(model_dir).encode() in cmdline and b"--served-model-name" in cmdline:
-                found.append(int(pid))
-        return found
+        return list(_servers(model_dir))
 
     assert len(servers()) == 1
     serve.delete("test-vllm")

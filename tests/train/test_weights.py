@@ -117,6 +117,10 @@ ZERO3 = textwrap.dedent(
     loaded = all(torch.equal(again[k], reference[k] + 1) for k in reference) if rank == 0 else None
     print(json.dumps({"local": local, "whole": whole, "keys": len(gathered), "same": same,
                       "loaded": loaded, "ref_keys": len(reference)}), flush=True)
+    # leave together: a rank that tears the group down while its peer is still in the last
+    # gather makes gloo's receiving thread throw in the peer, which aborts it ("terminate called
+    # without an active exception", seen once with the machine busy)
+    dist.barrier()
     dist.destroy_process_group()
     """
 )

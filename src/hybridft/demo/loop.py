@@ -43,7 +43,7 @@ from hybridft.release.controller import CanaryController
 from hybridft.release.probes import Prober, load_probe_rows
 from hybridft.runtime import ensure_ray
 from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths
-from hybridft.serve.endpoint import ServeDeployer, start_endpoint
+from hybridft.serve.endpoint import ServeDeployer, served_engine, start_endpoint
 from hybridft.serve.keys import KeyStore
 from hybridft.serve.review import ReviewQueue
 
@@ -168,7 +168,11 @@ def run_loop(
     deployer = ServeDeployer(registry, model, num_cpus=0.4)
     url = start_endpoint(spec, paths.root, registry, port=port, deployer=deployer, router_cpus=0.2)
     traffic = Traffic(url, KeyStore(paths.keys).create("demo-users"), model, rows)
-    console.print(f"endpoint {url}; traffic log {paths.traffic_log}")
+    engine = served_engine(model, champion)
+    console.print(
+        f"endpoint {url} (v{champion} on the {engine} engine); traffic log {paths.traffic_log}"
+    )
+    summary["engine"] = f"the versions answered on the {engine} engine (serve config: auto)"
 
     n += 1
     candidate = str(latest)

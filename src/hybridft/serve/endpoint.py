@@ -131,6 +131,15 @@ class ServeDeployer:
         serve.delete(model_app_name(self.model, version), _blocking=False)
 
 
+def served_engine(model: str, version: str) -> str:
+    """The engine (``hf`` / ``vllm``) the running application of ``model`` ``version`` answers
+    with: what ``engine: auto`` became in its replica."""
+    from ray import serve
+
+    handle = serve.get_app_handle(model_app_name(model, version))
+    return str(handle.describe.remote().result(timeout_s=60)["engine"])
+
+
 def start_endpoint(
     spec: CanarySpec,
     serve_dir: str | Path,

@@ -67,7 +67,9 @@ class VLLMEngine:
         self.server = server
         self.max_position: int | None = config.get("max_position_embeddings")
         self.vocab_size = int(config["vocab_size"])
-        self._client = httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S)
+        self._client = httpx.Client(
+            base_url=server.url, headers=server.headers, timeout=REQUEST_TIMEOUT_S
+        )
         self._pool = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="vllm-request")
         # one per event loop (an httpx.AsyncClient is bound to the loop it first ran in)
         self._async: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
@@ -180,6 +182,7 @@ class VLLMEngine:
             if loop not in self._async:
                 self._async[loop] = httpx.AsyncClient(
                     base_url=self.server.url,
+                    headers=self.server.headers,
                     timeout=REQUEST_TIMEOUT_S,
                     limits=httpx.Limits(max_connections=MAX_CONCURRENT),
                 )

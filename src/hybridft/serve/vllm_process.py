@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -120,6 +121,10 @@ class VLLMServer:
         self.spec = spec
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # vLLM's /v1 routes want this key (VLLM_API_KEY, in its environment, not on its command
+        # line where `ps` shows it): another local user reaching the loopback port gets a 401
+        # instead of a model behind our door's keys, limits and traffic log.
+        self.api_key = secrets.token_urlsafe(32)
         self.workdir = Path(tempfile.mkdtemp(prefix="hybridft-vllm-"))
         self.log_path = self.workdir / "vllm.log"
         self._debug = bool(os.environ.get(DEBUG_ENV))
@@ -198,6 +203,7 @@ class VLLMServer:
                 TORCHDYNAMO_DISABLE="1",
             )
         env.update(
+            VLLM_API_KEY=self.api_key,
             VLLM_NO_USAGE_STATS="1",
             DO_NOT_TRACK="1",
             HF_HUB_OFFLINE="1",
@@ -205,6 +211,11 @@ class VLLMServer:
             TOKENIZERS_PARALLELISM="false",
         )
         return env
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a request to the server's /v1 routes must carry."""
+        return {"authorization": f"Bearer {self.api_key}"}
 
     def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
