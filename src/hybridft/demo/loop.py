@@ -176,12 +176,12 @@ def run_loop(
 
     n += 1
     candidate = str(latest)
-    print_step(
-        console,
-        n,
-        steps,
-        f"canary: {model}@{candidate} (the report's recommendation) vs v{champion}",
+    what = (
+        f"{model}@{candidate} (the report's recommendation) vs v{champion}"
+        if candidate != champion
+        else "none: the report registered no recommendation"
     )
+    print_step(console, n, steps, f"canary: {what}")
     with acting_as("dave"):
         controller = CanaryController(spec, paths, registry, gates, current_user(), deployer)
     if candidate != champion:
@@ -197,7 +197,7 @@ def run_loop(
         else:
             summary["canary"] = f"v{candidate}: the gates refused @canary"
     else:
-        summary["canary"] = "skipped (no second version)"
+        summary["canary"] = "skipped (the report recommended nothing)"
     primary = CanaryStore(paths.state).read().primary
 
     n += 1

@@ -156,6 +156,10 @@ class ChannelClient:
         self._writer = writer
         writer.write(_encode({"token": self.address["token"]}))
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+        # The reader lives as long as its client: a client the router's pool drops (a replica
+        # replaced, the router's own replica stopping) takes its connection and reader with it,
+        # and asyncio would print "Task was destroyed but it is pending!" to the user for each.
+        setattr(self._reader_task, "_log_destroy_pending", False)  # noqa: B010 - asyncio's switch
 
     async def call(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         if self.closed or self._writer is None:
@@ -198,9 +202,6 @@ class ChannelClient:
         task = self._reader_task
         if task is not None and not task.done():
             task.cancel()
-            # closed on purpose: when a replica shuts down its loop may stop before the
-            # cancellation runs, and asyncio would log "Task was destroyed but it is pending!"
-            setattr(task, "_log_destroy_pending", False)  # noqa: B010 - asyncio's own switch
 
 
 class ChannelPool:
