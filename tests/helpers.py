@@ -108,6 +108,19 @@ def first_forward_devices(model: Any, call: Any) -> dict[str, str]:
     return seen
 
 
+def widen_weights(model: Any, scale: float = 0.2, seed: int = 0) -> Any:
+    """``model`` with every matrix redrawn wide (N(0, scale^2)): a tiny model's saved init barely
+    looks at its context, so scores and answers would hardly differ between prompts."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * scale)
+    return model
+
+
 def free_port() -> int:
     """A TCP port free on loopback now (for a test's Serve HTTP proxy)."""
     import socket

@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import openai
 import pytest
-import torch
-from helpers import free_port
+from helpers import free_port, widen_weights
 
 from hybridft.data.records import Example, Message
 from hybridft.evaluate.calibration import apply_temperature
@@ -60,11 +59,7 @@ def model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model with wider weights: its label scores differ a lot between labels and
     prompts (the saved init barely looks at the context)."""
     model = load_model(tiny_model_dir)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() == 2:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.2)
+    widen_weights(model)
     out = tmp_path_factory.mktemp("sharp") / "model"
     return save_model(model, load_tokenizer(tiny_model_dir), out)
 

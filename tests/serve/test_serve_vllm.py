@@ -21,8 +21,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import torch
-from helpers import free_port
+from helpers import free_port, widen_weights
 
 from hybridft.errors import UserError
 from hybridft.model.hf import load_tokenizer, save_model
@@ -49,11 +48,7 @@ def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     config = AutoConfig.from_pretrained(tiny_model_dir)
     config.head_dim = 32
     model = AutoModelForCausalLM.from_config(config)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() == 2:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.2)
+    widen_weights(model)
     out = tmp_path_factory.mktemp("vllm-model") / "model"
     return save_model(model.eval(), load_tokenizer(tiny_model_dir), out)
 

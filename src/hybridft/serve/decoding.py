@@ -14,10 +14,37 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hybridft.errors import UserError
+from hybridft.model.hf import load_tokenizer
 from hybridft.serve.logprobs import TokenLogprob, prompt_logprobs
 from hybridft.serve.sampling import SamplingParams, first_stop
 
 FinishReason = Literal["stop", "length"]
+
+
+def load_chat_tokenizer(model_dir: Any) -> Any:
+    """The tokenizer a model directory is served with; one without a chat template is refused."""
+    tokenizer = load_tokenizer(model_dir)
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{model_dir}: tokenizer has no chat_template; cannot serve chat")
+    return tokenizer
+
+
+class PromptIds:
+    """Both engines' prompt encoding, with their ``tokenizer``: the same ids on either."""
+
+    tokenizer: Any
+
+    def chat_prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of ``messages`` rendered by the tokenizer's chat template, ready to answer."""
+        encoded = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return [int(i) for i in encoded["input_ids"]]
+
+    def text_prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of a raw completion prompt (the tokenizer's own special tokens included)."""
+        return [int(i) for i in self.tokenizer(prompt)["input_ids"]]
+
 
 _PARTIAL_CHAR = "\ufffd"  # what a byte-level decode shows for an unfinished UTF-8 sequence
 

@@ -143,9 +143,10 @@ class ModelServer:
         engine_threads: int = 1,
     ) -> None:
         self.engine = load_engine(engine, model_dir, device, dtype, engine_threads, adapters)
-        # vllm: an adapter would be a request argument (vLLM's multi-LoRA; refused for now,
-        # engines.VLLM_LORA_REFUSAL); hf: swapped in the model under a lock
-        self._adapter_arg = getattr(self.engine, "continuous_batching", False)
+        # vllm batches concurrent requests itself (no serve.batch window), and an adapter would
+        # be a request argument (vLLM's multi-LoRA; refused for now, engines.VLLM_LORA_REFUSAL);
+        # hf: serve.batch's window, and an adapter swapped in the model under a lock
+        self._engine_batches = getattr(self.engine, "continuous_batching", False)
         self.adapters = AdapterSet(self.engine.model, adapters) if adapters else None
         self.model_name = model_name
         self.version = version
@@ -244,14 +245,14 @@ class ModelServer:
 
     async def _complete(self, kind: str, request: Any) -> dict[str, Any]:
         adapter = self._check_model(request.model)
-        if adapter is not None and not self._adapter_arg:
+        if adapter is not None and not self._engine_batches:
             await self._adapter(adapter)  # Serve's multiplexed cache (LRU per replica)
         check_fields(request, self.engine)
         prompts = self._prompts(kind, request)
         scoring = label_set(request, self.tasks)
         params = sampling_params(request, self.max_tokens_limit)
         rows = choice_rows(prompts, request.n, params)
-        if getattr(self.engine, "continuous_batching", False):
+        if self._engine_batches:
             # vLLM batches concurrent requests itself: no window to wait in.
             outs = await self.engine.agenerate_batch(rows, adapter)
         else:
@@ -309,7 +310,7 @@ class ModelServer:
         check_fields(request, self.engine)  # one choice only: n=1, one prompt
         prompt_ids = self._prompts(kind, request)[0]
         params = sampling_params(request, self.max_tokens_limit)
-        if self._adapter_arg:
+        if self._engine_batches:
             steps = self.engine.stream(prompt_ids, params, adapter)
         else:
             steps = self.engine.stream(prompt_ids, params)
@@ -348,7 +349,7 @@ class ModelServer:
         return self._in_flight > 1 or (size > 1 and time.monotonic() - ended < BUSY_MEMORY_S)
 
     def _label_probs(self, adapter: str | None, *args: Any) -> dict[str, float]:
-        if self._adapter_arg:
+        if self._engine_batches:
             return self.engine.label_probs(*args, adapter=adapter)
         with self._using(adapter):
             return self.engine.label_probs(*args)

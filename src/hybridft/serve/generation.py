@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from hybridft.errors import UserError
 from hybridft.model.device import Dtype, load_model_on, model_device, resolve_device
-from hybridft.model.hf import load_tokenizer
 from hybridft.serve.decoding import (
     BatchRow,
     Completion,
     FinishReason,
+    PromptIds,
     StreamStep,
+    load_chat_tokenizer,
     ready_length,
     stop_holdback,
     token_budget,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from hybridft.evaluate.scoring import LabelEnd
 
 
-class GenerationEngine:
+class GenerationEngine(PromptIds):
     """Generate text from a loaded model and tokenizer (``torch.inference_mode``).
 
     Thread-safe for concurrent requests: each call owns its cache and generator, the model is
@@ -89,21 +90,8 @@ class GenerationEngine:
         """
 
         where = resolve_device(device)  # a bad device fails before anything loads
-        tokenizer = load_tokenizer(model_dir)
-        if not getattr(tokenizer, "chat_template", None):
-            raise UserError(f"{model_dir}: tokenizer has no chat_template; cannot serve chat")
+        tokenizer = load_chat_tokenizer(model_dir)
         return cls(load_model_on(model_dir, where, dtype), tokenizer)
-
-    def chat_prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Token ids of ``messages`` rendered by the tokenizer's chat template, ready to answer."""
-        encoded = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        return [int(i) for i in encoded["input_ids"]]
-
-    def text_prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of a raw completion prompt (the tokenizer's own special tokens included)."""
-        return [int(i) for i in self.tokenizer(prompt)["input_ids"]]
 
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Completion:
         """Generate one whole completion for ``prompt_ids``."""

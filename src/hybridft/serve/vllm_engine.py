@@ -27,11 +27,12 @@ import httpx
 
 from hybridft.errors import UserError
 from hybridft.model.device import Dtype, model_dtype, resolve_device
-from hybridft.model.hf import load_tokenizer
 from hybridft.serve.decoding import (
     Completion,
     FinishReason,
+    PromptIds,
     StreamStep,
+    load_chat_tokenizer,
     ready_length,
     stop_holdback,
     token_budget,
@@ -49,7 +50,7 @@ REQUEST_TIMEOUT_S = 600.0
 MAX_CONCURRENT = 64  # requests in flight to vLLM from one replica's threads
 
 
-class VLLMEngine:
+class VLLMEngine(PromptIds):
     """Generate through a vLLM server child process; the hf engine's interface.
 
     ``model`` is None (the weights live in the child). ``close`` stops the child; the replica's
@@ -98,9 +99,7 @@ class VLLMEngine:
         Returns:
             The engine, its server healthy.
         """
-        tokenizer = load_tokenizer(model_dir)
-        if not getattr(tokenizer, "chat_template", None):
-            raise UserError(f"{model_dir}: tokenizer has no chat_template; cannot serve chat")
+        tokenizer = load_chat_tokenizer(model_dir)
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
         where = resolve_device(device)
         torch_dtype = model_dtype(where, dtype)
@@ -136,17 +135,6 @@ class VLLMEngine:
             self.server.close(keep_log=keep_log)
 
     # --- prompts (ours, as the hf engine) ---------------------------------------------------
-
-    def chat_prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Token ids of ``messages`` rendered by the tokenizer's chat template, ready to answer."""
-        encoded = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        return [int(i) for i in encoded["input_ids"]]
-
-    def text_prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of a raw completion prompt (the tokenizer's own special tokens included)."""
-        return [int(i) for i in self.tokenizer(prompt)["input_ids"]]
 
     # --- generation ---------------------------------------------------------------------------
 
