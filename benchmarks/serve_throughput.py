@@ -111,7 +111,15 @@ def router_overhead(root_url: str, direct_url: str, key: str, n: int, seed: int 
     }
 
 
-def load(url: str, headers: dict, clients: int, seconds: float, max_tokens: int) -> dict:
+def load(
+    url: str,
+    headers: dict,
+    clients: int,
+    seconds: float,
+    max_tokens: int,
+    models: tuple[str, ...] = ("bench",),
+) -> dict:
+    """``clients`` closed-loop clients for ``seconds``; client i asks model ``models[i % n]``."""
     done, tokens, errors = [], [], 0
     stop = time.monotonic() + seconds
 
@@ -121,7 +129,7 @@ def load(url: str, headers: dict, clients: int, seconds: float, max_tokens: int)
             k = i
             while time.monotonic() < stop:
                 body = {
-                    "model": "bench",
+                    "model": models[i % len(models)],
                     "prompt": PROMPTS[k % len(PROMPTS)],
                     "max_tokens": max_tokens,
                 }

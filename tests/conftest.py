@@ -77,6 +77,24 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vllm_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """``tiny_model_dir``'s model with a head size vLLM's CPU attention supports (32: its kernels
+    take 32, 64, 80, ...; the tiny model's 16 fails at the first forward) and wide random
+    weights (``helpers.widen_weights``), so answers and label scores vary with the prompt."""
+    from helpers import widen_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hybridft.model.hf import load_tokenizer, save_model
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.head_dim = 32
+    model = AutoModelForCausalLM.from_config(config)
+    widen_weights(model)
+    out = tmp_path_factory.mktemp("vllm-model") / "model"
+    return save_model(model.eval(), load_tokenizer(tiny_model_dir), out)
+
+
+@pytest.fixture(scope="session")
 def small_demo_data(tmp_path_factory) -> Path:
     """The synthetic demo data at a small size (same generator, same tasks)."""
     from hybridft.demo import synthesize

@@ -6,9 +6,8 @@ this module. Both engines run the model in float32 (``dtype: auto`` on CPU), so 
 compared as invariants: greedy text is equal, logprobs and label scores agree to 1e-4 (vLLM's
 kernels sum in another order: ~1e-6 seen), label probabilities to 1e-4.
 
-The model is the fixture's tiny Llama with a head size vLLM's CPU attention supports (32: its
-kernels take 32, 64, 80, ...; the fixture's 16 fails at the first forward) and wide random
-weights, so answers and label scores vary with the prompt.
+The model is ``vllm_model_dir`` (conftest): the tiny Llama with a head size vLLM's CPU attention
+supports and wide random weights, so answers and label scores vary with the prompt.
 """
 
 from __future__ import annotations
@@ -21,10 +20,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from helpers import free_port, widen_weights
+from helpers import free_port
 
 from hybridft.errors import UserError
-from hybridft.model.hf import load_tokenizer, save_model
 from hybridft.serve import deploy
 from hybridft.serve.canary import ServePaths
 from hybridft.serve.endpoint import check_serve_config
@@ -42,15 +40,8 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.head_dim = 32
-    model = AutoModelForCausalLM.from_config(config)
-    widen_weights(model)
-    out = tmp_path_factory.mktemp("vllm-model") / "model"
-    return save_model(model.eval(), load_tokenizer(tiny_model_dir), out)
+def model_dir(vllm_model_dir) -> Path:
+    return vllm_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +90,7 @@ def test_the_engine_is_checked_where_it_is_configured(tiny_model_dir, tmp_path):
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         (tmp_path / name).write_text("{}")
     adapters = {"adapters": {"a": str(tmp_path)}}
-    with pytest.raises(ValueError, match="vllm-project/vllm#16668"):
-        ServeModelArgs.model_validate({**args, **adapters, "engine": "vllm"})
-    assert ServeModelArgs.model_validate({**args, **adapters}).engine == "auto"  # -> hf
+    assert ServeModelArgs.model_validate({**args, **adapters, "engine": "vllm"}).adapters
     config = tmp_path / "serve.yaml"
     config.write_text(
         "applications:\n  - name: m\n    import_path: hybridft.serve.endpoint:build_version_app\n"
@@ -111,12 +100,9 @@ def test_the_engine_is_checked_where_it_is_configured(tiny_model_dir, tmp_path):
         check_serve_config(config)
 
 
-def test_auto_is_vllm_where_installed_hf_with_adapters_or_as_named(monkeypatch):
+def test_auto_is_vllm_where_installed_else_hf_or_as_named(monkeypatch):
     monkeypatch.delenv(ENGINE_ENV, raising=False)
     assert resolve_engine("auto") == "vllm"  # `make venv` built .venv-vllm
-    assert resolve_engine("auto", adapters=True) == "hf"
-    with pytest.raises(UserError, match="hf engine"):
-        resolve_engine("vllm", adapters=True)
     assert resolve_engine("hf") == "hf"
     monkeypatch.setenv(ENGINE_ENV, "hf")
     assert resolve_engine("auto") == "hf" and resolve_engine("vllm") == "vllm"

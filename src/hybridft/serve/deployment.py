@@ -117,8 +117,8 @@ class ModelServer:
 
     With ``adapters`` (name -> peft LoRA directory), model id ``<name>:<adapter>`` answers with
     that adapter on the shared base (``serve.multiplexed``: loaded on first use, LRU-unloaded;
-    callers that set the multiplexed model id reach a replica that has it loaded); on the hf
-    engine only, for now (``engines.VLLM_LORA_REFUSAL``).
+    callers that set the multiplexed model id reach a replica that has it loaded) on the hf
+    engine; on the vllm engine every replica's server has them all (vLLM's multi-LoRA).
 
     ``device`` / ``dtype``: where and in which dtype the replica runs the model (``"cuda"`` when
     the deployment reserves GPUs, see ``launch.build_app``). ``door``: who its HTTP routes let
@@ -143,9 +143,9 @@ class ModelServer:
         engine_threads: int = 1,
     ) -> None:
         self.engine = load_engine(engine, model_dir, device, dtype, engine_threads, adapters)
-        # vllm batches concurrent requests itself (no serve.batch window), and an adapter would
-        # be a request argument (vLLM's multi-LoRA; refused for now, engines.VLLM_LORA_REFUSAL);
-        # hf: serve.batch's window, and an adapter swapped in the model under a lock
+        # vllm batches concurrent requests itself (no serve.batch window), and an adapter is a
+        # request argument (vLLM's multi-LoRA, every adapter loaded at start; ``self.adapters``
+        # then only names them); hf: serve.batch's window, an adapter swapped in under a lock
         self._engine_batches = getattr(self.engine, "continuous_batching", False)
         self.adapters = AdapterSet(self.engine.model, adapters) if adapters else None
         self.model_name = model_name

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
 
 from hybridft.errors import UserError
@@ -23,7 +23,7 @@ from hybridft.registry.client import Registry
 from hybridft.runtime import ensure_ray
 from hybridft.serve.adapters import check_adapter_dir
 from hybridft.serve.deployment import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_TOKENS_LIMIT, ModelServer
-from hybridft.serve.engines import DEFAULT_ENGINE, VLLM_LORA_REFUSAL, EngineName
+from hybridft.serve.engines import DEFAULT_ENGINE, EngineName
 from hybridft.serve.model_door import check_door, check_host, door_spec
 from hybridft.serve.openai_http import MAX_BODY_BYTES, VERSION_HEADER
 from hybridft.specfile import describe_error
@@ -77,12 +77,6 @@ class ServeModelArgs(BaseModel):
             return {name: check_adapter_dir(name, path) for name, path in value.items()}
         except UserError as exc:
             raise ValueError(str(exc)) from None
-
-    @model_validator(mode="after")
-    def _adapters_not_on_vllm(self) -> ServeModelArgs:
-        if self.adapters and self.engine == "vllm":
-            raise ValueError(f"{VLLM_LORA_REFUSAL}; got engine 'vllm'")
-        return self
 
     def threads(self) -> int:
         """The vllm engine's CPU threads: ``engine_threads``, else the replica's CPUs."""

