@@ -9,8 +9,10 @@ On a random-init Llama-shaped model (default ~0.47B parameters: hidden 1280, 24 
    MFU over the log windows after the first (warm-up);
 3. TRL's ``SFTTrainer`` on the same base and rows in its packed mode (``packing`` BFD +
    ``padding_free``, bf16; 1 row x accumulation and the whole batch flattened: the faster counts);
-4. ``evaluate_model`` and the serving engine (``GenerationEngine``) on the GPU, on the model the
-   DDP job trained;
+4. ``evaluate_model`` and the serving engines on the GPU, on the model the DDP job trained: hf
+   (``GenerationEngine``) and, where vLLM is installed, vllm (``VLLMEngine``, its start-up and
+   tokens/s on the same prompts; the lent GPU machine has no vLLM and no network, so there the
+   phase records why it did not run);
 5. a resume drill per strategy: the same job again, its worker SIGKILLed after the mid-run
    checkpoint (``HYBRIDFT_FAULT``); Ray Train restarts it, the run resumes from the checkpoint
    (no step reported twice) and ends at the uninterrupted run's loss.
@@ -91,12 +93,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             "trl": 100,
             "eval": 60,
             "serve": 45,
+            "serve_vllm": 120,  # vLLM's start on a GPU (CUDA graphs) is most of it
             "resume_ddp": 120,
             "resume_zero3": 130,
         },
     },
     "smoke": {
-        "model": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 176},
+        # head size 32: one vLLM's CPU attention runs (serve_vllm on CPU)
+        "model": {"hidden": 64, "layers": 2, "heads": 2, "kv_heads": 2, "intermediate": 176},
         "vocab": 1024,
         "max_len": 128,
         "rows": 160,
@@ -119,6 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "trl": 120,
             "eval": 60,
             "serve": 60,
+            "serve_vllm": 120,
             "resume_ddp": 150,
             "resume_zero3": 150,
         },
@@ -496,9 +501,40 @@ def evaluate(ctx: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve(ctx: argparse.Namespace) -> dict[str, Any]:
-    from hybridft.serve.generation import GenerationEngine, SamplingParams
+    """The hf engine (the model in this process) on the model the DDP job trained."""
+    from hybridft.serve.generation import GenerationEngine
 
     engine = GenerationEngine.from_dir(ctx.trained["ddp"].model_dir, device=ctx.device)
+    out = {"device": str(engine.device), **decode_rates(engine, ctx)}
+    del engine
+    free_gpu()
+    return out
+
+
+def serve_vllm(ctx: argparse.Namespace) -> dict[str, Any]:
+    """The vllm engine (vLLM's server as a child process, the shipped settings: CUDA graphs and
+    bf16 on a GPU) on the same model, prompts and sampling as ``serve``: its start-up and
+    tokens/s. Where vLLM is not installed (``HYBRIDFT_VLLM_PYTHON``, ``.venv-vllm``, or this
+    python) the phase records that and the run goes on."""
+    from hybridft.serve.vllm_engine import VLLMEngine
+    from hybridft.serve.vllm_process import vllm_python
+
+    vllm_python()  # not installed: the phase's error says how to install it
+    t0 = time.perf_counter()
+    engine = VLLMEngine.from_dir(
+        ctx.trained["ddp"].model_dir, device=ctx.device, threads=ctx.threads
+    )
+    start_s = time.perf_counter() - t0
+    try:
+        return {"device": ctx.device, "start_s": start_s, **decode_rates(engine, ctx)}
+    finally:
+        engine.close()  # vLLM holds most of the GPU's memory until its server stops
+
+
+def decode_rates(engine: Any, ctx: argparse.Namespace) -> dict[str, Any]:
+    """One answer alone, then 8 at once (seeded sampling), on either engine."""
+    from hybridft.serve.generation import SamplingParams
+
     prompts = [
         engine.chat_prompt_ids([{"role": "user", "content": user_text(r)}])
         for r in ctx.eval_rows[:8]
@@ -517,8 +553,7 @@ def serve(ctx: argparse.Namespace) -> dict[str, Any]:
     batch_s = time.perf_counter() - t0
     done = [c for c in batch if not isinstance(c, Exception)]
     tokens = sum(c.completion_tokens for c in done)
-    out = {
-        "device": str(engine.device),
+    return {
         "single_tokens": one.completion_tokens,
         "single_tokens_per_s": one.completion_tokens / single_s,
         "batch_requests": len(prompts),
@@ -527,9 +562,6 @@ def serve(ctx: argparse.Namespace) -> dict[str, Any]:
         "batch_tokens_per_s": tokens / batch_s,
         "sample": one.text[:80],
     }
-    del engine
-    free_gpu()
-    return out
 
 
 # -- summary -------------------------------------------------------------------------------------
@@ -562,6 +594,14 @@ def figures(results: dict[str, dict[str, Any]], ctx: argparse.Namespace) -> dict
         "eval_examples_per_s": (results.get("eval") or {}).get("examples_per_s"),
         "serve_ok": ok("serve"),
         "serve_batch_tokens_per_s": (results.get("serve") or {}).get("batch_tokens_per_s"),
+        "serve_vllm_ok": ok("serve_vllm"),
+        "serve_vllm_start_s": (results.get("serve_vllm") or {}).get("start_s"),
+        "serve_vllm_batch_tokens_per_s": (results.get("serve_vllm") or {}).get(
+            "batch_tokens_per_s"
+        ),
+        "serve_vllm_over_hf_batch": ratio(
+            results.get("serve_vllm") or {}, results.get("serve") or {}, "batch_tokens_per_s"
+        ),
         "failed_phases": [k for k, v in results.items() if not v.get("ok")],
     }
 
@@ -575,7 +615,7 @@ def main() -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="phases to leave out, comma-separated: ddp,zero3,trl,eval,serve,resume_ddp,"
+        help="phases to leave out, comma-separated: ddp,zero3,trl,eval,serve,serve_vllm,resume_ddp,"
         "resume_zero3 (eval, serve and the drills need the runs they use)",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -613,6 +653,7 @@ def main() -> None:
             phases.run("trl", ctx.boxes["trl"], trl_best, ctx)
             phases.run("eval", ctx.boxes["eval"], evaluate, ctx)
             phases.run("serve", ctx.boxes["serve"], serve, ctx)
+            phases.run("serve_vllm", ctx.boxes["serve_vllm"], serve_vllm, ctx)
             for strategy in ("ddp", "zero3"):
                 name = f"resume_{strategy}"
                 phases.run(name, ctx.boxes[name], resume_drill, ctx, strategy)

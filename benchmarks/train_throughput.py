@@ -405,10 +405,13 @@ def _rounded(x: Any) -> Any:
     return x
 
 
-def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
-    if not a or not b or not a.get("tokens_per_s") or not b.get("tokens_per_s"):
+def ratio(
+    a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "tokens_per_s"
+) -> float | None:
+    """``a[key] / b[key]``, None where either is missing."""
+    if not a or not b or not a.get(key) or not b.get(key):
         return None
-    return a["tokens_per_s"] / b["tokens_per_s"]
+    return a[key] / b[key]
 
 
 def print_table(results: dict[str, dict[str, Any]], peak: float) -> None:
