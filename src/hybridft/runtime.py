@@ -7,6 +7,7 @@ not make a package depend on training.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Mapping
 
@@ -25,6 +26,7 @@ LOCAL_RUNTIME_ENV = {
 
 
 DEBUG_ENV = "HYBRIDFT_DEBUG"
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def debug_mode() -> bool:
@@ -50,6 +52,10 @@ def ensure_ray(address: str | None = None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, log_to_driver=True, logging_config=quiet)
     else:
+        # Ray turns token authentication on for a new local instance (kept on) and warns that
+        # it did, on every start: that line is for debugging, as Ray's INFO lines are.
+        if not debug_mode():
+            logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
         ray.init(
             address="local", log_to_driver=True, logging_config=quiet, runtime_env=LOCAL_RUNTIME_ENV
         )
