@@ -24,13 +24,20 @@ def pytest_collection_modifyitems(config, items) -> None:
     """`make test` runs two pytest-xdist workers with ``--dist loadscope``: each module runs
     whole on one worker, so its module fixtures (a vLLM server, a trained model, a Serve app) are
     built once. Each worker has its own local Ray (``ray_session``: 2 CPUs, as CI), used by one
-    test at a time; two modules on Ray may run at once, one per worker. The modules on Ray are
-    collected first: they are the longest part of the run, so both workers start on them and
-    the short modules fill in at the end. (``--dist loadgroup`` with an ``xdist_group`` mark per
+    test at a time; two modules on Ray may run at once, one per worker. The long modules go
+    first (a test marked ``slow``, then a test on Ray: the two-node cluster module is slow but
+    not on the shared Ray, and came last, a 2-minute tail on one worker), so the short ones
+    fill in at the end, on whichever worker is free. (``--dist loadgroup`` with an ``xdist_group`` mark per
     module would do the same, but pytest-xdist 3.8 writes the group into ``item._nodeid``,
     which pytest 9 no longer reads: every test became a group of its own.)"""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     on_ray = {item.module.__name__ for item in items if "ray_session" in item.fixturenames}
-    items.sort(key=lambda item: item.module.__name__ not in on_ray)  # stable: order kept within
+
+    def rank(item: pytest.Item) -> tuple[bool, bool]:
+        module = item.module.__name__  # type: ignore[attr-defined]
+        return module not in slow, module not in on_ray
+
+    items.sort(key=rank)  # stable: the order within a module is kept
 
 
 @pytest.fixture(scope="session")
