@@ -27,9 +27,10 @@ def pytest_collection_modifyitems(config, items) -> None:
     test at a time; two modules on Ray may run at once, one per worker. The long modules go
     first (a test marked ``slow``, then a test on Ray: the two-node cluster module is slow but
     not on the shared Ray, and came last, a 2-minute tail on one worker), so the short ones
-    fill in at the end, on whichever worker is free. (``--dist loadgroup`` with an ``xdist_group`` mark per
-    module would do the same, but pytest-xdist 3.8 writes the group into ``item._nodeid``,
-    which pytest 9 no longer reads: every test became a group of its own.)"""
+    fill in at the end, on whichever worker is free. (``--dist loadgroup`` with an
+    ``xdist_group`` mark per module would do the same, but pytest-xdist 3.8 writes the group
+    into ``item._nodeid``, which pytest 9 no longer reads: every test became a group of its
+    own.)"""
     slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     on_ray = {item.module.__name__ for item in items if "ray_session" in item.fixturenames}
 

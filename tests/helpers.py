@@ -121,6 +121,39 @@ def widen_weights(model: Any, scale: float = 0.2, seed: int = 0) -> Any:
     return model
 
 
+def lora_adapters(
+    model_dir: Path, root: Path, names: tuple[str, ...], seed: int, r: int = 4
+) -> dict[str, str]:
+    """Random (non-zero) LoRA adapters on ``model_dir``'s model, saved as peft writes them
+    (q_proj, v_proj, down_proj; adapter i seeded ``seed + i``): name -> directory."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from hybridft.model.hf import load_model
+
+    out = {}
+    for i, name in enumerate(names):
+        torch.manual_seed(seed + i)
+        cfg = LoraConfig(r=r, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                         init_lora_weights=False)  # fmt: skip
+        get_peft_model(load_model(model_dir), cfg).save_pretrained(root / name)
+        out[name] = str(root / name)
+    return out
+
+
+def merged_engine(model_dir: Path, adapter: str | None) -> Any:
+    """The reference for one model id: the hf engine on a fresh base with only ``adapter``
+    merged into it (None: the bare base)."""
+    from hybridft.serve.generation import GenerationEngine
+
+    engine = GenerationEngine.from_dir(model_dir)
+    if adapter is not None:
+        from peft import PeftModel
+
+        engine.model = PeftModel.from_pretrained(engine.model, adapter).merge_and_unload().eval()
+    return engine
+
+
 def free_port() -> int:
     """A TCP port free on loopback now (for a test's Serve HTTP proxy)."""
     import socket

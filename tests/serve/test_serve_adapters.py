@@ -9,11 +9,9 @@ from pathlib import Path
 
 import openai
 import pytest
-import torch
-from helpers import free_port
+from helpers import free_port, lora_adapters, merged_engine
 
 from hybridft.errors import UserError
-from hybridft.model.hf import load_model
 from hybridft.serve.adapters import AdapterSet, check_adapter_dir
 from hybridft.serve.generation import GenerationEngine, SamplingParams
 from hybridft.serve.keys import KeyStore
@@ -24,28 +22,9 @@ PROMPT = [{"role": "user", "content": "Ticket 3: my laptop cannot reach the VPN"
 @pytest.fixture(scope="module")
 def adapter_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, str]:
     """Two LoRA adapters with random (non-zero) weights, saved as peft writes them."""
-    from peft import LoraConfig, get_peft_model
-
-    root = tmp_path_factory.mktemp("adapters")
-    out = {}
-    for i, name in enumerate(("billing", "hr")):
-        torch.manual_seed(100 + i)
-        cfg = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
-                         init_lora_weights=False)  # fmt: skip
-        model = get_peft_model(load_model(tiny_model_dir), cfg)
-        model.save_pretrained(root / name)
-        out[name] = str(root / name)
-    return out
-
-
-def _reference_engine(tiny_model_dir: Path, adapter: str | None) -> GenerationEngine:
-    """The answer to compare with: a fresh base with only this adapter, merged into it."""
-    engine = GenerationEngine.from_dir(tiny_model_dir)
-    if adapter is not None:
-        from peft import PeftModel
-
-        engine.model = PeftModel.from_pretrained(engine.model, adapter).merge_and_unload().eval()
-    return engine
+    return lora_adapters(
+        tiny_model_dir, tmp_path_factory.mktemp("adapters"), ("billing", "hr"), 100
+    )
 
 
 def _answer(engine: GenerationEngine, n: int = 8) -> str:
@@ -55,9 +34,9 @@ def _answer(engine: GenerationEngine, n: int = 8) -> str:
 
 
 def test_one_shared_base_answers_like_each_separate_model(tiny_model_dir, adapter_dirs):
-    expected = {None: _answer(_reference_engine(tiny_model_dir, None))}
+    expected = {None: _answer(merged_engine(tiny_model_dir, None))}
     for name, path in adapter_dirs.items():
-        expected[name] = _answer(_reference_engine(tiny_model_dir, path))
+        expected[name] = _answer(merged_engine(tiny_model_dir, path))
     assert len(set(expected.values())) == 3  # the adapters do change the answer
 
     engine = GenerationEngine.from_dir(tiny_model_dir)
@@ -111,7 +90,7 @@ def test_multiplexed_deployment_serves_each_adapter_by_model_id(
 
     expected = {}
     for model_id, path in (("tiny", None), *((f"tiny:{n}", p) for n, p in adapter_dirs.items())):
-        engine = _reference_engine(tiny_model_dir, path)
+        engine = merged_engine(tiny_model_dir, path)
         expected[model_id] = _answer(engine)
     key = KeyStore(tmp_path / "keys.db").create("tests")  # the door: the router's key store
     url = deploy(str(tiny_model_dir), "tiny", "1", port=free_port(), app_name="test-adapters",

@@ -18,10 +18,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import torch
-from helpers import free_port
+from helpers import free_port, lora_adapters, merged_engine
 
-from hybridft.model.hf import load_model
 from hybridft.serve import deploy
 from hybridft.serve.canary import ServePaths
 from hybridft.serve.generation import GenerationEngine, SamplingParams
@@ -38,31 +36,14 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def adapter_dirs(vllm_model_dir, tmp_path_factory) -> dict[str, str]:
     """Two LoRA adapters with random (non-zero) weights, saved as peft writes them."""
-    from peft import LoraConfig, get_peft_model
-
-    root = tmp_path_factory.mktemp("vllm-adapters")
-    out = {}
-    for i, name in enumerate(ADAPTERS):
-        torch.manual_seed(200 + i)
-        cfg = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
-                         init_lora_weights=False)  # fmt: skip
-        get_peft_model(load_model(vllm_model_dir), cfg).save_pretrained(root / name)
-        out[name] = str(root / name)
-    return out
+    return lora_adapters(vllm_model_dir, tmp_path_factory.mktemp("vllm-adapters"), ADAPTERS, 200)
 
 
 @pytest.fixture(scope="module")
 def merged(vllm_model_dir, adapter_dirs) -> dict[str | None, GenerationEngine]:
     """The reference per model id: the hf engine on the base, and on the base with each adapter
     merged into it."""
-    from peft import PeftModel
-
-    out: dict[str | None, GenerationEngine] = {None: GenerationEngine.from_dir(vllm_model_dir)}
-    for name, path in adapter_dirs.items():
-        engine = GenerationEngine.from_dir(vllm_model_dir)
-        engine.model = PeftModel.from_pretrained(engine.model, path).merge_and_unload().eval()
-        out[name] = engine
-    return out
+    return {a: merged_engine(vllm_model_dir, adapter_dirs.get(a or "")) for a in [None, *ADAPTERS]}
 
 
 @pytest.fixture(scope="module")
