@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hybridft.serve.channel import (
+    ChannelDraining,
     ChannelError,
     ChannelPool,
     ChannelServer,
@@ -135,3 +136,86 @@ def test_a_replica_dying_mid_request_raises_for_the_fallback(tmp_path: Path) -> 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_closing_replica_answers_draining_never_an_error(tmp_path: Path) -> None:
+    """Serve stops a replica (a redeploy, a scale-down): its destructor closes the channel,
+    then Serve stops its thread pool. A request that was running finishes; one that fails
+    because of the shutdown, or arrives after it, is answered "draining" (the router resends
+    it through the handle), never passed on as the replica's 500; the pool stops choosing
+    that replica and lists the folder again, and finds its successor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool_threads = ThreadPoolExecutor(2)
+
+    async def in_thread(kind: str, body: dict) -> dict:  # as the replica runs its model
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(float(body.get("delay", 0)))
+        n = await loop.run_in_executor(pool_threads, lambda: body["n"])
+        return {"status": 200, "body": {"n": n, "pid": os.getpid()}}
+
+    async def main() -> None:
+        old = ChannelServer(in_thread, APP, tmp_path)
+        await old.start()
+        pool = ChannelPool(tmp_path)
+        assert (await pool.call(APP, "chat", {"n": 1}))["body"]["n"] == 1
+        # one request inside the replica when Serve stops it
+        slow = asyncio.ensure_future(pool.call(APP, "chat", {"n": 2, "delay": 0.3}))
+        await asyncio.sleep(0.1)
+        old.close()  # the destructor
+        pool_threads.shutdown(wait=False)  # what Serve does next
+        with pytest.raises(ChannelDraining):  # failed under the shutdown: not a 500
+            await asyncio.wait_for(slow, 5)
+        # the pool is told to list again, and nothing new is advertised yet
+        assert await pool.call(APP, "chat", {"n": 3}) is None
+        # its successor advertises itself; the next call reaches it
+        new = ChannelServer(_echo, APP, tmp_path)
+        await new.start()
+        reply = await pool.call(APP, "chat", {"n": 4})
+        assert reply is not None and reply["body"] == {"kind": "chat", "n": 4, "pid": os.getpid()}
+        new.close()
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_arriving_after_close_is_answered_draining(tmp_path: Path) -> None:
+    """On a connection opened before the close, a new request gets "draining" at once (not
+    silence, which would hold the router until the replica is killed)."""
+
+    async def main() -> None:
+        server = ChannelServer(_echo, APP, tmp_path)
+        await server.start()
+        pool = ChannelPool(tmp_path)
+        assert (await pool.call(APP, "chat", {"n": 1}))["status"] == 200
+        server.close()
+        with pytest.raises(ChannelDraining):
+            await asyncio.wait_for(pool.call(APP, "chat", {"n": 2}), 5)
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_in_flight_on_a_replica_that_stops_advertising_is_answered(
+    tmp_path: Path,
+) -> None:
+    """A replica whose file is gone is not chosen again, but the answers owed on its
+    connection still arrive (not cut off and computed twice elsewhere)."""
+
+    async def main() -> None:
+        server = ChannelServer(_echo, APP, tmp_path)
+        await server.start()
+        pool = ChannelPool(tmp_path)
+        slow = asyncio.ensure_future(pool.call(APP, "chat", {"n": 1, "delay": 0.5}))
+        await asyncio.sleep(0.1)
+        server.path.unlink()  # stops advertising, still answering
+        pool._listed.clear()  # as after REFRESH_S
+        assert await pool.call(APP, "chat", {"n": 2}) is None  # not chosen
+        reply = await asyncio.wait_for(slow, 5)
+        assert reply["status"] == 200 and reply["body"]["n"] == 1
+        await pool.call(APP, "chat", {"n": 3})  # lists again: the drained client is closed
+        assert not pool._clients.get(APP)
+        server.close()
+        pool.close()
+
+    asyncio.run(main())

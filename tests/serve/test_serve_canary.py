@@ -86,6 +86,7 @@ def endpoint(ray_session, tiny_model_dir, template_db, tmp_path_factory):
         "controller": CanaryController(spec, paths, registry, LOOSE, RELEASER, deployer),
         "rows": rows,
         "fingerprint": fingerprint,
+        "cache": root / "served",
         "restart_router": lambda cpus: start_endpoint(
             spec, paths.root, registry, port=port, deployer=deployer, router_cpus=cpus
         ),
@@ -429,12 +430,10 @@ def test_canary_split_sticky_force_admin_and_load(endpoint, tmp_path):
     assert {version_for(u) for u in first} == {v1}
 
 
-def test_a_router_stopped_under_load_logs_every_answer_it_sent(endpoint):
-    """The router's replica stopped under load, as a redeploy stops it (Serve starts its
-    successor, then stops it gracefully): every answer sent is one request event in the
-    traffic log; its buffered events are written, not lost."""
+def _under_load(endpoint, change) -> tuple[list[str], list]:
+    """Six clients send chat requests for LOAD_S; ``change()`` runs a quarter of the way in.
+    Returns the request ids answered (200) and the failures seen (statuses, exceptions)."""
     answered, failed, stop = [], [], threading.Event()
-    started_at = time.time()
 
     def client_loop(i):
         n = 0
@@ -452,28 +451,74 @@ def test_a_router_stopped_under_load_logs_every_answer_it_sent(endpoint):
                 if r.status_code == 200:
                     answered.append(r.json()["hybridft"]["request_id"])
                 else:
-                    failed.append(r.status_code)
+                    failed.append((r.status_code, r.text[:200]))
             n += 1
 
     with cf.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(client_loop, i) for i in range(6)]
         time.sleep(LOAD_S / 4)
-        endpoint["restart_router"](0.3)  # a new replica; the old one stops under load
+        change()
         time.sleep(LOAD_S / 4)
         stop.set()
         for f in futures:
             f.result()
+    return answered, failed
+
+
+def _logged_once(endpoint, answered: list[str], since: float) -> list[str]:
+    """Wait until every answer is a request event in the traffic log; each one exactly once.
+    Returns the ids logged."""
     sent = set(answered)
     assert len(sent) == len(answered) >= 20
     log = TrafficLog(endpoint["paths"].traffic_log)
     deadline = time.monotonic() + 15  # the live router flushes its buffer every ~2 s
     while True:
-        events = log.read(model="desk", since=started_at, kinds=["request"]).rows()
+        events = log.read(model="desk", since=since, kinds=["request"]).rows()
         logged = [e["request_id"] for e in events]  # nothing else was sent meanwhile
         if sent <= set(logged) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert sorted(sent - set(logged)) == [], f"{len(sent - set(logged))} answers not logged"
     assert len(logged) == len(set(logged)), "an answer was logged twice"
+    return logged
+
+
+def _replica_pid(version: str) -> int:
+    from ray import serve
+
+    handle = serve.get_app_handle(model_app_name("desk", version))
+    return handle.describe.remote().result(timeout_s=30)["pid"]
+
+
+def test_a_router_stopped_under_load_logs_every_answer_it_sent(endpoint):
+    """The router's replica stopped under load, as a redeploy stops it (Serve starts its
+    successor, then stops it gracefully): every answer sent is one request event in the
+    traffic log; its buffered events are written, not lost. The endpoint started again keeps
+    the model version's replica (same arguments: nothing to redeploy)."""
+    v1 = endpoint["versions"][0]
+    before = _replica_pid(v1)
+    started_at = time.time()
+    # a new router replica; the old one stops under load
+    answered, failed = _under_load(endpoint, lambda: endpoint["restart_router"](0.3))
+    logged = _logged_once(endpoint, answered, started_at)
     # an event for an answer the client never got: only for a request it saw fail
-    assert len(set(logged) - sent) <= len(failed)
+    assert len(set(logged) - set(answered)) <= len(failed), failed
+    assert _replica_pid(v1) == before
+
+
+def test_a_model_version_redeployed_under_load_fails_no_request(endpoint):
+    """The model version's application deployed again with other resources, under load
+    through the router: Serve replaces its replica. Requests on the direct channel that reach
+    the old replica while it shuts down are resent through the handle, not answered 500: every
+    request is answered, and logged once."""
+    v1 = endpoint["versions"][0]
+    before = _replica_pid(v1)
+    deployer = ServeDeployer(endpoint["registry"], "desk", cache=endpoint["cache"],
+                             num_cpus=0.35, engine="hf")  # fmt: skip
+    started_at = time.time()
+    answered, failed = _under_load(endpoint, lambda: deployer.deploy(v1))
+    assert failed == []
+    _logged_once(endpoint, answered, started_at)
+    assert _replica_pid(v1) != before  # it was replaced
+    assert deployer.deploy(v1) is False  # and deploying it again changes nothing
+    assert _replica_pid(v1) != before

@@ -8,7 +8,10 @@ non-streamed requests there when the replica is on its node. Serve still deploys
 health-checks the replicas; streamed requests, LoRA adapter requests (Serve's multiplexed
 routing keeps them on replicas that have the adapter loaded) and replicas on other nodes keep
 the handle. Any channel failure (a replica killed mid-request, a stale address) falls back to
-the handle, which retries until a replica answers, so no request is lost.
+the handle, which retries until a replica answers, so no request is lost. A replica Serve stops
+(a redeploy, a scale-down) answers what reaches it after its destructor "draining" (Serve only
+waits for the requests it routed, then stops the replica's thread pool): the router resends
+those through the handle, which Serve routes to the replicas it keeps.
 
 What the channel does not do: requests sent over it are not counted in Serve's ongoing-request
 metrics (no Serve autoscaling on them: replica counts are fixed here) nor limited by
@@ -53,6 +56,11 @@ class ChannelError(Exception):
     """The channel could not carry a request; the caller sends it through the handle."""
 
 
+class ChannelDraining(ChannelError):
+    """The replica is shutting down (a redeploy, a scale-down): it did not answer the request,
+    which the caller sends through the handle to a replica Serve still routes to."""
+
+
 def channel_root() -> Path:
     """This Ray cluster's folder of channel files on this node: two clusters on one machine
     (a test run beside the demo) may serve applications of the same name."""
@@ -93,6 +101,10 @@ class ChannelServer:
         self.path = app_dir(app_name, root) / f"{os.getpid()}-{secrets.token_hex(4)}.json"
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set by close(): Serve calls the replica's destructor after the requests IT knows of
+        # are done, then stops the replica's thread pool and kills it; requests on this channel
+        # are not among them. From here on a request is answered "draining", never a 500.
+        self.closing = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -102,6 +114,10 @@ class ChannelServer:
         atomic.write_text(self.path, json.dumps(address), mode=0o600)  # it holds a secret
 
     def close(self) -> None:
+        """Stop advertising and listening; requests still arriving on open connections, and
+        those that fail from here on (the replica's thread pool stopped under them), are
+        answered "draining" so the router sends them elsewhere."""
+        self.closing = True
         with contextlib.suppress(OSError):
             self.path.unlink()
         if self._server is not None:
@@ -115,6 +131,9 @@ class ChannelServer:
                 return
             while True:
                 request = await _read_frame(reader)
+                if self.closing:
+                    await self._reply(writer, lock, {"id": request.get("id"), "draining": True})
+                    continue
                 task = asyncio.get_running_loop().create_task(self._handle(request, writer, lock))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -126,14 +145,25 @@ class ChannelServer:
     async def _handle(
         self, request: dict[str, Any], writer: asyncio.StreamWriter, lock: asyncio.Lock
     ) -> None:
+        reply: dict[str, Any]
         try:
             reply = await self.answer(str(request["kind"]), request["body"])
         except Exception as exc:  # noqa: BLE001 - reported to the router, which logs it
-            reply = {"status": 500, "body": {"error": {"message": f"{type(exc).__name__}: {exc}",
-                                                      "type": "server_error"}}}  # fmt: skip
+            if self.closing:  # failed because the replica is shutting down: not the request's
+                reply = {"draining": True}
+            else:
+                message = f"{type(exc).__name__}: {exc}"
+                reply = {"status": 500, "body": {"error": {"message": message,
+                                                          "type": "server_error"}}}  # fmt: skip
+        await self._reply(writer, lock, {"id": request.get("id"), **reply})
+
+    @staticmethod
+    async def _reply(
+        writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: dict[str, Any]
+    ) -> None:
         with contextlib.suppress(ConnectionError):
             async with lock:
-                writer.write(_encode({"id": request.get("id"), **reply}))
+                writer.write(_encode(frame))
                 await writer.drain()
 
 
@@ -147,6 +177,9 @@ class ChannelClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self.closed = False
+        # the replica said it is shutting down, or stopped advertising: no new requests; the
+        # connection stays open for the answers still owed on it
+        self.draining = False
 
     async def connect(self) -> None:
         reader, writer = await asyncio.wait_for(
@@ -175,6 +208,9 @@ class ChannelClient:
             self._fail(exc)
             raise ChannelError(str(exc)) from exc
         reply = await future
+        if reply.get("draining"):
+            self.draining = True
+            raise ChannelDraining("the replica is shutting down")
         return {"status": int(reply["status"]), "body": reply["body"]}
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -196,6 +232,9 @@ class ChannelClient:
         self.pending.clear()
         if self._writer is not None:
             self._writer.close()
+
+    def usable(self) -> bool:
+        return not self.closed and not self.draining
 
     def close(self) -> None:
         self._fail(ChannelError("closed"))
@@ -225,9 +264,20 @@ class ChannelPool:
         client = min(clients.values(), key=lambda c: len(c.pending))  # fewest in flight
         try:
             return await client.call(kind, body)
-        except ChannelError:
-            self._drop(app_name)
+        except ChannelDraining:
+            self._listed.pop(app_name, None)  # list again: its successor may be advertised
             raise
+        except ChannelError:  # this connection is broken; the app's other replicas are not
+            self._forget(app_name, client)
+            raise
+
+    def _forget(self, app_name: str, client: ChannelClient) -> None:
+        """Close one replica's client; the next call lists the replicas again."""
+        client.close()
+        clients = self._clients.get(app_name, {})
+        for name in [k for k, c in clients.items() if c is client]:
+            del clients[name]
+        self._listed.pop(app_name, None)
 
     def _drop(self, app_name: str) -> None:
         """Forget every client of the app: the next call lists the replicas again."""
@@ -238,7 +288,7 @@ class ChannelPool:
     async def _refresh(self, app_name: str) -> dict[str, ChannelClient]:
         clients = self._clients.setdefault(app_name, {})
         now = time.monotonic()
-        open_clients = {k: c for k, c in clients.items() if not c.closed}
+        open_clients = {k: c for k, c in clients.items() if c.usable()}
         if open_clients and now - self._listed.get(app_name, 0.0) < REFRESH_S:
             return open_clients
         self._listed[app_name] = now
@@ -251,7 +301,7 @@ class ChannelPool:
             current = clients.get(path.name)
             if current is not None:
                 if not current.closed:
-                    continue
+                    continue  # a draining one too: its file goes when the replica does
                 current.close()  # its reader task ends with it
             client = ChannelClient(address)
             try:
@@ -261,9 +311,12 @@ class ChannelPool:
                 clients.pop(path.name, None)
                 continue
             clients[path.name] = client
-        for name in set(clients) - seen:  # the replica is gone
-            clients.pop(name).close()
-        return {k: c for k, c in clients.items() if not c.closed}
+        for name in set(clients) - seen:  # the replica stopped advertising, or is gone
+            client = clients[name]
+            client.draining = True  # no new requests; closed once the answers owed are in
+            if not client.pending:
+                clients.pop(name).close()
+        return {k: c for k, c in clients.items() if c.usable()}
 
     def close(self) -> None:
         """Close every connection (its reader task too: a pending one left to the garbage

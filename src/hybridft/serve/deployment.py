@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn
@@ -141,6 +142,7 @@ class ModelServer:
         door: DoorSpec | None = None,
         engine: EngineName = DEFAULT_ENGINE,
         engine_threads: int = 1,
+        deployed_as: str = "",
     ) -> None:
         self.engine = load_engine(engine, model_dir, device, dtype, engine_threads, adapters)
         # vllm batches concurrent requests itself (no serve.batch window), and an adapter is a
@@ -155,6 +157,7 @@ class ModelServer:
         self.max_tokens_limit = max_tokens_limit
         self.tasks = tasks or {}
         self.created = int(time.time())
+        self.deployed_as = deployed_as  # launch.deployment_digest: what it was built from
         batched: Any = self._generate_batched  # @serve.batch's setters (untyped in Ray)
         batched.set_max_batch_size(max_batch_size)
         batched.set_batch_wait_timeout_s(batch_wait_s)
@@ -208,6 +211,8 @@ class ModelServer:
             "version": self.version,
             "engine": self.engine.name,
             "created": self.created,
+            "deployed_as": self.deployed_as,
+            "pid": os.getpid(),
             "tasks": {k: v.get("labels", []) for k, v in self.tasks.items()},
             "adapters": self.adapters.names() if self.adapters else [],
             "batching": {"wait_s": self.batch_wait_s, "in_flight": self._in_flight, **self.batches},

@@ -19,7 +19,13 @@ from hybridft.model.device import Dtype
 from hybridft.registry.client import ModelRef, Registry
 from hybridft.serve.canary import CanarySpec, CanaryStore, ServePaths, TrafficLogSpec
 from hybridft.serve.engines import DEFAULT_ENGINE, EngineName
-from hybridft.serve.launch import ServeModelArgs, build_app, first_problem, serve_args
+from hybridft.serve.launch import (
+    ServeModelArgs,
+    build_app,
+    deployment_digest,
+    first_problem,
+    serve_args,
+)
 from hybridft.serve.router import CanaryRouter
 from hybridft.serve.traffic import model_app_name
 from hybridft.specfile import key_path, line_of
@@ -69,6 +75,24 @@ def version_app(
 ) -> Any:
     """The Serve application of ``model`` at ``version`` (a number or an alias), fetched from
     the registry with its classification tasks' labels and temperatures."""
+    return build_app(version_args(registry, model, version, cache=cache, num_cpus=num_cpus,
+                                  num_replicas=num_replicas, num_gpus=num_gpus, dtype=dtype,
+                                  engine=engine))  # fmt: skip
+
+
+def version_args(
+    registry: Registry,
+    model: str,
+    version: str,
+    *,
+    cache: str | Path = ".hybridft/served",
+    num_cpus: float = 0.5,
+    num_replicas: int = 1,
+    num_gpus: float = 0.0,
+    dtype: Dtype = "auto",
+    engine: EngineName = DEFAULT_ENGINE,
+) -> ServeModelArgs:
+    """``version_app``'s deployment arguments (the version fetched into ``cache``)."""
     ref = registry.resolve(f"{model}@{version}")
     model_dir = registry.download(ref, Path(cache) / ref.name / ref.version)
     values = {
@@ -82,7 +106,7 @@ def version_app(
         "engine": engine,
         "tasks": classification_tasks(registry, ref),
     }
-    return build_app(serve_args(ServeModelArgs, values))
+    return serve_args(ServeModelArgs, values)
 
 
 def router_app(
@@ -116,19 +140,42 @@ class ServeDeployer:
         self.model = model
         self.options = options
 
-    def deploy(self, version: str) -> None:
+    def deploy(self, version: str) -> bool:
+        """Deploy ``version``; ``False`` when its application already runs with exactly these
+        arguments (and this hybridft): its replicas are kept. Serve replaces every replica of
+        an application run again, even unchanged: a model loaded again (a vLLM server started
+        again) for nothing, e.g. each time the endpoint starts."""
         from ray import serve
 
-        app = version_app(self.registry, self.model, version, **self.options)
+        args = version_args(self.registry, self.model, version, **self.options)
+        name = model_app_name(self.model, version)
+        if running_digest(name) == deployment_digest(args):
+            logger.info("%s runs with these arguments already: kept", name)
+            return False
         # No route prefix: versions are reached only through the router (keys, logging).
-        serve.run(
-            app, name=model_app_name(self.model, version), route_prefix=None, logging_config=QUIET
-        )
+        serve.run(build_app(args), name=name, route_prefix=None, logging_config=QUIET)
+        return True
 
     def retire(self, version: str) -> None:
         from ray import serve
 
         serve.delete(model_app_name(self.model, version), _blocking=False)
+
+
+def running_digest(app_name: str) -> str | None:
+    """The ``deployment_digest`` the running application ``app_name``'s replicas were built
+    from; ``None`` when it is not running (or being updated) or does not say."""
+    from ray import serve
+
+    status = serve.status().applications.get(app_name)
+    if status is None or str(status.status) not in ("RUNNING", "ApplicationStatus.RUNNING"):
+        return None
+    try:
+        described = serve.get_app_handle(app_name).describe.remote().result(timeout_s=30)
+    except Exception:  # noqa: BLE001 - an application that cannot say is deployed again
+        return None
+    digest = described.get("deployed_as") if isinstance(described, dict) else None
+    return digest if isinstance(digest, str) else None
 
 
 def served_engine(model: str, version: str) -> str:

@@ -7,6 +7,9 @@ first); ``build_app`` is the Serve application builder (for ``serve run`` / a Se
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import math
 import threading
@@ -113,6 +116,23 @@ def first_problem(model: type[BaseModel], exc: ValidationError) -> tuple[tuple[A
     return (tuple(first["loc"]), *describe_error(model, first))
 
 
+@functools.cache
+def code_digest() -> str:
+    """A digest of this hybridft's source files (a changed install changes it)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def deployment_digest(args: ServeModelArgs) -> str:
+    """What a model deployment is built from (its arguments and this hybridft's code): a
+    running application with the same digest needs no redeploy (``ServeDeployer.deploy``)."""
+    payload = {"code": code_digest(), "args": args.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def build_app(args: ServeModelArgs) -> serve.Application:
     """The Serve application for one model version (a Serve application builder).
 
@@ -144,6 +164,7 @@ def build_app(args: ServeModelArgs) -> serve.Application:
         door=door_spec(args.serve_dir, args.insecure_local, args.max_body_bytes),
         engine=args.engine,
         engine_threads=args.threads(),
+        deployed_as=deployment_digest(args),
     )
 
 

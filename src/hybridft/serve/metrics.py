@@ -86,7 +86,8 @@ class Metrics:
         self.upstream = Counter(
             "hybridft_router_upstream_calls",
             "How the router reached a version: channel (direct, loopback), handle (Serve), "
-            "channel_failed (resent through the handle).",
+            "channel_failed or channel_draining (a replica shutting down; both resent through "
+            "the handle).",
             ["version", "transport"],
             registry=r,
         )

@@ -26,7 +26,7 @@ from starlette.background import BackgroundTask
 
 from hybridft.errors import UserError
 from hybridft.serve.canary import RouteWatcher, ServePaths, manual_action
-from hybridft.serve.channel import ChannelError, ChannelPool
+from hybridft.serve.channel import ChannelDraining, ChannelError, ChannelPool
 from hybridft.serve.http_requests import GenerationFastPath, authorize, read_json_body
 from hybridft.serve.keys import KeyStore
 from hybridft.serve.metrics import CanaryGauges, Metrics
@@ -276,6 +276,8 @@ class CanaryRouter:
                 if reply is not None:
                     self.metrics.upstream_call(version, "channel")
                     return reply
+            except ChannelDraining:  # a redeploy or scale-down: expected, not worth a warning
+                self.metrics.upstream_call(version, "channel_draining")
             except ChannelError as exc:  # resent through the handle, which retries
                 self.metrics.upstream_call(version, "channel_failed")
                 logger.warning("version %s: direct channel failed (%s); using the handle",
