@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 WARNING = "Token authentication is enabled for this Ray cluster"
 START = (
     "import os, ray\n"
@@ -20,19 +18,23 @@ START = (
 )
 
 
-def _start(tmp_path: Path, debug: bool) -> subprocess.CompletedProcess[str]:
+def _start(tmp_path: Path, debug: bool) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "HYBRIDFT_DEBUG")}
     if debug:
         env["HYBRIDFT_DEBUG"] = "1"
-    return subprocess.run(
-        [sys.executable, "-c", START], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=180,
+    cwd = tmp_path / f"debug-{debug}"
+    cwd.mkdir()
+    return subprocess.Popen(
+        [sys.executable, "-c", START], cwd=cwd, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("debug", [False, True])
-def test_a_local_ray_has_token_auth_and_says_so_only_with_debug(tmp_path, debug):
-    done = _start(tmp_path, debug)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "auth mode token" in done.stdout  # Ray turned token authentication on
-    assert (WARNING in done.stdout + done.stderr) == debug
+def test_a_local_ray_has_token_auth_and_says_so_only_with_debug(tmp_path):
+    """Two local starts at once (each waits mostly on Ray's processes): plain, and --debug."""
+    started = {debug: _start(tmp_path, debug) for debug in (False, True)}
+    for debug, proc in started.items():
+        stdout, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr[-2000:]
+        assert "auth mode token" in stdout  # Ray turned token authentication on
+        assert (WARNING in stdout + stderr) == debug, debug
