@@ -61,25 +61,6 @@ def classification_tasks(registry: Registry, ref: ModelRef) -> dict[str, dict[st
     return tasks
 
 
-def version_app(
-    registry: Registry,
-    model: str,
-    version: str,
-    *,
-    cache: str | Path = ".hybridft/served",
-    num_cpus: float = 0.5,
-    num_replicas: int = 1,
-    num_gpus: float = 0.0,
-    dtype: Dtype = "auto",
-    engine: EngineName = DEFAULT_ENGINE,
-) -> Any:
-    """The Serve application of ``model`` at ``version`` (a number or an alias), fetched from
-    the registry with its classification tasks' labels and temperatures."""
-    return build_app(version_args(registry, model, version, cache=cache, num_cpus=num_cpus,
-                                  num_replicas=num_replicas, num_gpus=num_gpus, dtype=dtype,
-                                  engine=engine))  # fmt: skip
-
-
 def version_args(
     registry: Registry,
     model: str,
@@ -92,7 +73,9 @@ def version_args(
     dtype: Dtype = "auto",
     engine: EngineName = DEFAULT_ENGINE,
 ) -> ServeModelArgs:
-    """``version_app``'s deployment arguments (the version fetched into ``cache``)."""
+    """The deployment arguments of ``model`` at ``version`` (a number or an alias), fetched
+    from the registry into ``cache`` with its classification tasks' labels and temperatures
+    (``build_app`` makes them a Serve application)."""
     ref = registry.resolve(f"{model}@{version}")
     model_dir = registry.download(ref, Path(cache) / ref.name / ref.version)
     values = {
@@ -134,7 +117,7 @@ class ServeDeployer:
     """Deploy / delete the Serve application of one registered version."""
 
     def __init__(self, registry: Registry, model: str, **options: Any) -> None:
-        """``options``: ``version_app``'s keyword options (cache, num_cpus, num_replicas,
+        """``options``: ``version_args``' keyword options (cache, num_cpus, num_replicas,
         num_gpus, dtype, engine), the same for every version this deployer serves."""
         self.registry = registry
         self.model = model
@@ -248,16 +231,18 @@ def build_version_app(args: dict[str, Any]) -> Any:
     ``args``: the fields of ``VersionAppArgs``.
     """
     spec = serve_args(VersionAppArgs, args)
-    return version_app(
-        Registry(spec.tracking_uri),
-        spec.model,
-        str(spec.version),
-        cache=spec.cache,
-        num_cpus=spec.num_cpus,
-        num_replicas=spec.num_replicas,
-        num_gpus=spec.num_gpus,
-        dtype=spec.dtype,
-        engine=spec.engine,
+    return build_app(
+        version_args(
+            Registry(spec.tracking_uri),
+            spec.model,
+            str(spec.version),
+            cache=spec.cache,
+            num_cpus=spec.num_cpus,
+            num_replicas=spec.num_replicas,
+            num_gpus=spec.num_gpus,
+            dtype=spec.dtype,
+            engine=spec.engine,
+        )
     )
 
 
