@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,36 @@ SERVED_NAME = "model"  # the name the child serves; clients never see it
 REQUEST_TIMEOUT_S = 600.0
 MAX_CONCURRENT = 64  # requests in flight to vLLM from one replica's threads
 FORCED_CONCURRENT = 16  # one-token scoring decodes in flight from one replica (LoRA enabled)
+# vLLM's server (uvicorn) closes a keep-alive connection idle for 5 s; httpx's pool kept one 5 s
+# too, so a request could go out on a connection the server was closing (the likely cause of one
+# 500 in a demo run: "ReadError: [Errno 9] Bad file descriptor"). Ours expire first; a request
+# whose connection breaks anyway is sent once more on a new one (a completion is idempotent).
+KEEPALIVE_S = 2.0
+RESENT_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError)
+
+logger = logging.getLogger(__name__)
+
+
+def _limits() -> httpx.Limits:
+    return httpx.Limits(max_connections=MAX_CONCURRENT, keepalive_expiry=KEEPALIVE_S)
+
+
+def post_json(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+    """``client.post``, sent once more if the connection broke (``RESENT_ERRORS``)."""
+    try:
+        return client.post(path, json=body)
+    except RESENT_ERRORS as exc:
+        logger.info("vLLM connection broke (%s: %s); sending again", type(exc).__name__, exc)
+        return client.post(path, json=body)
+
+
+async def apost_json(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
+    """``post_json`` on an ``httpx.AsyncClient``."""
+    try:
+        return await client.post(path, json=body)
+    except RESENT_ERRORS as exc:
+        logger.info("vLLM connection broke (%s: %s); sending again", type(exc).__name__, exc)
+        return await client.post(path, json=body)
 
 
 class VLLMEngine(PromptIds):
@@ -87,7 +118,10 @@ class VLLMEngine(PromptIds):
         self.max_position: int | None = config.get("max_position_embeddings")
         self.vocab_size = int(config["vocab_size"])
         self._client = httpx.Client(
-            base_url=server.url, headers=server.headers, timeout=REQUEST_TIMEOUT_S
+            base_url=server.url,
+            headers=server.headers,
+            timeout=REQUEST_TIMEOUT_S,
+            limits=_limits(),
         )
         self._pool = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="vllm-request")
         # leaf requests only (never submit more work): safe to wait on from ``_pool``'s threads
@@ -194,9 +228,9 @@ class VLLMEngine(PromptIds):
                     base_url=self.server.url,
                     headers=self.server.headers,
                     timeout=REQUEST_TIMEOUT_S,
-                    limits=httpx.Limits(max_connections=MAX_CONCURRENT),
+                    limits=_limits(),
                 )
-            reply = await self._async[loop].post("/v1/completions", json=body)
+            reply = await apost_json(self._async[loop], "/v1/completions", body)
             scored = None
             if self.forced_scoring and params.prompt_logprobs is not None:
                 scored = await asyncio.to_thread(
@@ -342,7 +376,7 @@ class VLLMEngine(PromptIds):
         return body
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        return _choice(self._client.post("/v1/completions", json=body))
+        return _choice(post_json(self._client, "/v1/completions", body))
 
     def _text(self, ids: list[int], params: SamplingParams) -> tuple[str, bool]:
         """The answer's text (special tokens skipped) and whether a stop string cut it."""
