@@ -14,7 +14,7 @@ import threading
 import httpx
 import pytest
 
-from hybridft.serve.vllm_engine import apost_json, post_json
+from hybridft.serve.vllm_client import apost_json, post_json
 
 
 class DropsFirstRequest:

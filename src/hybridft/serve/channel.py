@@ -261,23 +261,17 @@ class ChannelPool:
         clients = await self._refresh(app_name)
         if not clients:
             return None
-        client = min(clients.values(), key=lambda c: len(c.pending))  # fewest in flight
+        name, client = min(clients.items(), key=lambda kv: len(kv[1].pending))  # fewest in flight
         try:
             return await client.call(kind, body)
         except ChannelDraining:
             self._listed.pop(app_name, None)  # list again: its successor may be advertised
             raise
         except ChannelError:  # this connection is broken; the app's other replicas are not
-            self._forget(app_name, client)
+            client.close()
+            self._clients.get(app_name, {}).pop(name, None)
+            self._listed.pop(app_name, None)  # the next call lists the replicas again
             raise
-
-    def _forget(self, app_name: str, client: ChannelClient) -> None:
-        """Close one replica's client; the next call lists the replicas again."""
-        client.close()
-        clients = self._clients.get(app_name, {})
-        for name in [k for k, c in clients.items() if c is client]:
-            del clients[name]
-        self._listed.pop(app_name, None)
 
     def _drop(self, app_name: str) -> None:
         """Forget every client of the app: the next call lists the replicas again."""

@@ -149,9 +149,10 @@ def running_digest(app_name: str) -> str | None:
     """The ``deployment_digest`` the running application ``app_name``'s replicas were built
     from; ``None`` when it is not running (or being updated) or does not say."""
     from ray import serve
+    from ray.serve.schema import ApplicationStatus
 
     status = serve.status().applications.get(app_name)
-    if status is None or str(status.status) not in ("RUNNING", "ApplicationStatus.RUNNING"):
+    if status is None or status.status != ApplicationStatus.RUNNING:
         return None
     try:
         described = serve.get_app_handle(app_name).describe.remote().result(timeout_s=30)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,45 +53,20 @@ from hybridft.serve.decoding import (
 from hybridft.serve.label_probs import encode_labels, label_distribution
 from hybridft.serve.logprobs import LOGPROB_FLOOR, TokenLogprob
 from hybridft.serve.sampling import SamplingParams, first_stop
+from hybridft.serve.vllm_client import (
+    MAX_CONCURRENT,
+    apost_json,
+    async_client,
+    post_json,
+    sync_client,
+)
 from hybridft.serve.vllm_process import BASE_ADAPTER, VLLMServer, VLLMServerSpec
 
 if TYPE_CHECKING:
     from hybridft.evaluate.scoring import LabelEnd
 
 SERVED_NAME = "model"  # the name the child serves; clients never see it
-REQUEST_TIMEOUT_S = 600.0
-MAX_CONCURRENT = 64  # requests in flight to vLLM from one replica's threads
 FORCED_CONCURRENT = 16  # one-token scoring decodes in flight from one replica (LoRA enabled)
-# vLLM's server (uvicorn) closes a keep-alive connection idle for 5 s; httpx's pool kept one 5 s
-# too, so a request could go out on a connection the server was closing (the likely cause of one
-# 500 in a demo run: "ReadError: [Errno 9] Bad file descriptor"). Ours expire first; a request
-# whose connection breaks anyway is sent once more on a new one (a completion is idempotent).
-KEEPALIVE_S = 2.0
-RESENT_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError)
-
-logger = logging.getLogger(__name__)
-
-
-def _limits() -> httpx.Limits:
-    return httpx.Limits(max_connections=MAX_CONCURRENT, keepalive_expiry=KEEPALIVE_S)
-
-
-def post_json(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
-    """``client.post``, sent once more if the connection broke (``RESENT_ERRORS``)."""
-    try:
-        return client.post(path, json=body)
-    except RESENT_ERRORS as exc:
-        logger.info("vLLM connection broke (%s: %s); sending again", type(exc).__name__, exc)
-        return client.post(path, json=body)
-
-
-async def apost_json(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
-    """``post_json`` on an ``httpx.AsyncClient``."""
-    try:
-        return await client.post(path, json=body)
-    except RESENT_ERRORS as exc:
-        logger.info("vLLM connection broke (%s: %s); sending again", type(exc).__name__, exc)
-        return await client.post(path, json=body)
 
 
 class VLLMEngine(PromptIds):
@@ -117,12 +91,7 @@ class VLLMEngine(PromptIds):
         self.server = server
         self.max_position: int | None = config.get("max_position_embeddings")
         self.vocab_size = int(config["vocab_size"])
-        self._client = httpx.Client(
-            base_url=server.url,
-            headers=server.headers,
-            timeout=REQUEST_TIMEOUT_S,
-            limits=_limits(),
-        )
+        self._client = sync_client(server)
         self._pool = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="vllm-request")
         # leaf requests only (never submit more work): safe to wait on from ``_pool``'s threads
         self._forced_pool = ThreadPoolExecutor(FORCED_CONCURRENT, thread_name_prefix="vllm-score")
@@ -224,12 +193,7 @@ class VLLMEngine(PromptIds):
             body = self._body(prompt_ids, params, adapter)
             loop = asyncio.get_running_loop()
             if loop not in self._async:
-                self._async[loop] = httpx.AsyncClient(
-                    base_url=self.server.url,
-                    headers=self.server.headers,
-                    timeout=REQUEST_TIMEOUT_S,
-                    limits=_limits(),
-                )
+                self._async[loop] = async_client(self.server)
             reply = await apost_json(self._async[loop], "/v1/completions", body)
             scored = None
             if self.forced_scoring and params.prompt_logprobs is not None:
